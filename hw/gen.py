@@ -1,0 +1,66 @@
+"""Verilog generation: ``generate(block_config, out_dir)`` -> ``<top>.v`` + ``<top>.json``.
+
+The JSON holds the config (``hw.config.config_from_dict`` rebuilds it) and the top-level
+ports, so testbenches and FPGA flows reload exactly what the Verilog was built from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amaranth.back import verilog
+from amaranth.hdl import Value
+
+from .config import config_to_json
+
+
+# block name -> (module, top-level component class); each block adds its line here
+RTL_TOPS = {
+    "systolic": ("hw.systolic", "SystolicBlock"),
+}
+
+
+def block_component(cfg):
+    """The top-level component of a block config."""
+    import importlib
+
+    try:
+        module, cls = RTL_TOPS[cfg.block]
+    except KeyError:
+        raise ValueError(f"no RTL for block {cfg.block!r}; blocks with RTL: {', '.join(RTL_TOPS)}")
+    return getattr(importlib.import_module(module), cls)(cfg)
+
+
+def generate(cfg, out_dir, name: str | None = None) -> Path:
+    """Write ``<name>.v`` and ``<name>.json`` into ``out_dir``; returns the Verilog path.
+
+    Regeneration is skipped when the same config was already written there.
+    """
+    name = name or f"zeroskip_{cfg.block}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vpath, jpath = out / f"{name}.v", out / f"{name}.json"
+    cfg_json = json.loads(config_to_json(cfg))
+    if vpath.exists() and jpath.exists():
+        try:
+            if json.loads(jpath.read_text()).get("config") == cfg_json:
+                return vpath
+        except json.JSONDecodeError:
+            pass
+    top = block_component(cfg)
+    text = verilog.convert(top, name=name, emit_src=False)
+    ports = {path_name(path): {"dir": flow.name, "width": len(Value.cast(port))}
+             for path, flow, port in _ports(top)}
+    vpath.write_text(text)
+    jpath.write_text(json.dumps({"top": name, "config": cfg_json, "ports": ports}, indent=2))
+    return vpath
+
+
+def path_name(path) -> str:
+    return "__".join(str(p) for p in path)
+
+
+def _ports(top):
+    for path, member, value in top.signature.flatten(top):
+        yield path, member.flow, value

@@ -1,0 +1,257 @@
+"""``zeroskip``: generate Verilog, simulate networks, run the main job.
+
+Block options are generated from each block's config dataclass (``hw.config``), so a new
+config field is a new CLI option with no change here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from hw import config as hwcfg
+from models.workloads import NETWORKS
+
+
+class CliError(Exception):
+    pass
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """Options for every field of every block config (and of the fixed-point contract)."""
+    p.add_argument("--preset", default="default",
+                   help="start from a named configuration (see 'zeroskip presets')")
+    seen = set()
+    classes = [hwcfg.FixedPointConfig, *hwcfg.BLOCK_CONFIGS.values()]
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name == "fxp" or f.name in seen:
+                continue
+            seen.add(f.name)
+            kind = {int: int, float: float, "int": int, "float": float,
+                    "int | None": int}.get(f.type, None)
+            if f.type in (bool, "bool"):
+                p.add_argument(_flag(f.name), type=lambda s: s.lower() in ("1", "true", "yes"),
+                               default=None, metavar="BOOL", help=f"{cls.__name__}.{f.name}")
+            else:
+                p.add_argument(_flag(f.name), type=kind or str, default=None,
+                               help=f"{cls.__name__}.{f.name}")
+
+
+def config_from_args(block: str, args) -> object:
+    presets = hwcfg.PRESETS.get(block, {})
+    if args.preset not in presets:
+        raise CliError(f"unknown preset {args.preset!r} for {block}; "
+                       f"choose one of: {', '.join(presets) or '(none)'}")
+    base = presets[args.preset]
+    fxp_over = {f.name: getattr(args, f.name) for f in dataclasses.fields(base.fxp)
+                if getattr(args, f.name, None) is not None}
+    over = {f.name: getattr(args, f.name) for f in dataclasses.fields(base)
+            if f.name != "fxp" and getattr(args, f.name, None) is not None}
+    foreign = [f.name for cls in hwcfg.BLOCK_CONFIGS.values() if cls is not type(base)
+               for f in dataclasses.fields(cls)
+               if f.name not in over and f.name != "fxp" and getattr(args, f.name, None) is not None
+               and f.name not in {g.name for g in dataclasses.fields(base)}]
+    if foreign:
+        raise CliError(f"{', '.join(_flag(n) for n in sorted(set(foreign)))} "
+                       f"does not apply to block {block!r}")
+    fxp = dataclasses.replace(base.fxp, **fxp_over)
+    return dataclasses.replace(base, fxp=fxp, **over)
+
+
+def _console():
+    import shutil
+
+    from rich.console import Console
+    return Console(width=max(shutil.get_terminal_size((140, 40)).columns, 120))
+
+
+def print_layer_table(report, title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("layer", "cycles", "MACs", "MACs done", "util", "energy µJ", "compute",
+                "buffers", "DRAM"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    d = report.to_dict()
+    rows = d["layers"] + [dict(d["totals"], name="total")]
+    for l in rows:
+        b = l["energy_breakdown_pj"]
+        t.add_row(l["name"], f"{l['cycles']:,}", f"{l['macs_dense']:,}",
+                  f"{l['macs_performed']:,}", f"{l['utilization']:.1%}",
+                  f"{l['energy_pj'] / 1e6:.3f}", f"{b['compute'] / 1e6:.3f}",
+                  f"{b['buffers'] / 1e6:.3f}", f"{b['dram'] / 1e6:.3f}")
+    _console().print(t)
+
+
+def load_workload(network: str, images: int = 8):
+    from sim import workload
+
+    if network not in NETWORKS:
+        raise CliError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
+    with _progress() as prog:
+        task = prog.add_task(f"loading {network}", total=None)
+
+        def train_progress(epoch, epochs):
+            prog.update(task, description=f"training digits CNN (epoch {epoch}/{epochs})",
+                        total=epochs, completed=epoch)
+        w = workload.load(network, images=images, progress=train_progress)
+        prog.update(task, description=f"loaded {network}", total=1, completed=1)
+    return w
+
+
+def _progress():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    transient=True)
+
+
+def simulate(block: str, cfg, wl, table):
+    from sim.blocks import simulator
+
+    mod = simulator(block)
+    with _progress() as prog:
+        task = prog.add_task(f"{block}: simulating {wl.name}", total=len(wl.layers))
+        report = mod.simulate_network(
+            wl, cfg, table, progress=lambda name: prog.update(
+                task, advance=1, description=f"{block}: {name}"))
+    return report
+
+
+def cmd_gen(args) -> None:
+    from hw.gen import generate
+
+    cfg = config_from_args(args.block, args)
+    vpath = generate(cfg, args.out)
+    print(f"wrote {vpath} and {vpath.with_suffix('.json')}")
+
+
+def cmd_sim(args) -> None:
+    from sim.energy import load_table
+
+    cfg = config_from_args(args.block, args)
+    table = load_table(args.energy_table)
+    wl = load_workload(args.network, args.images)
+    t0 = time.perf_counter()
+    report = simulate(args.block, cfg, wl, table)
+    dt = time.perf_counter() - t0
+    print_layer_table(report, f"{args.block} on {args.network} ({dt:.2f} s)")
+    for note in report.notes:
+        print(f"note: {note}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+
+
+def cmd_run(args) -> None:
+    """The main job: every block on the network, one table, Verilog of each block."""
+    from hw.gen import RTL_TOPS, generate
+    from sim.blocks import SIMULATORS
+    from sim.energy import load_table
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = load_table(args.energy_table)
+    wl = load_workload(args.network, args.images)
+    print(f"workload: {wl.description}")
+    reports = {}
+    for block in SIMULATORS:
+        cfg = hwcfg.PRESETS[block]["default"]
+        reports[block] = simulate(block, cfg, wl, table)
+        print_layer_table(reports[block], f"{block} (default configuration) on {wl.name}")
+    for block in RTL_TOPS:
+        vpath = generate(hwcfg.PRESETS[block]["default"], out / "verilog")
+        print(f"wrote {vpath}")
+    data = {"network": wl.name, "workload": wl.description,
+            "blocks": {b: r.to_dict() for b, r in reports.items()}}
+    (out / "report.json").write_text(json.dumps(data, indent=2))
+    print(f"wrote {out / 'report.json'}")
+
+
+def cmd_digits(args) -> None:
+    """Train (or load) the digits CNN and report float and int8 accuracy per clip rule."""
+    from models import digits
+    from models.quant import CLIP_RULES
+
+    model = digits.trained_model(retrain=args.retrain)
+    data = digits.load_data()
+    print(f"float test accuracy: {digits.float_accuracy(model, data.x_test, data.y_test):.2%}")
+    for rule in CLIP_RULES:
+        layers = digits.quantize_model(model, data.x_calib, rule)
+        print(f"int8 test accuracy ({rule} clipping): "
+              f"{digits.int_accuracy(layers, data.x_test, data.y_test):.2%}")
+
+
+def cmd_presets(args) -> None:
+    for block, presets in hwcfg.PRESETS.items():
+        for name, cfg in presets.items():
+            print(f"{block:10s} {name:10s} {hwcfg.config_to_json(cfg)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zeroskip", description=(
+        "Design, simulate and verify CNN accelerator blocks that skip useless work."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    blocks = sorted(hwcfg.BLOCK_CONFIGS)
+
+    g = sub.add_parser("gen", help="write a block's Verilog and its config JSON")
+    g.add_argument("block", choices=blocks)
+    g.add_argument("-o", "--out", default="out", help="output folder (default: out)")
+    add_config_options(g)
+    g.set_defaults(func=cmd_gen)
+
+    s = sub.add_parser("sim", help="simulate a network on a block: per-layer cycles and energy")
+    s.add_argument("block", choices=blocks)
+    s.add_argument("--network", default="digits", help=f"one of {', '.join(NETWORKS)}")
+    s.add_argument("--json", help="also write the report as JSON to this file")
+    s.add_argument("--images", type=int, default=8, help="digits images to run (default 8)")
+    s.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
+    add_config_options(s)
+    s.set_defaults(func=cmd_sim)
+
+    r = sub.add_parser("run", help="the main job: every block on a network, one report")
+    r.add_argument("-o", "--out", default="zeroskip-out", help="output folder")
+    r.add_argument("--network", default="digits", help=f"one of {', '.join(NETWORKS)}")
+    r.add_argument("--images", type=int, default=8, help="digits images to run (default 8)")
+    r.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("digits", help="train/load the digits CNN, report its accuracy")
+    d.add_argument("--retrain", action="store_true", help="ignore the cache")
+    d.set_defaults(func=cmd_digits)
+
+    pr = sub.add_parser("presets", help="list every block's named configurations")
+    pr.set_defaults(func=cmd_presets)
+    for extend in EXTENSIONS:
+        extend(sub)
+    return p
+
+
+# other modules add subcommands here: f(subparsers) -> None
+EXTENSIONS: list = []
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"zeroskip: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zeroskip: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

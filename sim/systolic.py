@@ -1,0 +1,260 @@
+"""Cycle-level simulator of the dense weight-stationary array (``hw.systolic.SystolicBlock``).
+
+Three pieces, one schedule:
+- ``plan_layer``: the host-side driver's tiling into passes (also used by the testbench);
+- ``StepModel``: a step-per-cycle model of the block's FSM and pipeline, emitting every
+  transfer with its cycle, for small cases and as the oracle;
+- ``simulate_layer``: the vectorised count (closed form over passes) for whole networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.config import SystolicConfig, ceil_div
+from hw.fixedpoint import requantize
+from models.workloads import ConvLayer
+
+from .energy import price
+from .report import LayerReport, NetworkReport
+from .streams import Source, handshake_patterns
+
+
+@dataclass(frozen=True)
+class Pass:
+    m0: int  # first output pixel of the chunk
+    count: int  # output pixels in the pass
+    n0: int  # first output channel of the column tile
+    k0: int  # first reduction index of the row tile
+    accumulate: bool
+    emit: bool
+
+
+def plan_layer(m: int, k: int, n: int, cfg: SystolicConfig) -> list[Pass]:
+    """Driver tiling: for each pixel chunk, for each column tile, for each row (K) tile."""
+    passes = []
+    k_tiles = ceil_div(k, cfg.rows)
+    for m0 in range(0, m, cfg.acc_depth):
+        count = min(cfg.acc_depth, m - m0)
+        for n0 in range(0, n, cfg.cols):
+            for kt in range(k_tiles):
+                passes.append(Pass(m0, count, n0, kt * cfg.rows, kt > 0, kt == k_tiles - 1))
+    return passes
+
+
+@dataclass
+class Gemm:
+    """A layer as the block sees it: ``requantize(a @ w + bias)`` with integer numpy arrays."""
+
+    a: np.ndarray  # [M, K] unsigned activations
+    w: np.ndarray  # [K, N] signed weights
+    bias: np.ndarray  # [N]
+    mult: np.ndarray  # [N]
+    shift: np.ndarray  # [N]
+    relu: bool = True
+
+    def __post_init__(self):
+        self.a = np.asarray(self.a, np.int64)
+        self.w = np.asarray(self.w, np.int64)
+        for f in ("bias", "mult", "shift"):
+            setattr(self, f, np.asarray(getattr(self, f), np.int64))
+        m, k = self.a.shape
+        k2, n = self.w.shape
+        if k != k2:
+            raise ValueError(f"activations have K={k} but weights have K={k2}")
+        for f in ("bias", "mult", "shift"):
+            if getattr(self, f).shape != (n,):
+                raise ValueError(f"{f} must have shape ({n},), not {getattr(self, f).shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.a.shape[0], self.a.shape[1], self.w.shape[1]
+
+    def check(self, cfg: SystolicConfig) -> None:
+        fxp = cfg.fxp
+        if self.a.min(initial=0) < 0 or self.a.max(initial=0) > fxp.act_max:
+            raise ValueError(f"activations must be in 0..{fxp.act_max}")
+        if self.w.min(initial=0) < -fxp.weight_max - 1 or self.w.max(initial=0) > fxp.weight_max:
+            raise ValueError(f"weights must fit {fxp.weight_bits} signed bits")
+        fxp.check_reduction("gemm", self.shape[1], int(np.abs(self.bias).max(initial=0)))
+
+    def reference(self, fxp) -> np.ndarray:
+        return requantize(self.a @ self.w + self.bias, self.mult, self.shift, fxp, self.relu)
+
+
+def pass_beats(g: Gemm, p: Pass, cfg: SystolicConfig):
+    """(command dict, weight rows bottom-first, activation vectors) of one pass, zero-padded."""
+    r, c = cfg.rows, cfg.cols
+    m, k, n = g.shape
+    nn = min(c, n - p.n0)
+    kk = min(r, k - p.k0)
+    wt = np.zeros((r, c), np.int64)
+    wt[:kk, :nn] = g.w[p.k0:p.k0 + kk, p.n0:p.n0 + nn]
+    acts = np.zeros((p.count, r), np.int64)
+    acts[:, :kk] = g.a[p.m0:p.m0 + p.count, p.k0:p.k0 + kk]
+    q = {f: np.zeros(c, np.int64) for f in ("bias", "mult", "shift")}
+    for f in q:
+        q[f][:nn] = getattr(g, f)[p.n0:p.n0 + nn]
+    cmd = {"count": p.count, "accumulate": int(p.accumulate), "emit": int(p.emit),
+           "relu": int(g.relu), "requant": {f: q[f].tolist() for f in q}}
+    return cmd, wt[::-1].tolist(), acts.tolist()
+
+
+def layer_cycles(m: int, k: int, n: int, cfg: SystolicConfig) -> int:
+    """Cycles from the first command beat to the last output beat, inclusive, with every
+    input offered at once and ``out.ready`` always high (``SystolicConfig.pass_cycles``)."""
+    chunks = ceil_div(m, cfg.acc_depth)
+    passes_per_chunk = ceil_div(n, cfg.cols) * ceil_div(k, cfg.rows)
+    overhead = cfg.pass_cycles(0)
+    return 1 + passes_per_chunk * (chunks * overhead + m)
+
+
+class StepModel:
+    """Step-per-cycle model of ``SystolicBlock``: FSM, valid pipeline, partial-sum memory and
+    output register, advanced one clock at a time. The array itself is a delay line carrying
+    each vector's column sums (its arithmetic is the GEMM; its timing is the delay)."""
+
+    def __init__(self, cfg: SystolicConfig):
+        self.cfg = cfg
+
+    def run(self, g: Gemm, valid_p: float = 1.0, ready_p: float = 1.0, seed: int = 0,
+            max_cycles: int = 10_000_000):
+        """Returns ``(outputs [M, N], trace)``; ``trace`` maps port -> list of transfer cycles
+        (``out_payload`` lists the output beats) and ``cycles`` to the first-command to
+        last-output count. Sources offer beats with probability ``valid_p`` per cycle and the
+        sink is ready with probability ``ready_p`` (``sim.streams.handshake_patterns``)."""
+        pat = handshake_patterns(valid_p, ready_p, seed)
+        out_pattern = pat["out"]
+        cfg = self.cfg
+        r, c = cfg.rows, cfg.cols
+        m, k, n = g.shape
+        passes = plan_layer(m, k, n, cfg)
+        beats = [pass_beats(g, p, cfg) for p in passes]
+        cmd_src = Source([b[0] for b in beats], pat["cmd"])
+        w_src = Source([row for b in beats for row in b[1]], pat["weights"])
+        a_src = Source([v for b in beats for v in b[2]], pat["acts"])
+        out_rows = []  # (pass index, pixel) in emit order
+        for i, p in enumerate(passes):
+            if p.emit:
+                out_rows += [(i, j) for j in range(p.count)]
+
+        mem = np.zeros((cfg.acc_depth, c), np.int64)
+        pipe = [(False, None)] * (r + c)  # valid + column sums, oldest last
+        stage_b, row_b, rd_data = False, None, np.zeros(c, np.int64)
+        out_valid, out_payload = False, None
+        state, cmd, loaded, accepted, rd_addr, wr_addr = "IDLE", None, 0, 0, 0, 0
+        weights = np.zeros((r, c), np.int64)
+        trace = {"cmd": [], "weights": [], "acts": [], "out": [], "out_payload": []}
+        outputs = np.zeros((m, n), np.int64)
+        emitted = 0
+        t = 0
+        while emitted < len(out_rows):
+            if t >= max_cycles:
+                raise RuntimeError("step model did not finish: the schedule deadlocked")
+            step = (not out_valid) or out_pattern(t)
+            if out_valid and out_pattern(t):
+                pi, j = out_rows[emitted]
+                p = passes[pi]
+                nn = min(c, n - p.n0)
+                outputs[p.m0 + j, p.n0:p.n0 + nn] = out_payload[:nn]
+                trace["out"].append(t)
+                trace["out_payload"].append(list(out_payload))
+                emitted += 1
+            cmd_v, w_v, a_v = cmd_src.valid(t), w_src.valid(t), a_src.valid(t)
+            injected = state == "COMPUTE" and step and accepted != cmd["count"] and a_v
+            stage_a, row_a = pipe[-1]
+            sums = row_b + (rd_data if cmd["accumulate"] else 0) if stage_b else None
+            finished = state == "COMPUTE" and step and stage_b and wr_addr == cmd["count"] - 1
+            # --- clock edge: registers take their next values ---
+            if step:
+                if stage_a and cmd["accumulate"]:
+                    rd_data = mem[rd_addr].copy()
+                if stage_b and not cmd["emit"]:
+                    mem[wr_addr] = sums
+                out_valid = stage_b and bool(cmd["emit"])
+                if out_valid:
+                    out_payload = requantize(sums + q["bias"], q["mult"], q["shift"], cfg.fxp,
+                                             bool(cmd["relu"])) & cfg.fxp.act_max
+                vec = np.asarray(a_src.payload(), np.int64) if injected else None
+                pipe = [(injected, None if vec is None else vec @ weights)] + pipe[:-1]
+                rd_addr += int(stage_a)
+                wr_addr += int(stage_b)
+                stage_b, row_b = stage_a, row_a
+            if injected:
+                trace["acts"].append(t)
+                a_src.advance()
+                accepted += 1
+            if state == "IDLE":
+                if cmd_v:
+                    cmd = cmd_src.payload()
+                    q = {f: np.asarray(cmd["requant"][f], np.int64) for f in cmd["requant"]}
+                    trace["cmd"].append(t)
+                    cmd_src.advance()
+                    loaded = accepted = rd_addr = wr_addr = 0
+                    state = "LOAD"
+            elif state == "LOAD":
+                if w_v:
+                    weights = np.vstack([np.asarray(w_src.payload(), np.int64)[None], weights[:-1]])
+                    trace["weights"].append(t)
+                    w_src.advance()
+                    loaded += 1
+                    if loaded == r:
+                        state = "COMPUTE"
+            elif state == "COMPUTE" and finished:
+                state = "IDLE"
+            t += 1
+        trace["cycles"] = trace["out"][-1] - trace["cmd"][0] + 1
+        return outputs, trace
+
+
+def simulate_layer(spec: ConvLayer, cfg: SystolicConfig, table=None, batch: int = 1) -> LayerReport:
+    """Vectorised count for one layer and ``batch`` images, one after the other (closed form
+    over the passes of ``plan_layer``; the dense array's cycles do not depend on data)."""
+    m, k, n = spec.gemm
+    cfg.fxp.check_reduction(spec.name, k)
+    r, c = cfg.rows, cfg.cols
+    chunks = ceil_div(m, cfg.acc_depth)
+    k_tiles, n_tiles = ceil_div(k, r), ceil_div(n, c)
+    passes = chunks * n_tiles * k_tiles
+    cycles = layer_cycles(m, k, n, cfg)
+    psum_bytes = cfg.fxp.acc_bits // 8
+    events = {
+        "mac": m * k * n,
+        "requant": m * n,
+        "reg_write_byte": passes * r * c,  # weights shifted into the PEs
+        "sram_read_byte": passes * r * c + n_tiles * k_tiles * m * r,  # weight + act buffers
+        "sram_write_byte": m * n,  # outputs
+        "small_sram_byte": 2 * (k_tiles - 1) * n_tiles * m * c * psum_bytes,  # psum rd + wr
+        "dram_byte": spec.input_size + spec.weight_size + 4 * n + spec.output_size,
+    }
+    events = {a: v * batch for a, v in events.items()}
+    rep = LayerReport(spec.name, cycles * batch, spec.macs * batch, spec.macs * batch, r * c, events,
+                      extra={"passes": passes, "k_tiles": k_tiles, "n_tiles": n_tiles,
+                             "chunks": chunks})
+    return rep.priced(table)
+
+
+def simulate_network(workload, cfg: SystolicConfig, table=None, progress=None) -> NetworkReport:
+    """Every layer of a ``sim.workload.Workload`` on the dense array."""
+    reports = []
+    for spec in workload.layers:
+        reports.append(simulate_layer(spec, cfg, table, workload.batch))
+        if progress:
+            progress(spec.name)
+    return NetworkReport("systolic", cfg.to_dict(), reports,
+                         [workload.description, f"{workload.batch} image(s)"])
+
+
+def layer_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:
+    """The block's outputs for one layer's ``sim.workload.LayerData`` ([N, H, W] before any
+    pooling), computed as the array does: the tiled GEMM with the shared requantisation."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    x = np.pad(data.x, ((0, 0), (spec.pad, spec.pad), (spec.pad, spec.pad)))
+    win = sliding_window_view(x, (spec.k, spec.k), axis=(1, 2))[:, ::spec.stride, ::spec.stride]
+    a = win.transpose(1, 2, 0, 3, 4).reshape(spec.out_h * spec.out_w, -1)
+    w = data.w.reshape(spec.out_ch, -1).T
+    y = requantize(a @ w + data.bias, data.mult, data.shift, fxp, spec.relu)
+    return y.T.reshape(spec.out_ch, spec.out_h, spec.out_w)

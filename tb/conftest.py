@@ -1,0 +1,3 @@
+import pytest
+
+from tests.conftest import digits  # noqa: F401  (shared fixture)
