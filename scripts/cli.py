@@ -54,6 +54,8 @@ def config_from_args(block: str, args) -> object:
     base = presets[args.preset]
     fxp_over = {f.name: getattr(args, f.name) for f in dataclasses.fields(base.fxp)
                 if getattr(args, f.name, None) is not None}
+    if "acc_bits" in fxp_over and "bias_bits" not in fxp_over:
+        fxp_over["bias_bits"] = None  # follows the accumulator width
     over = {f.name: getattr(args, f.name) for f in dataclasses.fields(base)
             if f.name != "fxp" and getattr(args, f.name, None) is not None}
     foreign = [f.name for cls in hwcfg.BLOCK_CONFIGS.values() if cls is not type(base)
