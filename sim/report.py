@@ -49,6 +49,7 @@ class NetworkReport:
     config: dict
     layers: list[LayerReport]
     notes: list[str] = field(default_factory=list)
+    accuracy: float | None = None  # test accuracy, where the block changes the network's
 
     def totals(self) -> dict:
         cycles = sum(l.cycles for l in self.layers)
@@ -64,5 +65,8 @@ class NetworkReport:
                 "energy_breakdown_pj": breakdown}
 
     def to_dict(self) -> dict:
-        return {"block": self.block, "config": self.config, "notes": list(self.notes),
-                "layers": [l.to_dict() for l in self.layers], "totals": self.totals()}
+        d = {"block": self.block, "config": self.config, "notes": list(self.notes),
+             "layers": [l.to_dict() for l in self.layers], "totals": self.totals()}
+        if self.accuracy is not None:
+            d["accuracy"] = self.accuracy
+        return d
