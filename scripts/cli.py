@@ -154,9 +154,27 @@ def cmd_sim(args) -> None:
         print(f"wrote {args.json}")
 
 
+def print_comparison(rows: list[dict], title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("block", "cycles", "speedup", "MAC util", "energy µJ", "vs dense",
+                "compute", "buffers", "DRAM", "accuracy"):
+        t.add_column(col, justify="left" if col == "block" else "right")
+    for r in rows:
+        acc = r.get("accuracy")
+        t.add_row(r["block"], f"{r['cycles']:,}", f"{r.get('speedup_vs_dense') or 0:.2f}x",
+                  f"{r['utilization']:.1%}", f"{r['energy_pj'] / 1e6:.3f}",
+                  f"{r.get('energy_ratio_vs_dense') or 0:.2f}x",
+                  f"{r['energy_compute_pj'] / 1e6:.3f}", f"{r['energy_buffers_pj'] / 1e6:.3f}",
+                  f"{r['energy_dram_pj'] / 1e6:.3f}", "-" if acc is None else f"{acc:.2%}")
+    _console().print(t)
+
+
 def cmd_run(args) -> None:
-    """The main job: every block on the network, one table, Verilog of each block."""
+    """The main job: every block on the network, one comparison, report files, Verilog."""
     from hw.gen import RTL_TOPS, generate
+    from sim import compare
     from sim.blocks import SIMULATORS
     from sim.energy import load_table
 
@@ -165,18 +183,33 @@ def cmd_run(args) -> None:
     table = load_table(args.energy_table)
     wl = load_workload(args.network, args.images)
     print(f"workload: {wl.description}")
-    reports = {}
-    for block in SIMULATORS:
-        cfg = hwcfg.PRESETS[block]["default"]
-        reports[block] = simulate(block, cfg, wl, table)
-        print_layer_table(reports[block], f"{block} (default configuration) on {wl.name}")
-    for block in RTL_TOPS:
-        vpath = generate(hwcfg.PRESETS[block]["default"], out / "verilog")
-        print(f"wrote {vpath}")
-    data = {"network": wl.name, "workload": wl.description,
-            "blocks": {b: r.to_dict() for b, r in reports.items()}}
-    (out / "report.json").write_text(json.dumps(data, indent=2))
-    print(f"wrote {out / 'report.json'}")
+    t0 = time.perf_counter()
+    with _progress() as prog:
+        task = prog.add_task("simulating", total=len(SIMULATORS) * len(wl.layers))
+        reports = compare.run_blocks(wl, table, progress=lambda b, name: prog.update(
+            task, advance=1, description=f"{b}: {name}"))
+    dt = time.perf_counter() - t0
+    if args.per_layer:
+        for block, rep in reports.items():
+            print_layer_table(rep, f"{block} on {wl.name}")
+    rows = compare.comparison_rows(reports)
+    print_comparison(rows, f"{wl.name}: every block, default configurations "
+                           f"({wl.batch} image(s), simulated in {dt:.2f} s)")
+    for block, rep in reports.items():
+        for note in rep.notes[1:]:
+            print(f"note ({block}): {note}")
+    (out / "report.json").write_text(json.dumps(compare.report_dict(wl, reports), indent=2))
+    compare.write_csv(reports, out / "report.csv")
+    pngs = compare.plot(reports, out, wl.name)
+    with _progress() as prog:
+        task = prog.add_task("generating Verilog", total=len(RTL_TOPS))
+        for block in RTL_TOPS:
+            prog.update(task, description=f"generating Verilog: {block}")
+            generate(hwcfg.PRESETS[block]["default"], out / "verilog")
+            prog.update(task, advance=1)
+    print(f"wrote {out / 'report.json'}, {out / 'report.csv'}, "
+          f"{', '.join(p.name for p in pngs)} and {out / 'verilog'}/ "
+          f"({', '.join(RTL_TOPS)})")
 
 
 def cmd_digits(args) -> None:
@@ -225,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--network", default="digits", help=f"one of {', '.join(NETWORKS)}")
     r.add_argument("--images", type=int, default=8, help="digits images to run (default 8)")
     r.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
+    r.add_argument("--per-layer", action="store_true", help="also print each block's layers")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("digits", help="train/load the digits CNN, report its accuracy")
