@@ -1,0 +1,102 @@
+"""Whole-network simulation speed of every registered block, from a cold process.
+
+    .venv/bin/python scripts/bench_network.py                 # VGG-16, every block
+    .venv/bin/python scripts/bench_network.py --network alexnet --blocks systolic
+
+The parent starts a fresh Python interpreter (the cold process) that imports the project,
+loads the workload with ``sim.workload.load`` and runs ``sim.compare.run_blocks`` one block
+at a time on each block's "default" preset, the same work ``zeroskip run`` does. The child
+reports per-block wall times; the parent measures the whole child (interpreter start,
+imports, workload, every block) and its peak resident memory (``getrusage(RUSAGE_CHILDREN)``).
+Blocks are whatever ``sim.blocks.SIMULATORS`` holds when the script runs.
+
+The issue's budget: the whole VGG-16 on every block in <= 60 s and < 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = 60.0
+BUDGET_RSS_GB = 4.0
+
+# Runs in the cold child: one JSON line per block on stdout, then a final summary line.
+CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from sim.blocks import SIMULATORS
+from sim import compare, workload
+network, blocks = sys.argv[1], sys.argv[2:] or list(SIMULATORS)
+t_import = time.perf_counter()
+wl = workload.load(network)
+t_load = time.perf_counter()
+print(json.dumps({"import_s": t_import - t0, "load_s": t_load - t_import,
+                  "blocks": list(SIMULATORS)}), flush=True)
+for b in blocks:
+    t = time.perf_counter()
+    try:
+        rep = compare.run_blocks(wl, blocks=[b])[b]
+        row = {"layers": len(rep.layers), "cycles": rep.totals()["cycles"]}
+    except Exception as e:  # a block still being written must not hide the others' figures
+        row = {"error": f"{type(e).__name__}: {e}"}
+    print(json.dumps({"block": b, "seconds": time.perf_counter() - t, **row,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+          flush=True)
+"""
+
+
+def run(network: str, blocks: list[str]) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, network, *blocks], cwd=ROOT,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"benchmark child failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN is the largest child, i.e. this one
+    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"network": network, "wall_s": wall, "peak_rss_mb": rss_mb, "head": lines[0],
+            "blocks": lines[1:]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--network", default="vgg16",
+                    help="network of models.workloads.NETWORKS (default vgg16)")
+    ap.add_argument("--blocks", nargs="*", default=[],
+                    help="blocks to run (default: every block in sim.blocks.SIMULATORS)")
+    ap.add_argument("--json", type=Path, help="also write the measurements to this file")
+    args = ap.parse_args(argv)
+
+    res = run(args.network, args.blocks)
+    head = res["head"]
+    print(f"network {res['network']}, blocks registered: {', '.join(head['blocks'])}")
+    print(f"{'block':<22}{'layers':>7}{'cycles':>16}{'wall s':>10}")
+    for b in res["blocks"]:
+        if "error" in b:
+            print(f"{b['block']:<22}{'FAILED':>7}{'':>16}{b['seconds']:>10.2f}   {b['error']}")
+            continue
+        print(f"{b['block']:<22}{b['layers']:>7}{b['cycles']:>16,}{b['seconds']:>10.2f}")
+    blocks_s = sum(b["seconds"] for b in res["blocks"])
+    print(f"{'(imports)':<22}{'':>7}{'':>16}{head['import_s']:>10.2f}")
+    print(f"{'(workload load)':<22}{'':>7}{'':>16}{head['load_s']:>10.2f}")
+    print(f"{'sum of blocks':<22}{'':>7}{'':>16}{blocks_s:>10.2f}")
+    print(f"{'cold process total':<22}{'':>7}{'':>16}{res['wall_s']:>10.2f}"
+          f"   (budget {BUDGET_S:.0f} s: {'OK' if res['wall_s'] <= BUDGET_S else 'OVER'})")
+    gb = res["peak_rss_mb"] / 1024
+    print(f"peak RSS {res['peak_rss_mb']:.0f} MB"
+          f"   (budget {BUDGET_RSS_GB:.0f} GB: {'OK' if gb < BUDGET_RSS_GB else 'OVER'})")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return 1 if any("error" in b for b in res["blocks"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
