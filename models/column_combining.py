@@ -1,0 +1,444 @@
+"""Column combining (Kung, McDanel & Zhang, ASPLOS 2019, arXiv 1811.04770).
+
+Orientation. The paper's *filter matrix* has one row per output filter and one column per
+input. Our arrays run the GEMM ``out[M, N] = act[M, K] @ W[K, N]`` with the reduction K on
+the array ROWS and the output channels N on the array COLUMNS (``hw.systolic``), so a
+paper *column* is one of our K indices and a paper *row* one of our N output channels. All
+functions here take ``W`` as the ``[K, N]`` GEMM matrix; "column" always means a K index
+(the paper's word), "row" an output channel.
+
+Column definition. A column is one **input channel x kernel position** (K = C * k * k, the
+order of ``models.reference.im2col``), not a whole input channel: the array multiplies one
+im2col term per cell, so each K index is one activation lane and each packed cell can pick
+any of them. Grouping whole channels would force the k*k taps of a channel into the same
+group and lose most of the packing freedom for 3x3 convs (the paper's nets are mostly 1x1
+pointwise convs, where the two definitions coincide).
+
+Grouping (``group_columns``), deterministic:
+  1. every non-empty column starts alone, groups in column order;
+  2. the *seed* is the open group with the most non-zeros (ties: lowest first column);
+  3. the seed absorbs, one at a time, the open group that keeps it feasible
+     (at most ``alpha`` columns; conflicts ``sum_rows max(0, nnz_in_row - 1) <= floor(gamma *
+     rows)``) and leaves the fewest empty rows, i.e. the densest packed column (ties: lowest
+     first column); when no open group is feasible the seed is closed and step 2 repeats.
+  The packed groups are then ordered by their first column.
+Conflict pruning (``conflict_prune``): in every (row, group) only the largest-|w| weight
+survives (ties: lowest column), so each packed cell holds one weight and the index
+(``ceil(log2 alpha)`` bits) of the column inside its group it came from: its select.
+
+``alpha == 1`` is the dense array: every column, empty or not, is its own group.
+
+Block column combining (the paper's row split): with ``block`` output channels per block
+(e.g. the array width ``cols``), each block of rows is grouped on its own, so each column
+tile of the array gets its own grouping; ``block=0`` is one global grouping.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# the joint-optimisation schedule (changing it changes the cache key)
+PRUNE_STEPS = 6
+EPOCHS_PER_STEP = 4
+FINAL_EPOCHS = 30
+RETRAIN_LR = 1e-3
+DENSITY_FACTOR = 2.0  # target density = DENSITY_FACTOR / alpha (see target_sparsity)
+RECIPE = (f"cc-v1-steps{PRUNE_STEPS}-ep{EPOCHS_PER_STEP}-final{FINAL_EPOCHS}-lr{RETRAIN_LR}"
+          f"-df{DENSITY_FACTOR}")
+
+
+def target_sparsity(alpha: int) -> float:
+    """Final pruning target tied to alpha: keep ``DENSITY_FACTOR / alpha`` of the weights, so
+    a full group of ``alpha`` columns has about ``DENSITY_FACTOR`` non-zeros per row before
+    conflict pruning (alpha = 1: no pruning)."""
+    if alpha <= 1:
+        return 0.0
+    return max(0.0, 1.0 - DENSITY_FACTOR / alpha)
+
+
+def check_params(alpha, gamma, block=0) -> None:
+    if not isinstance(alpha, (int, np.integer)) or isinstance(alpha, bool) or not 1 <= alpha <= 64:
+        raise ValueError(f"alpha must be an integer in 1..64 (columns per group), not {alpha!r}")
+    if not isinstance(gamma, (int, float)) or not 0.0 <= float(gamma) <= 1.0:
+        raise ValueError(f"gamma must be a number in 0..1 (allowed conflicts per row), "
+                         f"not {gamma!r}")
+    if not isinstance(block, (int, np.integer)) or block < 0:
+        raise ValueError(f"block must be an integer >= 0 (0 = one global grouping), "
+                         f"not {block!r}")
+
+
+# --- grouping --------------------------------------------------------------------------------
+def group_columns(nonzero: np.ndarray, alpha: int, gamma: float) -> list[tuple[int, ...]]:
+    """Group the columns (K indices) of a ``[K, N]`` non-zero pattern; see the module doc."""
+    check_params(alpha, gamma)
+    nz = np.asarray(nonzero, bool)
+    k, n = nz.shape
+    if alpha == 1:
+        return [(i,) for i in range(k)]
+    limit = int(np.floor(gamma * n))
+    cols = np.flatnonzero(nz.any(axis=1))
+    if cols.size == 0:
+        return []
+    cnt = nz[cols].astype(np.float32)  # per group: non-zeros in each row
+    occ = cnt > 0
+    occf = occ.astype(np.float32)
+    members = [[int(c)] for c in cols]
+    size = np.ones(len(cols), np.int64)
+    nnz = cnt.sum(axis=1).astype(np.int64)
+    rows_hit = occ.sum(axis=1).astype(np.int64)
+    is_open = np.ones(len(cols), bool)
+    closed = []
+    while is_open.any():
+        # seed: most non-zeros, ties to the lowest first column (argmax takes the first)
+        g = int(np.argmax(np.where(is_open, nnz, -1)))
+        is_open[g] = False
+        while True:
+            cand = is_open & (size + size[g] <= alpha)
+            if not cand.any():
+                break
+            inter = (occf @ occf[g]).astype(np.int64)
+            union = rows_hit + rows_hit[g] - inter
+            # sum_rows max(0, c_g + c_h - 1) = nnz_g + nnz_h - |rows hit by either|
+            conflicts = nnz + nnz[g] - union
+            ok = cand & (conflicts <= limit)
+            if not ok.any():
+                break
+            h = int(np.argmax(np.where(ok, union, -1)))  # fewest empty rows, lowest index
+            cnt[g] += cnt[h]
+            occ[g] = cnt[g] > 0
+            occf[g] = occ[g]
+            members[g] += members[h]
+            size[g] += size[h]
+            nnz[g] += nnz[h]
+            rows_hit[g] = int(occ[g].sum())
+            is_open[h] = False
+            occf[h] = 0.0
+        closed.append(tuple(sorted(members[g])))
+    return sorted(closed)
+
+
+def group_conflicts(nonzero: np.ndarray, group) -> int:
+    """``sum_rows max(0, nnz_in_row_in_group - 1)`` of one group of columns."""
+    c = np.asarray(nonzero, bool)[list(group)].sum(axis=0)
+    return int(np.maximum(c - 1, 0).sum())
+
+
+def conflict_prune(w: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the largest-|w| weight per (row, group).
+
+    Returns ``(packed [G, N], select [G, N], keep [K, N] bool)``: ``packed[g, n]`` is the
+    surviving weight of group ``g`` for output ``n`` (0 if none) and ``select[g, n]`` the
+    position inside ``groups[g]`` of the column it came from (0 if none)."""
+    w = np.asarray(w)
+    k, n = w.shape
+    packed = np.zeros((len(groups), n), w.dtype)
+    select = np.zeros((len(groups), n), np.int64)
+    keep = np.zeros((k, n), bool)
+    for g, members in enumerate(groups):
+        sub = np.abs(w[list(members)])  # [size, N]; argmax picks the lowest column on ties
+        j = np.argmax(sub, axis=0)
+        nzrow = sub[j, np.arange(n)] > 0
+        select[g] = np.where(nzrow, j, 0)
+        src = np.asarray(members)[j]
+        packed[g] = np.where(nzrow, w[src, np.arange(n)], 0)
+        keep[src[nzrow], np.flatnonzero(nzrow)] = True
+    return packed, select, keep
+
+
+# --- packed layers -----------------------------------------------------------------------------
+@dataclass
+class PackedBlock:
+    """One grouping block: output channels ``n0:n1`` packed into ``len(groups)`` rows."""
+
+    n0: int
+    n1: int
+    groups: list[tuple[int, ...]]
+    weight: np.ndarray  # [G, n1-n0]
+    select: np.ndarray  # [G, n1-n0], index into the group
+
+    @property
+    def rows(self) -> int:
+        return len(self.groups)
+
+
+@dataclass
+class Packing:
+    """A ``[K, N]`` matrix after grouping and conflict pruning, in one or more blocks."""
+
+    k: int
+    n: int
+    alpha: int
+    gamma: float
+    block: int
+    blocks: list[PackedBlock] = field(default_factory=list)
+
+    @property
+    def packed_columns(self) -> int:
+        """Packed array rows (paper: packed columns), summed over the blocks' groups
+        weighted by their width: equals the number of groups for a global grouping."""
+        return int(round(sum(b.rows * (b.n1 - b.n0) for b in self.blocks) / max(1, self.n)))
+
+    @property
+    def nonempty_columns(self) -> int:
+        return int(self.dense().any(axis=1).sum())
+
+    def dense(self) -> np.ndarray:
+        """The pruned, conflict-free ``[K, N]`` matrix the packing represents."""
+        dt = self.blocks[0].weight.dtype if self.blocks else np.int64
+        w = np.zeros((self.k, self.n), dt)
+        for b in self.blocks:
+            for g, members in enumerate(b.groups):
+                cols = np.arange(b.n0, b.n1)
+                src = np.asarray(members)[b.select[g]]
+                nzc = b.weight[g] != 0
+                w[src[nzc], cols[nzc]] = b.weight[g][nzc]
+        return w
+
+    def mask(self) -> np.ndarray:
+        return self.dense() != 0
+
+    def lanes(self, b: int) -> np.ndarray:
+        """``[G, alpha]`` original column of each lane of block ``b``'s groups (-1: unused)."""
+        blk = self.blocks[b]
+        out = -np.ones((blk.rows, self.alpha), np.int64)
+        for g, members in enumerate(blk.groups):
+            out[g, :len(members)] = members
+        return out
+
+    def apply(self, a: np.ndarray) -> np.ndarray:
+        """``a [M, K] @ packed`` the way the array computes it: each cell multiplies the
+        lane its select picks by its weight."""
+        a = np.asarray(a)
+        out = np.zeros((a.shape[0], self.n), np.result_type(a, self.blocks[0].weight)
+                       if self.blocks else np.int64)
+        for bi, b in enumerate(self.blocks):
+            lanes = self.lanes(bi)  # [G, alpha]
+            src = np.take_along_axis(lanes, b.select, axis=1)  # [G, nb] column per cell
+            src = np.where(src < 0, 0, src)
+            # gathered[m, g, j] = a[m, src[g, j]]
+            gathered = a[:, src]
+            out[:, b.n0:b.n1] = np.einsum("mgj,gj->mj", gathered, b.weight)
+        return out
+
+    @property
+    def cells(self) -> int:
+        """Occupied array cells: packed rows x output channels, over the blocks."""
+        return int(sum(b.rows * (b.n1 - b.n0) for b in self.blocks))
+
+    @property
+    def nnz(self) -> int:
+        return int(sum(np.count_nonzero(b.weight) for b in self.blocks))
+
+    def tiles(self, rows: int, cols: int) -> int:
+        """Weight tiles of a ``rows x cols`` array (one pass per tile and pixel chunk)."""
+        return int(sum(-(-max(1, b.rows) // rows) * -(-(b.n1 - b.n0) // cols)
+                       for b in self.blocks))
+
+    def summary(self) -> dict:
+        return {"columns": self.k, "nonempty_columns": self.nonempty_columns,
+                "packed_columns": self.packed_columns,
+                "column_reduction": self.k / max(1, self.packed_columns),
+                "nnz": self.nnz, "cells": self.cells,
+                "packing_efficiency": self.nnz / max(1, self.cells),
+                "groups_per_block": [b.rows for b in self.blocks]}
+
+
+def pack_with_groups(w: np.ndarray, block_groups: list, alpha: int, gamma: float,
+                     block: int = 0) -> Packing:
+    """Pack ``w [K, N]`` with given groupings (one list of groups per block)."""
+    w = np.asarray(w)
+    k, n = w.shape
+    bounds = _block_bounds(n, block)
+    if len(block_groups) != len(bounds):
+        raise ValueError(f"{len(block_groups)} groupings for {len(bounds)} blocks")
+    p = Packing(k, n, alpha, float(gamma), block)
+    for (n0, n1), groups in zip(bounds, block_groups):
+        groups = [tuple(int(c) for c in g) for g in groups]
+        if any(len(g) > alpha for g in groups):
+            raise ValueError(f"a group has more than alpha={alpha} columns")
+        if not groups:  # an all-zero block still needs one (zero) row to emit its bias
+            groups = [(0,)]
+        packed, select, _ = conflict_prune(w[:, n0:n1], groups)
+        p.blocks.append(PackedBlock(n0, n1, groups, packed, select))
+    return p
+
+
+def _block_bounds(n: int, block: int) -> list[tuple[int, int]]:
+    if not block or block >= n:
+        return [(0, n)]
+    return [(n0, min(n, n0 + block)) for n0 in range(0, n, block)]
+
+
+def pack(w: np.ndarray, alpha: int, gamma: float, block: int = 0) -> Packing:
+    """Group the non-zero columns of ``w [K, N]`` and conflict-prune them into a Packing."""
+    check_params(alpha, gamma, block)
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"pack expects a [K, N] matrix, not shape {w.shape}")
+    groups = [group_columns(w[:, n0:n1] != 0, alpha, gamma)
+              for n0, n1 in _block_bounds(w.shape[1], block)]
+    return pack_with_groups(w, groups, alpha, gamma, block)
+
+
+def magnitude_prune(w: np.ndarray, sparsity: float) -> np.ndarray:
+    """Zero the smallest-|w| fraction ``sparsity`` of ``w`` (ties: keep the earlier index)."""
+    w = np.asarray(w)
+    flat = np.abs(w).ravel()
+    drop = int(round(sparsity * flat.size))
+    if drop <= 0:
+        return w.copy()
+    order = np.argsort(flat, kind="stable")  # smallest first; stable = deterministic ties
+    out = w.copy().ravel()
+    out[order[:drop]] = 0
+    return out.reshape(w.shape)
+
+
+def prune_and_pack(w: np.ndarray, alpha: int, gamma: float, sparsity: float | None = None,
+                   block: int = 0) -> Packing:
+    """Magnitude prune to ``sparsity`` (default: ``target_sparsity(alpha)``) and pack."""
+    s = target_sparsity(alpha) if sparsity is None else sparsity
+    return pack(magnitude_prune(w, s), alpha, gamma, block)
+
+
+# --- joint prune - combine - retrain on the digits CNN -------------------------------------------
+def _layer_matrix(mod) -> np.ndarray:
+    """A torch conv/linear weight as the GEMM's ``[K, N]`` matrix (float numpy)."""
+    w = mod.weight.detach().numpy()
+    return w.reshape(w.shape[0], -1).T
+
+
+def _mask_tensor(mask_kn: np.ndarray, mod):
+    import torch
+
+    return torch.from_numpy(mask_kn.T.reshape(mod.weight.shape).astype(np.float32))
+
+
+@dataclass
+class JointResult:
+    alpha: int
+    gamma: float
+    block: int
+    sparsity: float
+    float_before: float
+    float_after: float
+    accuracy_before: float  # int8 test accuracy of the dense net
+    accuracy_after: float  # int8 test accuracy of the packed, retrained net
+    accuracy_pruned_no_retrain: float  # int8 accuracy right after the last prune, no retrain
+    groups: dict  # layer name -> list (blocks) of lists of groups
+    state: dict  # retrained float state_dict
+    masks: dict  # layer name -> [K, N] bool
+
+
+def joint_optimize(alpha: int = 8, gamma: float = 0.5, block: int = 0, progress=None,
+                   use_cache: bool = True) -> JointResult:
+    """Iterative magnitude pruning to ``target_sparsity(alpha)`` in ``PRUNE_STEPS`` equal
+    steps; at each step every layer is regrouped from scratch on its pruned pattern and
+    conflict-pruned, then the net retrains with the masks for ``EPOCHS_PER_STEP`` epochs;
+    ``FINAL_EPOCHS`` more after the last step. Deterministic (one thread, fixed seeds);
+    cached under ``models.digits.cache_dir()``."""
+    import torch
+
+    from models import digits
+
+    check_params(alpha, gamma, block)
+    key = hashlib.sha1(json.dumps([digits.RECIPE, RECIPE, alpha, float(gamma), block])
+                       .encode()).hexdigest()[:12]
+    path = digits.cache_dir() / f"{key}-combined.pt"
+    if use_cache and path.exists():
+        try:
+            d = torch.load(path, weights_only=False)
+            return JointResult(**d)
+        except Exception:  # stale or truncated: recompute over it
+            pass
+    data = digits.load_data()
+    base = digits.trained_model()
+    model = copy.deepcopy(base)
+    specs = [s.name for s in _specs()]
+    mods = dict(zip(specs, model.compute_layers()))
+    before_f = digits.float_accuracy(model, data.x_test, data.y_test)
+    before_i = digits.int_accuracy(digits.quantize_model(model, data.x_calib), data.x_test,
+                                   data.y_test)
+    target = target_sparsity(alpha)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    masks_kn, groups = {}, {}
+    try:
+        steps = PRUNE_STEPS if target > 0 else 1
+        for step in range(1, steps + 1):
+            s = target * step / steps
+            for name, mod in mods.items():
+                w = _layer_matrix(mod)
+                p = prune_and_pack(w, alpha, gamma, s, block)
+                masks_kn[name] = p.mask()
+                groups[name] = [list(b.groups) for b in p.blocks]
+                with torch.no_grad():
+                    mod.weight.mul_(_mask_tensor(masks_kn[name], mod))
+            if progress:
+                progress(f"prune step {step}/{steps}: sparsity {s:.0%}, retraining")
+            if step == steps:
+                masks = {n: _mask_tensor(m, mods[n]) for n, m in masks_kn.items()}
+                pruned_i = digits.int_accuracy(digits.quantize_model(model, data.x_calib,
+                                                                     masks=masks),
+                                               data.x_test, data.y_test)
+            masks = {n: _mask_tensor(m, mods[n]) for n, m in masks_kn.items()}
+            epochs = EPOCHS_PER_STEP + (FINAL_EPOCHS if step == steps else 0)
+            digits.train(model, data, epochs=epochs, masks=masks, lr=RETRAIN_LR,
+                         seed=digits.SEED + step)
+    finally:
+        torch.set_num_threads(threads)
+    masks = {n: _mask_tensor(m, mods[n]) for n, m in masks_kn.items()}
+    after_f = digits.float_accuracy(model, data.x_test, data.y_test, masks)
+    after_i = digits.int_accuracy(digits.quantize_model(model, data.x_calib, masks=masks),
+                                  data.x_test, data.y_test)
+    res = JointResult(alpha, float(gamma), block, target, before_f, after_f, before_i, after_i,
+                      pruned_i, groups, {k: v.clone() for k, v in model.state_dict().items()},
+                      masks_kn)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(res.__dict__, tmp)
+    tmp.replace(path)
+    return res
+
+
+def _specs():
+    from models.workloads import digits_layers
+    return digits_layers()
+
+
+def joint_model(res: JointResult):
+    """The retrained float net of a ``JointResult`` and its masks as torch tensors."""
+    from models import digits
+
+    model = digits.DigitsNet()
+    model.load_state_dict(res.state)
+    mods = dict(zip([s.name for s in _specs()], model.compute_layers()))
+    masks = {n: _mask_tensor(m, mods[n]) for n, m in res.masks.items()}
+    return model.eval(), masks
+
+
+def joint_quant_layers(res: JointResult, rule: str = "kl", fxp=None):
+    """The packed net quantised: ``QuantLayer`` list with pruned, conflict-free weights."""
+    from models import digits
+
+    model, masks = joint_model(res)
+    data = digits.load_data()
+    return digits.quantize_model(model, data.x_calib, rule, fxp, masks=masks)
+
+
+def joint_packings(res: JointResult, layers) -> list[Packing]:
+    """Packings of the quantised layers with the groupings found by the joint optimisation
+    (the integer weights' non-zeros are a subset of the masks, so nothing more is pruned)."""
+    out = []
+    for q in layers:
+        w = q.weight_matrix.numpy()
+        p = pack_with_groups(w, res.groups[q.spec.name], res.alpha, res.gamma, res.block)
+        if not np.array_equal(p.dense(), w):
+            raise RuntimeError(f"layer {q.spec.name}: the quantised weights are not "
+                               f"conflict-free under the stored grouping")
+        out.append(p)
+    return out
