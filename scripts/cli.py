@@ -212,6 +212,40 @@ def cmd_run(args) -> None:
           f"({', '.join(RTL_TOPS)})")
 
 
+def cmd_verify(args) -> None:
+    """Run a block's RTL (Icarus + cocotb) on layers of the digits net with real activations."""
+    import tempfile
+
+    from tb.runner import check_icarus
+    from tb.verify import verifier
+
+    cfg = config_from_args(args.block, args)
+    check = verifier(args.block)
+    check_icarus()
+    wl = load_workload("digits", images=max(1, args.image + 1))
+    names = [l.name for l in wl.layers]
+    chosen = args.layer or names
+    for n in chosen:
+        if n not in names:
+            raise CliError(f"unknown layer {n!r}; the digits net has: {', '.join(names)}")
+    build_root = Path(args.build or tempfile.mkdtemp(prefix="zeroskip-verify-"))
+    failed = 0
+    for n in chosen:
+        i = names.index(n)
+        t0 = time.perf_counter()
+        try:
+            res = check(cfg, wl.quant[i], wl.real_inputs[i][args.image], build_root / n)
+        except AssertionError as e:
+            failed += 1
+            print(f"{n}: FAILED: {str(e).splitlines()[0]}")
+            continue
+        print(f"{n}: {res['outputs']} outputs bit-exact vs the integer reference; RTL took "
+              f"{res['cycles']:,} cycles = simulator prediction ({time.perf_counter() - t0:.1f} s)")
+    print(f"build and logs in {build_root}")
+    if failed:
+        raise CliError(f"{failed} of {len(chosen)} layers failed RTL verification")
+
+
 def cmd_digits(args) -> None:
     """Train (or load) the digits CNN and report float and int8 accuracy per clip rule."""
     from models import digits
@@ -260,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
     r.add_argument("--per-layer", action="store_true", help="also print each block's layers")
     r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("verify", help="run a block's RTL (Icarus) on digits layers and check it")
+    v.add_argument("block", choices=blocks)
+    v.add_argument("--layer", action="append", help="layer name (repeatable; default: all)")
+    v.add_argument("--image", type=int, default=0, help="which calibration image (default 0)")
+    v.add_argument("--build", help="build folder (default: a new temporary folder)")
+    add_config_options(v)
+    v.set_defaults(func=cmd_verify)
 
     d = sub.add_parser("digits", help="train/load the digits CNN, report its accuracy")
     d.add_argument("--retrain", action="store_true", help="ignore the cache")

@@ -57,3 +57,10 @@ def test_missing_icarus_is_named(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(runner.SimulatorMissing, match="apt-get install -y iverilog"):
         runner.check_icarus()
+
+
+def test_verify_without_icarus_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["verify", "systolic", "--layer", "conv1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Icarus Verilog" in err[0] and "apt-get install" in err[0]
