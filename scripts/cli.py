@@ -171,6 +171,27 @@ def print_comparison(rows: list[dict], title: str) -> None:
     _console().print(t)
 
 
+def print_layer_comparison(reports: dict, title: str) -> None:
+    """One row per layer: each block's cycles, MAC utilisation and energy side by side."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("layer")
+    for block in reports:
+        t.add_column(f"{block}\ncycles", justify="right")
+        t.add_column("util", justify="right")
+        t.add_column("µJ", justify="right")
+    per_block = [r.to_dict() for r in reports.values()]
+    names = [l["name"] for l in per_block[0]["layers"]] + ["total"]
+    for i, name in enumerate(names):
+        cells = []
+        for d in per_block:
+            l = d["layers"][i] if name != "total" else d["totals"]
+            cells += [f"{l['cycles']:,}", f"{l['utilization']:.0%}", f"{l['energy_pj'] / 1e6:.2f}"]
+        t.add_row(name, *cells)
+    _console().print(t)
+
+
 def cmd_run(args) -> None:
     """The main job: every block on the network, one comparison, report files, Verilog."""
     from hw.gen import RTL_TOPS, generate
@@ -192,6 +213,7 @@ def cmd_run(args) -> None:
     if args.per_layer:
         for block, rep in reports.items():
             print_layer_table(rep, f"{block} on {wl.name}")
+    print_layer_comparison(reports, f"{wl.name}: per layer")
     rows = compare.comparison_rows(reports)
     print_comparison(rows, f"{wl.name}: every block, default configurations "
                            f"({wl.batch} image(s), simulated in {dt:.2f} s)")
