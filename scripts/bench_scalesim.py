@@ -29,6 +29,12 @@ Per fold (one ``rows x cols`` weight tile; ``folds = ceil(K/rows) * ceil(N/cols)
 - zeroskip (``SystolicConfig.pass_cycles``): 1 command beat + ``rows`` weight beats + ``T``
   activation beats + ``rows + cols + 1`` pipeline drain = ``2*rows + cols + T + 2``, passes
   back to back, plus 1 because the count is inclusive (first command to last output).
+Difference per fold: +4 = command beat (+1), array latency ``rows + cols`` against
+SCALE-Sim's ``rows + cols - 2`` (+2), partial-sum memory read-add-write stage (+1); per
+layer +2 (zeroskip's count includes the cycle the last output beat leaves its output
+register; SCALE-Sim reports the 0-based index of its last cycle). Neither overlaps the next
+fold's weight load with the current fold's drain; SCALE-Sim charges nothing for reading
+partial sums back between row folds, zeroskip hides that read in the pipeline above.
 """
 
 from __future__ import annotations
@@ -223,10 +229,12 @@ def explain(name: str, spec: ConvLayer, ss: dict | None, zs: dict) -> list[str]:
         d = zs["cycles"] - ss["cycles"]
         per = (zs_formula - ss_formula - 2) / f
         lines.append(f"  difference zeroskip - SCALE-Sim = {d:+,} = folds * {per:+g} + 2"
-                     + (" (per fold +4: zeroskip's command beat, its extra row-skew and "
-                        "column de-skew stages, its partial-sum read/requantisation register; "
-                        "+2: zeroskip counts cycles inclusively, SCALE-Sim reports the "
-                        "0-based index of its last cycle)"
+                     + (" (per fold +4: zeroskip's command beat +1; its array latency "
+                        "rows + cols against SCALE-Sim's rows + cols - 2, +2; its partial-sum "
+                        "memory read-add-write stage before the pass ends, +1. +2 per layer: "
+                        "zeroskip's count includes the cycle its last output beat leaves the "
+                        "output register, after the last pass; SCALE-Sim reports the 0-based "
+                        "index of its last cycle, one less than its cycle count)"
                         if chunks == 1 else
                         f" (per-fold overhead paid once per {cfg.acc_depth}-pixel chunk)"))
     return lines
