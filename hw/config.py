@@ -154,6 +154,43 @@ class SystolicConfig:
         return {"block": self.block, **dataclasses.asdict(self)}
 
 
+@dataclass(frozen=True)
+class CombinedConfig(SystolicConfig):
+    """Column-combined systolic array (``hw.combined.CombinedBlock``, Kung et al. 2019).
+
+    The dense array's fields and schedule, with ``rows`` counting *packed* rows (groups of up
+    to ``alpha`` original reduction columns): each array row carries ``alpha`` activation
+    lanes and each cell a ``sel_bits`` select. ``gamma`` (conflicts allowed per group, as a
+    fraction of the output channels) and ``group_block`` (output channels per grouping
+    block, 0 = one global grouping) are packing policy for the host and the simulator;
+    they do not change the RTL. ``alpha = 1`` is the dense array.
+    """
+
+    alpha: int = 8
+    gamma: float = 0.5
+    group_block: int = 0
+
+    block = "combined"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_int("alpha", self.alpha, 1, 64, " (original columns per packed row)")
+        if not isinstance(self.gamma, (int, float)) or not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be a number in 0..1, not {self.gamma!r}")
+        _check_int("group_block", self.group_block, 0, 1 << 16,
+                   " (0 groups all output channels together)")
+
+    @property
+    def sel_bits(self) -> int:
+        """Width of a cell's lane select, ``ceil(log2 alpha)``."""
+        return ceil_log2(self.alpha)
+
+    def dense(self) -> SystolicConfig:
+        """The dense array of the same size (the baseline of speedups and energy ratios)."""
+        return SystolicConfig(rows=self.rows, cols=self.cols, acc_depth=self.acc_depth,
+                              fxp=self.fxp)
+
+
 def config_from_dict(d: dict):
     """Rebuild a block config from ``to_dict()`` output (the JSON written beside the Verilog)."""
     d = dict(d)
@@ -181,3 +218,162 @@ SYSTOLIC_PRESETS = {
 # block name -> presets; every block registers its config class in BLOCK_CONFIGS and its
 # presets (at least "default") here
 PRESETS: dict[str, dict] = {"systolic": SYSTOLIC_PRESETS}
+
+BLOCK_CONFIGS["combined"] = CombinedConfig
+PRESETS["combined"] = {
+    "tiny": CombinedConfig(rows=4, cols=4, acc_depth=64, alpha=4),
+    "default": CombinedConfig(rows=8, cols=8, acc_depth=256, alpha=8),
+    "dense": CombinedConfig(rows=8, cols=8, acc_depth=256, alpha=1),
+    "large": CombinedConfig(rows=32, cols=32, acc_depth=1024, alpha=8),
+}
+
+
+@dataclass(frozen=True)
+class SnaPEAConfig:
+    """Early-termination block (``hw.snapea.SnaPEABlock``, Akhlaghi et al., ISCA 2018).
+
+    ``lanes`` time-folded MAC lanes, each walking whole windows of its own output channel
+    through that kernel's reordered non-zero weights, one MAC per cycle. ``max_taps`` is the
+    depth of each lane's weight/index buffer (the most non-zero weights a kernel may have),
+    ``act_depth`` the input buffer (one band of the zero-padded input feature map),
+    ``max_windows`` each lane's output bank (output pixels per band), ``check_every`` how
+    often the sign check runs (every k-th MAC, k = 1 checks every cycle).
+    """
+
+    lanes: int = 8
+    max_taps: int = 4608
+    act_depth: int = 65536
+    max_windows: int = 1024
+    check_every: int = 1
+    fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
+
+    block = "snapea"
+
+    def __post_init__(self):
+        _check_int("lanes", self.lanes, 1, 64, " (the block needs at least one lane)")
+        _check_int("max_taps", self.max_taps, 1, 1 << 16)
+        _check_int("act_depth", self.act_depth, 1, 1 << 24)
+        _check_int("max_windows", self.max_windows, 1, 1 << 20)
+        _check_int("check_every", self.check_every, 1, 64, " (MACs between sign checks)")
+        if isinstance(self.fxp, dict):
+            object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
+
+    @property
+    def addr_bits(self) -> int:
+        """Input-buffer address and index-buffer offset width."""
+        return max(1, ceil_log2(self.act_depth))
+
+    @property
+    def tap_bits(self) -> int:
+        """Width of a tap count (holds 0..max_taps)."""
+        return max(1, self.max_taps.bit_length())
+
+    @property
+    def window_bits(self) -> int:
+        """Width of a window count (holds 0..max_windows)."""
+        return max(1, self.max_windows.bit_length())
+
+    def command_cycles(self, act_beats: int, taps: int, lane_cycles: int, windows: int) -> int:
+        """Cycles of one command (band x lane group), first command beat to last output beat
+        inclusive, with inputs always valid and ``out.ready`` high: 1 command + ``act_beats``
+        input beats + ``taps`` weight beats + 1 launch + the slowest lane's ``lane_cycles``
+        (one per MAC it performs) + 1 write-back + ``windows`` output beats."""
+        return 3 + act_beats + taps + lane_cycles + windows
+
+    def to_dict(self) -> dict:
+        return {"block": self.block, **dataclasses.asdict(self)}
+
+
+BLOCK_CONFIGS["snapea"] = SnaPEAConfig
+PRESETS["snapea"] = {
+    "tiny": SnaPEAConfig(lanes=2, max_taps=512, act_depth=2048, max_windows=64),
+    "default": SnaPEAConfig(),
+    "check4": SnaPEAConfig(check_every=4),
+    "wide": SnaPEAConfig(lanes=32),
+}
+
+
+@dataclass(frozen=True)
+class NullHopConfig:
+    """Sparse-feature-map block (``hw.nullhop.NullHopBlock``, Aimar et al., TNNLS 2018).
+
+    ``macs`` MAC units, one per output channel of a pass (a power of two; NullHop has 128);
+    ``sm_bits`` the sparsity-map word width (a power of two; 16 in NullHop); ``kernel_depth``
+    the kernel memory (entries of ``macs`` weights: input channels x k x k of one pass);
+    ``acc_depth`` the partial-sum memory (output pixels of one pass, before pooling);
+    ``max_dim`` the largest input/output height or width of a pass and ``max_k`` the largest
+    kernel (both set counter widths). The stream format is ``sim.sparse_format``; the
+    schedule is ``pass_cycles`` below, mirrored by ``sim.nullhop`` and checked on the RTL.
+    """
+
+    macs: int = 8
+    sm_bits: int = 16
+    kernel_depth: int = 1024
+    acc_depth: int = 512
+    max_dim: int = 256
+    max_k: int = 11
+    fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
+
+    block = "nullhop"
+
+    def __post_init__(self):
+        for name, value, lo, hi in (("macs", self.macs, 1, 256), ("sm_bits", self.sm_bits, 2, 64)):
+            _check_int(name, value, lo, hi)
+            if value & (value - 1):
+                raise ValueError(f"{name} must be a power of two, not {value!r} "
+                                 f"(try {1 << (value.bit_length() - 1)})")
+        _check_int("kernel_depth", self.kernel_depth, 1, 1 << 20)
+        _check_int("acc_depth", self.acc_depth, 1, 1 << 20)
+        _check_int("max_dim", self.max_dim, 1, 1 << 14)
+        _check_int("max_k", self.max_k, 1, 15)
+        if isinstance(self.fxp, dict):
+            object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
+
+    # --- derived widths -------------------------------------------------------------------
+    @property
+    def word_bits(self) -> int:
+        """Data width of a stream word: an SM word or one (zero-extended) value."""
+        return max(self.sm_bits, self.fxp.act_bits)
+
+    @property
+    def group(self) -> int:
+        """Values moved into the encoder's chunk register per fill cycle, ``min(macs, sm_bits)``."""
+        return min(self.macs, self.sm_bits)
+
+    @property
+    def parts(self) -> int:
+        """Fill cycles per output pixel (``macs / group``)."""
+        return self.macs // self.group
+
+    # --- the cycle schedule (mirrored by sim.nullhop and checked against the RTL) ----------
+    def pass_cycles(self, *, weight_beats: int, load: bool, nnz: int, kk: int, sm_words: int,
+                    last_is_sm: bool, emit: bool, out_pixels: int = 0, pool: bool = False,
+                    out_chunks: int = 0, out_nnz: int = 0) -> int:
+        """Cycles of one pass, command beat to its last output beat (or to its last input
+        cycle when it does not emit), inclusive, with inputs always valid and ``out`` ready:
+
+        1 command + ``weight_beats`` (if ``load``) + input phase + output phase, where the
+        input phase is ``nnz * kk`` MAC cycles + one cycle per SM word not taken in the last
+        MAC cycle of a value (= ``sm_words + 1 - last_is_sm``) + 1 end-of-input cycle, and
+        the output phase per output pixel is ``(4 if pool else 1)`` psum reads + 1 fold +
+        ``parts`` fills, plus 1 cycle per output SM word and 1 per output non-zero value.
+        """
+        cycles = 1 + (weight_beats if load else 0)
+        cycles += nnz * kk + sm_words + 2 - int(bool(last_is_sm))
+        if emit:
+            cycles += out_pixels * ((4 if pool else 1) + 1 + self.parts) + out_chunks + out_nnz
+        return cycles
+
+    def to_dict(self) -> dict:
+        return {"block": self.block, **dataclasses.asdict(self)}
+
+
+BLOCK_CONFIGS["nullhop"] = NullHopConfig
+PRESETS["nullhop"] = {
+    "tiny": NullHopConfig(macs=4, sm_bits=8, kernel_depth=512, acc_depth=128, max_dim=32,
+                          max_k=5),
+    "default": NullHopConfig(),
+    # NullHop's own size: 128 MACs, 16-bit SM words; buffers sized for VGG-16's layers
+    "paper": NullHopConfig(macs=128, sm_bits=16, kernel_depth=4608, acc_depth=8192,
+                           max_dim=256, max_k=11),
+}

@@ -18,6 +18,9 @@ from .config import config_to_json
 # block name -> (module, top-level component class); each block adds its line here
 RTL_TOPS = {
     "systolic": ("hw.systolic", "SystolicBlock"),
+    "snapea": ("hw.snapea", "SnaPEABlock"),
+    "combined": ("hw.combined", "CombinedBlock"),
+    "nullhop": ("hw.nullhop", "NullHopBlock"),
 }
 
 

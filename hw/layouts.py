@@ -75,3 +75,59 @@ def unpack(layout, bits: int):
 def unpack_array(layout: data.ArrayLayout, bits: int) -> list[int]:
     view = unpack(layout, bits)
     return [int(view[i]) for i in range(layout.length)]
+
+
+def combined_layouts(cfg) -> SystolicLayouts:
+    """``hw.combined.CombinedBlock``: the dense command and output; each weight-row entry is a
+    cell's ``{weight, sel}`` (select loaded with its weight) and each activation-vector entry
+    carries the ``alpha`` lanes of one packed row (lane ``j`` = the group's ``j``-th column)."""
+    fxp = cfg.fxp
+    dense = systolic_layouts(cfg)
+    cell = data.StructLayout({"weight": weight_shape(fxp), "sel": unsigned(cfg.sel_bits)})
+    return SystolicLayouts(
+        command=dense.command,
+        weight_row=data.ArrayLayout(cell, cfg.cols),
+        act_vector=data.ArrayLayout(data.ArrayLayout(act_shape(fxp), cfg.alpha), cfg.rows),
+        out_vector=dense.out_vector,
+    )
+
+
+@dataclass(frozen=True)
+class SnaPEALayouts:
+    lane: data.StructLayout
+    command: data.StructLayout
+    tap: data.StructLayout
+    weight_row: data.ArrayLayout
+    act: data.ArrayLayout
+    out_vector: data.ArrayLayout
+
+
+def snapea_layouts(cfg) -> SnaPEALayouts:
+    """Stream payloads of ``hw.snapea.SnaPEABlock`` (``cfg``: ``SnaPEAConfig``)."""
+    fxp = cfg.fxp
+    lane = data.StructLayout({
+        "taps": unsigned(cfg.tap_bits),  # non-zero weights of the lane's kernel; 0 = lane idle
+        "exact_from": unsigned(cfg.tap_bits),  # taps after which every weight is <= 0
+        "spec_n": unsigned(cfg.tap_bits),  # speculation taps (0: exact mode only)
+        "threshold": signed(fxp.acc_bits),  # predicted zero if psum < threshold after spec_n
+        "bias": signed(fxp.bias_bits),
+        "mult": unsigned(fxp.mult_bits),
+        "shift": unsigned(fxp.shift_bits),
+    })
+    command = data.StructLayout({
+        "load_acts": 1,  # first lane group of a band: load the band's input first
+        "act_count": unsigned(max(1, cfg.act_depth.bit_length())),
+        "windows": unsigned(cfg.window_bits),  # output pixels of the band
+        "out_w": unsigned(cfg.window_bits),  # windows per output row
+        "col_step": unsigned(cfg.addr_bits),  # input address step to the next window (stride)
+        "row_step": unsigned(cfg.addr_bits),  # ... to the next output row (stride x padded W)
+        "taps": unsigned(cfg.tap_bits),  # weight beats that follow (the longest kernel)
+        "terminate": 1,  # exact early termination on (ReLU layers fed by ReLU layers)
+        "relu": 1,
+        "lane": data.ArrayLayout(lane, cfg.lanes),
+    })
+    tap = data.StructLayout({"weight": weight_shape(fxp), "offset": unsigned(cfg.addr_bits)})
+    return SnaPEALayouts(lane=lane, command=command, tap=tap,
+                         weight_row=data.ArrayLayout(tap, cfg.lanes),
+                         act=data.ArrayLayout(act_shape(fxp), 1),
+                         out_vector=data.ArrayLayout(unsigned(fxp.act_bits), cfg.lanes))

@@ -136,7 +136,7 @@ class SystolicBlock(wiring.Component):
 
     def __init__(self, cfg: SystolicConfig):
         self._cfg = cfg
-        lay = systolic_layouts(cfg)
+        lay = self._layouts()
         super().__init__({
             "cmd": In(stream.Signature(lay.command)),
             "weights": In(stream.Signature(lay.weight_row)),
@@ -148,11 +148,18 @@ class SystolicBlock(wiring.Component):
     def config(self) -> SystolicConfig:
         return self._cfg
 
+    # Variants of the array (``hw.combined``) replace these two and keep everything else.
+    def _layouts(self):
+        return systolic_layouts(self._cfg)
+
+    def _array(self):
+        return SystolicArray(self._cfg)
+
     def elaborate(self, platform):
         cfg, fxp = self._cfg, self._cfg.fxp
-        lay = systolic_layouts(cfg)
+        lay = self._layouts()
         m = Module()
-        m.submodules.array = array = SystolicArray(cfg)
+        m.submodules.array = array = self._array()
         m.submodules.psums = psums = memory.Memory(
             shape=data.ArrayLayout(acc_shape(fxp), cfg.cols), depth=cfg.acc_depth,
             init=[])

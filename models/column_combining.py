@@ -73,13 +73,25 @@ def check_params(alpha, gamma, block=0) -> None:
 
 
 # --- grouping --------------------------------------------------------------------------------
-def group_columns(nonzero: np.ndarray, alpha: int, gamma: float) -> list[tuple[int, ...]]:
-    """Group the columns (K indices) of a ``[K, N]`` non-zero pattern; see the module doc."""
+def group_columns(nonzero: np.ndarray, alpha: int, gamma: float,
+                  window: int | None = None) -> list[tuple[int, ...]]:
+    """Group the columns (K indices) of a ``[K, N]`` non-zero pattern; see the module doc.
+
+    ``window``: group each run of ``window`` consecutive columns on its own (groups never
+    span two windows). Only used to bound the quadratic cost on the very large random
+    layers of the shape-only networks; ``None`` (the default) groups all columns together.
+    """
     check_params(alpha, gamma)
     nz = np.asarray(nonzero, bool)
     k, n = nz.shape
     if alpha == 1:
         return [(i,) for i in range(k)]
+    if window and window < k:
+        out = []
+        for c0 in range(0, k, window):
+            out += [tuple(c0 + c for c in g)
+                    for g in group_columns(nz[c0:c0 + window], alpha, gamma)]
+        return sorted(out)
     limit = int(np.floor(gamma * n))
     cols = np.flatnonzero(nz.any(axis=1))
     if cols.size == 0:
@@ -185,7 +197,13 @@ class Packing:
 
     @property
     def nonempty_columns(self) -> int:
-        return int(self.dense().any(axis=1).sum())
+        """Original columns with at least one surviving weight."""
+        used = set()
+        for b in self.blocks:
+            for g, members in enumerate(b.groups):
+                nzc = b.weight[g] != 0
+                used.update(np.asarray(members)[b.select[g][nzc]].tolist())
+        return len(used)
 
     def dense(self) -> np.ndarray:
         """The pruned, conflict-free ``[K, N]`` matrix the packing represents."""
@@ -274,13 +292,14 @@ def _block_bounds(n: int, block: int) -> list[tuple[int, int]]:
     return [(n0, min(n, n0 + block)) for n0 in range(0, n, block)]
 
 
-def pack(w: np.ndarray, alpha: int, gamma: float, block: int = 0) -> Packing:
+def pack(w: np.ndarray, alpha: int, gamma: float, block: int = 0,
+         window: int | None = None) -> Packing:
     """Group the non-zero columns of ``w [K, N]`` and conflict-prune them into a Packing."""
     check_params(alpha, gamma, block)
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"pack expects a [K, N] matrix, not shape {w.shape}")
-    groups = [group_columns(w[:, n0:n1] != 0, alpha, gamma)
+    groups = [group_columns(w[:, n0:n1] != 0, alpha, gamma, window)
               for n0, n1 in _block_bounds(w.shape[1], block)]
     return pack_with_groups(w, groups, alpha, gamma, block)
 

@@ -7,6 +7,9 @@ import importlib
 
 SIMULATORS = {
     "systolic": "sim.systolic",
+    "snapea": "sim.snapea",
+    "combined": "sim.combined",
+    "nullhop": "sim.nullhop",
 }
 
 

@@ -119,6 +119,26 @@ class StepModel:
     def __init__(self, cfg: SystolicConfig):
         self.cfg = cfg
 
+    # What a variant of the array (``sim.combined``) replaces; the FSM and pipeline stay.
+    def plan(self, g) -> list:
+        return plan_layer(*g.shape, self.cfg)
+
+    def pass_beats(self, g, p):
+        return pass_beats(g, p, self.cfg)
+
+    def pass_width(self, g, p) -> int:
+        """Output channels the pass's column tile covers."""
+        return min(self.cfg.cols, g.shape[2] - p.n0)
+
+    def empty_weights(self) -> np.ndarray:
+        return np.zeros((self.cfg.rows, self.cfg.cols), np.int64)
+
+    def weight_row(self, payload) -> np.ndarray:
+        return np.asarray(payload, np.int64)
+
+    def column_sums(self, payload, weights) -> np.ndarray:
+        return np.asarray(payload, np.int64) @ weights
+
     def run(self, g: Gemm, valid_p: float = 1.0, ready_p: float = 1.0, seed: int = 0,
             max_cycles: int = 10_000_000):
         """Returns ``(outputs [M, N], trace)``; ``trace`` maps port -> list of transfer cycles
@@ -130,8 +150,8 @@ class StepModel:
         cfg = self.cfg
         r, c = cfg.rows, cfg.cols
         m, k, n = g.shape
-        passes = plan_layer(m, k, n, cfg)
-        beats = [pass_beats(g, p, cfg) for p in passes]
+        passes = self.plan(g)
+        beats = [self.pass_beats(g, p) for p in passes]
         cmd_src = Source([b[0] for b in beats], pat["cmd"])
         w_src = Source([row for b in beats for row in b[1]], pat["weights"])
         a_src = Source([v for b in beats for v in b[2]], pat["acts"])
@@ -145,7 +165,7 @@ class StepModel:
         stage_b, row_b, rd_data = False, None, np.zeros(c, np.int64)
         out_valid, out_payload = False, None
         state, cmd, loaded, accepted, rd_addr, wr_addr = "IDLE", None, 0, 0, 0, 0
-        weights = np.zeros((r, c), np.int64)
+        weights = self.empty_weights()
         trace = {"cmd": [], "weights": [], "acts": [], "out": [], "out_payload": []}
         outputs = np.zeros((m, n), np.int64)
         emitted = 0
@@ -157,7 +177,7 @@ class StepModel:
             if out_valid and out_pattern(t):
                 pi, j = out_rows[emitted]
                 p = passes[pi]
-                nn = min(c, n - p.n0)
+                nn = self.pass_width(g, p)
                 outputs[p.m0 + j, p.n0:p.n0 + nn] = out_payload[:nn]
                 trace["out"].append(t)
                 trace["out_payload"].append(list(out_payload))
@@ -177,8 +197,8 @@ class StepModel:
                 if out_valid:
                     out_payload = requantize(sums + q["bias"], q["mult"], q["shift"], cfg.fxp,
                                              bool(cmd["relu"])) & cfg.fxp.act_max
-                vec = np.asarray(a_src.payload(), np.int64) if injected else None
-                pipe = [(injected, None if vec is None else vec @ weights)] + pipe[:-1]
+                sums_in = self.column_sums(a_src.payload(), weights) if injected else None
+                pipe = [(injected, sums_in)] + pipe[:-1]
                 rd_addr += int(stage_a)
                 wr_addr += int(stage_b)
                 stage_b, row_b = stage_a, row_a
@@ -196,7 +216,8 @@ class StepModel:
                     state = "LOAD"
             elif state == "LOAD":
                 if w_v:
-                    weights = np.vstack([np.asarray(w_src.payload(), np.int64)[None], weights[:-1]])
+                    weights = np.concatenate([self.weight_row(w_src.payload())[None],
+                                              weights[:-1]])
                     trace["weights"].append(t)
                     w_src.advance()
                     loaded += 1

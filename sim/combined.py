@@ -1,0 +1,320 @@
+"""Cycle-level simulator of the column-combined array (``hw.combined.CombinedBlock``).
+
+The block is the dense array with ``alpha`` activation lanes per packed row and a select per
+cell, so this module reuses ``sim.systolic``: the step-per-cycle ``StepModel`` (same FSM and
+pipeline; only the tiling, the beats and the cell arithmetic are replaced) and the dense
+pass overhead ``SystolicConfig.pass_cycles``.
+
+Tiling over the packed matrix (``plan_packed``): for each chunk of ``acc_depth`` output
+pixels, for each grouping block (one for a global grouping), for each tile of ``cols``
+output channels of the block, for each tile of ``rows`` *packed* rows (groups): one pass.
+With ``alpha = 1`` the packing is the identity and this is ``sim.systolic.plan_layer``.
+
+Where the packed weights come from (``simulate_network``):
+- the trained digits CNN: ``alpha = 1`` runs the workload's dense int8 weights (the dense
+  array exactly); ``alpha > 1`` runs the weights of the joint prune-combine-retrain
+  optimisation (``models.column_combining.joint_optimize``, cached) with its groupings;
+- shape-only networks (VGG-16, ...): a random int8 matrix per layer, pruned iid to
+  ``target_sparsity(alpha)`` (stated in the report's notes), grouped in windows of
+  ``SHAPE_ONLY_WINDOW`` columns to bound the cost of the greedy on the largest layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.config import CombinedConfig, ceil_div
+from hw.fixedpoint import requantize
+from models import column_combining as cc
+from models.workloads import ConvLayer
+
+from . import systolic
+from .report import LayerReport, NetworkReport
+from .systolic import Pass, StepModel
+
+SHAPE_ONLY_WINDOW = 256
+SHAPE_ONLY_SEED = 1811
+
+
+@dataclass(frozen=True)
+class CombinedPass(Pass):
+    block: int = 0  # grouping block of the packing
+    width: int = 0  # output channels of the column tile (<= cols)
+
+
+def plan_packed(m: int, packing: cc.Packing, cfg: CombinedConfig) -> list[CombinedPass]:
+    """Driver tiling over the packed matrix (see the module doc)."""
+    passes = []
+    for m0 in range(0, m, cfg.acc_depth):
+        count = min(cfg.acc_depth, m - m0)
+        for b, blk in enumerate(packing.blocks):
+            k_tiles = ceil_div(max(1, blk.rows), cfg.rows)
+            for n0 in range(blk.n0, blk.n1, cfg.cols):
+                width = min(cfg.cols, blk.n1 - n0)
+                for kt in range(k_tiles):
+                    passes.append(CombinedPass(m0, count, n0, kt * cfg.rows, kt > 0,
+                                               kt == k_tiles - 1, b, width))
+    return passes
+
+
+def identity_packing(w: np.ndarray) -> cc.Packing:
+    """``alpha = 1``: every column its own packed row, nothing pruned (the dense array)."""
+    return cc.pack(np.asarray(w), 1, 0.0)
+
+
+@dataclass
+class PackedGemm:
+    """A packed layer as the block sees it: ``requantize(a @ packing.dense() + bias)``."""
+
+    a: np.ndarray  # [M, K] unsigned activations (original, unpacked columns)
+    packing: cc.Packing
+    bias: np.ndarray
+    mult: np.ndarray
+    shift: np.ndarray
+    relu: bool = True
+
+    def __post_init__(self):
+        self.a = np.asarray(self.a, np.int64)
+        for f in ("bias", "mult", "shift"):
+            setattr(self, f, np.asarray(getattr(self, f), np.int64))
+        if self.a.shape[1] != self.packing.k:
+            raise ValueError(f"activations have K={self.a.shape[1]} but the packing has "
+                             f"K={self.packing.k}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.a.shape[0], self.packing.k, self.packing.n
+
+    def reference(self, fxp) -> np.ndarray:
+        """Integer reference on the pruned, conflict-free weights (plain GEMM)."""
+        return requantize(self.a @ self.packing.dense().astype(np.int64) + self.bias,
+                          self.mult, self.shift, fxp, self.relu)
+
+
+def pass_beats(g: PackedGemm, p: CombinedPass, cfg: CombinedConfig):
+    """(command, weight rows bottom-first as ``{weight, sel}`` cells, activation vectors of
+    ``rows x alpha`` lanes) of one pass, zero-padded."""
+    r, c, alpha = cfg.rows, cfg.cols, cfg.alpha
+    if g.packing.alpha > alpha:
+        raise ValueError(f"the packing has groups of up to {g.packing.alpha} columns but the "
+                         f"array has alpha={alpha} lanes; pack with alpha <= {alpha}")
+    blk = g.packing.blocks[p.block]
+    gg = min(r, blk.rows - p.k0)
+    j0, nn = p.n0 - blk.n0, p.width
+    wt = np.zeros((r, c), np.int64)
+    sel = np.zeros((r, c), np.int64)
+    wt[:gg, :nn] = blk.weight[p.k0:p.k0 + gg, j0:j0 + nn]
+    sel[:gg, :nn] = blk.select[p.k0:p.k0 + gg, j0:j0 + nn]
+    rows = [[{"weight": int(wt[i, j]), "sel": int(sel[i, j])} for j in range(c)]
+            for i in range(r)][::-1]
+    lanes = -np.ones((r, alpha), np.int64)
+    lanes[:gg, :g.packing.alpha] = g.packing.lanes(p.block)[p.k0:p.k0 + gg]
+    a = g.a[p.m0:p.m0 + p.count]
+    acts = np.where(lanes >= 0, a[:, np.maximum(lanes, 0)], 0)  # [count, r, alpha]
+    q = {f: np.zeros(c, np.int64) for f in ("bias", "mult", "shift")}
+    for f in q:
+        q[f][:nn] = getattr(g, f)[p.n0:p.n0 + nn]
+    cmd = {"count": p.count, "accumulate": int(p.accumulate), "emit": int(p.emit),
+           "relu": int(g.relu), "requant": {f: q[f].tolist() for f in q}}
+    return cmd, rows, acts.tolist()
+
+
+def layer_cycles(m: int, packing: cc.Packing, cfg: CombinedConfig) -> int:
+    """First command to last output, inclusive, inputs always valid and ``out`` always
+    ready: passes run back to back, each ``pass_cycles(count)`` long."""
+    chunks = ceil_div(m, cfg.acc_depth)
+    per_chunk = sum(ceil_div(max(1, b.rows), cfg.rows) * ceil_div(b.n1 - b.n0, cfg.cols)
+                    for b in packing.blocks)
+    return 1 + per_chunk * (chunks * cfg.pass_cycles(0) + m)
+
+
+class CombinedStepModel(StepModel):
+    """``sim.systolic.StepModel`` with the packed tiling and combined cells: the FSM, valid
+    pipeline, partial-sum memory and output register are the dense block's."""
+
+    def plan(self, g: PackedGemm) -> list:
+        return plan_packed(g.shape[0], g.packing, self.cfg)
+
+    def pass_beats(self, g, p):
+        return pass_beats(g, p, self.cfg)
+
+    def pass_width(self, g, p) -> int:
+        return p.width
+
+    def empty_weights(self) -> np.ndarray:
+        return np.zeros((self.cfg.rows, self.cfg.cols, 2), np.int64)
+
+    def weight_row(self, payload) -> np.ndarray:
+        return np.asarray([[cell["weight"], cell["sel"]] for cell in payload], np.int64)
+
+    def column_sums(self, payload, weights) -> np.ndarray:
+        lanes = np.asarray(payload, np.int64)  # [rows, alpha]
+        picked = np.take_along_axis(lanes, weights[..., 1], axis=1)  # [rows, cols]
+        return (picked * weights[..., 0]).sum(axis=0)
+
+
+# --- vectorised counts ---------------------------------------------------------------------------
+def simulate_layer(spec: ConvLayer, packing: cc.Packing, cfg: CombinedConfig, table=None,
+                   batch: int = 1, dense=None) -> LayerReport:
+    """Closed-form count for one packed layer and ``batch`` images (cycles do not depend on
+    activation values). ``dense``: the dense array's report of the same layer, for the
+    speedup and energy ratio (computed if not given)."""
+    m, k, n = spec.gemm
+    if (packing.k, packing.n) != (k, n):
+        raise ValueError(f"layer {spec.name!r}: packing is {packing.k}x{packing.n}, the layer "
+                         f"needs {k}x{n}")
+    cfg.fxp.check_reduction(spec.name, k)
+    r, c = cfg.rows, cfg.cols
+    chunks = ceil_div(m, cfg.acc_depth)
+    cycles = layer_cycles(m, packing, cfg)
+    tiles = packing.tiles(r, c)
+    passes = chunks * tiles
+    cell_bytes = 1 + cfg.sel_bits / 8  # weight + select storage per cell
+    psum_bytes = cfg.fxp.acc_bits // 8
+    # activation lanes actually read per pixel: every column of every group, once per
+    # column tile (unused lanes are driven with 0, not read)
+    lanes_read = 0
+    psum_rw = 0
+    for b in packing.blocks:
+        n_tiles = ceil_div(b.n1 - b.n0, c)
+        lanes_read += n_tiles * sum(len(g) for g in b.groups)
+        psum_rw += 2 * (ceil_div(max(1, b.rows), r) - 1) * (b.n1 - b.n0)
+    events = {
+        "mac": m * packing.cells,
+        "mux_select": m * packing.cells if cfg.alpha > 1 else 0,
+        "requant": m * n,
+        "reg_write_byte": passes * r * c * cell_bytes,  # weights + selects into the cells
+        "sram_read_byte": passes * r * c * cell_bytes + m * lanes_read,
+        "sram_write_byte": m * n,
+        "small_sram_byte": m * psum_rw * psum_bytes,
+        "dram_byte": spec.input_size + packing.cells * cell_bytes + 4 * n + spec.output_size,
+    }
+    events = {a: v * batch for a, v in events.items()}
+    dense = dense or systolic.simulate_layer(spec, cfg.dense(), table, batch)
+    rep = LayerReport(spec.name, cycles * batch, spec.macs * batch, m * packing.cells * batch,
+                      r * c, events).priced(table)
+    s = packing.summary()
+    rep.extra = {
+        "alpha": cfg.alpha, "gamma": packing.gamma, "group_block": packing.block,
+        "columns": k, "nonempty_columns": s["nonempty_columns"],
+        "packed_columns": s["packed_columns"], "column_reduction": s["column_reduction"],
+        "groups_per_block": s["groups_per_block"],
+        "tiles": tiles, "dense_tiles": ceil_div(k, r) * ceil_div(n, c),
+        "tile_reduction": ceil_div(k, r) * ceil_div(n, c) / tiles,
+        "passes": passes, "chunks": chunks,
+        "nonzero_weights": s["nnz"], "cells": s["cells"],
+        "cell_utilization": s["packing_efficiency"],  # non-zero weights / occupied cells
+        "macs_nonzero": m * s["nnz"] * batch,
+        "dense_cycles": dense.cycles, "dense_energy_pj": dense.energy_pj,
+        "speedup": dense.cycles / rep.cycles,
+        "energy_ratio": rep.energy_pj / dense.energy_pj if dense.energy_pj else 0.0,
+    }
+    return rep
+
+
+def shape_only_packing(spec: ConvLayer, index: int, cfg: CombinedConfig,
+                       seed: int = SHAPE_ONLY_SEED) -> cc.Packing:
+    """A random int8 ``[K, N]`` matrix pruned iid to ``target_sparsity(alpha)``, packed."""
+    m, k, n = spec.gemm
+    rng = np.random.default_rng([seed, index])
+    w = rng.integers(1, cfg.fxp.weight_max + 1, (k, n), dtype=np.int16)
+    w = np.where(rng.random((k, n), dtype=np.float32) < 0.5, -w, w)
+    if cfg.alpha == 1:
+        return identity_packing(w)
+    w[rng.random((k, n), dtype=np.float32) < cc.target_sparsity(cfg.alpha)] = 0
+    return cc.pack(w, cfg.alpha, cfg.gamma, cfg.group_block, window=SHAPE_ONLY_WINDOW)
+
+
+def network_packings(workload, cfg: CombinedConfig, progress=None):
+    """(packings per layer, notes, extra figures) for a ``sim.workload.Workload``."""
+    if workload.real and cfg.alpha == 1:
+        packings = [identity_packing(workload.layer_data(i).w.reshape(s.out_ch, -1).T)
+                    for i, s in enumerate(workload.layers)]
+        return packings, ["alpha = 1: the dense int8 weights, no pruning (the dense array)"], {}
+    if workload.real:
+        res = cc.joint_optimize(cfg.alpha, cfg.gamma, cfg.group_block)
+        layers = cc.joint_quant_layers(res, fxp=cfg.fxp)
+        notes = [f"packed weights from the joint prune-combine-retrain optimisation "
+                 f"(alpha={cfg.alpha}, gamma={cfg.gamma}, sparsity target "
+                 f"{res.sparsity:.1%}): int8 test accuracy {res.accuracy_before:.2%} dense -> "
+                 f"{res.accuracy_after:.2%} packed"]
+        return cc.joint_packings(res, layers), notes, {
+            "accuracy_before": res.accuracy_before, "accuracy_after": res.accuracy_after}
+    packings = []
+    for i, spec in enumerate(workload.layers):
+        packings.append(shape_only_packing(spec, i, cfg))
+        if progress:
+            progress(f"packing {spec.name}")
+    if cfg.alpha == 1:
+        return packings, ["alpha = 1: dense random int8 weights, no pruning"], {}
+    return packings, [
+        f"shape-only network: each layer packs a random int8 matrix pruned iid to "
+        f"{cc.target_sparsity(cfg.alpha):.1%} sparsity (target_sparsity(alpha={cfg.alpha})), "
+        f"gamma={cfg.gamma}, grouped in windows of {SHAPE_ONLY_WINDOW} columns"], {}
+
+
+def simulate_network(workload, cfg: CombinedConfig, table=None, progress=None,
+                     packings=None) -> NetworkReport:
+    """Every layer of a ``sim.workload.Workload`` on the column-combined array."""
+    notes, extra = [], {}
+    if packings is None:
+        packings, notes, extra = network_packings(workload, cfg)
+    reports = []
+    for spec, packing in zip(workload.layers, packings):
+        reports.append(simulate_layer(spec, packing, cfg, table, workload.batch))
+        if progress:
+            progress(spec.name)
+    k = sum(r.extra["columns"] for r in reports)
+    g = sum(r.extra["packed_columns"] for r in reports)
+    tiles = sum(r.extra["tiles"] for r in reports)
+    dense_tiles = sum(r.extra["dense_tiles"] for r in reports)
+    dense_cycles = sum(r.extra["dense_cycles"] for r in reports)
+    dense_energy = sum(r.extra["dense_energy_pj"] for r in reports)
+    summary = {"column_reduction": k / g, "tile_reduction": dense_tiles / tiles,
+               "speedup": dense_cycles / sum(r.cycles for r in reports),
+               "energy_ratio": sum(r.energy_pj for r in reports) / dense_energy, **extra}
+    notes = notes + [f"{workload.description}, {workload.batch} image(s)",
+                     "network: " + ", ".join(f"{a} {v:.3g}" for a, v in summary.items())]
+    rep = NetworkReport("combined", cfg.to_dict(), reports, notes)
+    rep.summary = summary
+    return rep
+
+
+def layer_outputs(data, spec: ConvLayer, fxp, packing: cc.Packing | None = None) -> np.ndarray:
+    """The block's outputs for one layer's ``sim.workload.LayerData`` ([N, H, W] before any
+    pooling), computed as the array does: each cell multiplies the lane its select picks.
+    Without a ``packing`` the weights are used as they are (alpha = 1)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    x = np.pad(data.x, ((0, 0), (spec.pad, spec.pad), (spec.pad, spec.pad)))
+    win = sliding_window_view(x, (spec.k, spec.k), axis=(1, 2))[:, ::spec.stride, ::spec.stride]
+    a = win.transpose(1, 2, 0, 3, 4).reshape(spec.out_h * spec.out_w, -1).astype(np.int64)
+    if packing is None:
+        packing = identity_packing(data.w.reshape(spec.out_ch, -1).T)
+    acc = packing.apply(a).astype(np.int64)
+    y = requantize(acc + data.bias, data.mult, data.shift, fxp, spec.relu)
+    return y.T.reshape(spec.out_ch, spec.out_h, spec.out_w)
+
+
+def packing_arrays(p: cc.Packing) -> dict:
+    """A packing as plain arrays (for test cases and files): the pruned, conflict-free
+    ``[K, N]`` weights and every group's columns (``-1`` padded) with its block."""
+    groups = [(b, g) for b, blk in enumerate(p.blocks) for g in blk.groups]
+    cols = -np.ones((len(groups), p.alpha), np.int64)
+    for i, (_, g) in enumerate(groups):
+        cols[i, :len(g)] = g
+    return {"pk_weight": p.dense().astype(np.int64), "pk_groups": cols,
+            "pk_group_block": np.asarray([b for b, _ in groups], np.int64),
+            "pk_params": np.asarray([p.alpha, p.block], np.int64),
+            "pk_gamma": np.float64(p.gamma)}
+
+
+def packing_from_arrays(d: dict) -> cc.Packing:
+    alpha, block = (int(v) for v in d["pk_params"])
+    nblocks = int(d["pk_group_block"].max()) + 1 if len(d["pk_group_block"]) else 1
+    groups = [[] for _ in range(nblocks)]
+    for b, row in zip(d["pk_group_block"], d["pk_groups"]):
+        groups[int(b)].append(tuple(int(c) for c in row if c >= 0))
+    return cc.pack_with_groups(d["pk_weight"], groups, alpha, float(d["pk_gamma"]), block)
