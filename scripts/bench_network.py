@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -40,13 +41,14 @@ t_load = time.perf_counter()
 print(json.dumps({"import_s": t_import - t0, "load_s": t_load - t_import,
                   "blocks": list(SIMULATORS)}), flush=True)
 for b in blocks:
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     try:
         rep = compare.run_blocks(wl, blocks=[b])[b]
         row = {"layers": len(rep.layers), "cycles": rep.totals()["cycles"]}
     except Exception as e:  # a block still being written must not hide the others' figures
         row = {"error": f"{type(e).__name__}: {e}"}
-    print(json.dumps({"block": b, "seconds": time.perf_counter() - t, **row,
+    print(json.dumps({"block": b, "seconds": time.perf_counter() - t,
+                      "cpu_s": time.process_time() - c, **row,
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
           flush=True)
 """
@@ -57,12 +59,14 @@ def run(network: str, blocks: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, network, *blocks], cwd=ROOT,
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         sys.exit(f"benchmark child failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
     # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN is the largest child, i.e. this one
-    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"network": network, "wall_s": wall, "peak_rss_mb": rss_mb, "head": lines[0],
+    rss_mb = ru.ru_maxrss / 1024
+    return {"network": network, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+            "peak_rss_mb": rss_mb, "load_avg": os.getloadavg(), "head": lines[0],
             "blocks": lines[1:]}
 
 
@@ -78,21 +82,28 @@ def main(argv=None) -> int:
     res = run(args.network, args.blocks)
     head = res["head"]
     print(f"network {res['network']}, blocks registered: {', '.join(head['blocks'])}")
-    print(f"{'block':<22}{'layers':>7}{'cycles':>16}{'wall s':>10}")
+    print(f"{'block':<22}{'layers':>7}{'cycles':>16}{'wall s':>10}{'CPU s':>10}")
     for b in res["blocks"]:
         if "error" in b:
-            print(f"{b['block']:<22}{'FAILED':>7}{'':>16}{b['seconds']:>10.2f}   {b['error']}")
+            print(f"{b['block']:<22}{'FAILED':>7}{'':>16}{b['seconds']:>10.2f}"
+                  f"{b['cpu_s']:>10.2f}   {b['error']}")
             continue
-        print(f"{b['block']:<22}{b['layers']:>7}{b['cycles']:>16,}{b['seconds']:>10.2f}")
+        print(f"{b['block']:<22}{b['layers']:>7}{b['cycles']:>16,}{b['seconds']:>10.2f}"
+              f"{b['cpu_s']:>10.2f}")
     blocks_s = sum(b["seconds"] for b in res["blocks"])
+    blocks_cpu = sum(b["cpu_s"] for b in res["blocks"])
     print(f"{'(imports)':<22}{'':>7}{'':>16}{head['import_s']:>10.2f}")
     print(f"{'(workload load)':<22}{'':>7}{'':>16}{head['load_s']:>10.2f}")
-    print(f"{'sum of blocks':<22}{'':>7}{'':>16}{blocks_s:>10.2f}")
-    print(f"{'cold process total':<22}{'':>7}{'':>16}{res['wall_s']:>10.2f}"
-          f"   (budget {BUDGET_S:.0f} s: {'OK' if res['wall_s'] <= BUDGET_S else 'OVER'})")
+    print(f"{'sum of blocks':<22}{'':>7}{'':>16}{blocks_s:>10.2f}{blocks_cpu:>10.2f}")
+    print(f"{'cold process total':<22}{'':>7}{'':>16}{res['wall_s']:>10.2f}{res['cpu_s']:>10.2f}"
+          f"   (budget {BUDGET_S:.0f} s wall: {'OK' if res['wall_s'] <= BUDGET_S else 'OVER'})")
     gb = res["peak_rss_mb"] / 1024
     print(f"peak RSS {res['peak_rss_mb']:.0f} MB"
           f"   (budget {BUDGET_RSS_GB:.0f} GB: {'OK' if gb < BUDGET_RSS_GB else 'OVER'})")
+    print("load average (1, 5, 15 min) after the run: "
+          + ", ".join(f"{x:.2f}" for x in res["load_avg"])
+          + f" on {os.cpu_count()} CPUs; CPU s counts every thread of the process, so it is"
+          "\nless sensitive than wall s to other processes sharing the machine")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 1 if any("error" in b for b in res["blocks"]) else 0

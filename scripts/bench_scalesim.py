@@ -106,18 +106,18 @@ import contextlib, io, json, sys, time
 t0 = time.perf_counter()
 from scalesim.scale_sim import scalesim
 d = sys.argv[1]
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 with contextlib.redirect_stdout(io.StringIO()):  # it prints a banner and per-layer lines
     s = scalesim(save_disk_space=True, verbose=False, config=d + "/scale.cfg",
                  topology=d + "/topology.csv", layout=d + "/layout.csv")
     s.run_scale(top_path=d + "/out")
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 layer = s.runner.single_layer_sim_object_list[0]
 overall, total, stall, util, mapping, comp_util = layer.get_compute_report_items()
 import resource
 print(json.dumps({"cycles": int(total), "cycles_incl_prefetch": int(overall),
                   "stall_cycles": int(stall), "utilization_pct": float(util),
-                  "import_s": t1 - t0, "sim_s": t2 - t1,
+                  "import_s": t1 - t0, "sim_s": t2 - t1, "sim_cpu_s": c2 - c1,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -194,14 +194,16 @@ def run_zeroskip(spec: ConvLayer, acc_depth: int | None, min_seconds: float = 0.
     m = spec.gemm[0]
     cfg = SystolicConfig(rows=ROWS, cols=COLS, acc_depth=acc_depth or m)
     rep = simulate_layer(spec, cfg)  # warm-up (first call pays lazy imports)
-    reps, t0 = 0, time.perf_counter()
+    reps, t0, c0 = 0, time.perf_counter(), time.process_time()
     while True:
         rep = simulate_layer(spec, cfg)
         reps += 1
         el = time.perf_counter() - t0
         if el >= min_seconds:
             break
-    return {"cycles": rep.cycles, "seconds": el / reps, "repeats": reps, "cfg": cfg}
+    cpu = time.process_time() - c0
+    return {"cycles": rep.cycles, "seconds": el / reps, "cpu_s": cpu / reps, "repeats": reps,
+            "cfg": cfg}
 
 
 def explain(name: str, spec: ConvLayer, ss: dict | None, zs: dict) -> list[str]:
@@ -275,7 +277,7 @@ def main(argv=None) -> int:
 
     print()
     hdr = (f"{'layer':<16}{'SCALE-Sim cycles':>18}{'zeroskip cycles':>17}{'SCALE-Sim s':>13}"
-           f"{'(process s)':>13}{'zeroskip s':>13}{'speed ratio':>13}")
+           f"{'(process s)':>13}{'zeroskip s':>13}{'speed ratio':>13}{'CPU ratio':>13}")
     print(hdr)
     out = []
     for name, spec, ss, zs in rows:
@@ -284,19 +286,27 @@ def main(argv=None) -> int:
         s_ss = f"{ss['sim_s']:.2f}" if ss else "-"
         p_ss = f"{ss['process_s']:.2f}" if ss else "-"
         r = f"{ratio:,.0f}x" if ratio else "-"
+        cpu_ratio = ss["sim_cpu_s"] / zs["cpu_s"] if ss else None
+        rc = f"{cpu_ratio:,.0f}x" if ss else "-"
         print(f"{name:<16}{c_ss:>18}{zs['cycles']:>17,}{s_ss:>13}{p_ss:>13}"
-              f"{zs['seconds']:>13.2e}{r:>13}")
+              f"{zs['seconds']:>13.2e}{r:>13}{rc:>13}")
         out.append({"layer": name, "gemm_mkn": spec.gemm, "folds": folds(spec),
                     "scalesim": ss, "zeroskip": {k: v for k, v in zs.items() if k != "cfg"},
-                    "zeroskip_acc_depth": zs["cfg"].acc_depth, "speed_ratio": ratio})
+                    "zeroskip_acc_depth": zs["cfg"].acc_depth, "speed_ratio": ratio,
+                    "cpu_ratio": cpu_ratio})
     if all(ss for _, _, ss, _ in rows):
         tss = sum(ss["sim_s"] for _, _, ss, _ in rows)
         tzs = sum(zs["seconds"] for _, _, _, zs in rows)
+        css = sum(ss["sim_cpu_s"] for _, _, ss, _ in rows)
+        czs = sum(zs["cpu_s"] for _, _, _, zs in rows)
         print(f"{'total':<16}{'':>18}{'':>17}{tss:>13.2f}{'':>13}{tzs:>13.2e}"
-              f"{tss / tzs:>12,.0f}x")
+              f"{tss / tzs:>12,.0f}x{css / czs:>12,.0f}x")
     print("\nSCALE-Sim s: its simulation call (run_scale) alone; (process s): its whole process"
           "\nincluding interpreter start and imports; zeroskip s: one simulate_layer call,"
-          "\naveraged over repeats. Speed ratio = SCALE-Sim s / zeroskip s.\n")
+          "\naveraged over repeats. Speed ratio = SCALE-Sim s / zeroskip s (wall); CPU ratio = the"
+          "\nsame with CPU time (process_time), less sensitive to other load on the machine."
+          f"\nLoad average after the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())} on "
+          f"{os.cpu_count()} CPUs.\n")
     print("\n".join(notes))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
