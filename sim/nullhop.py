@@ -1,0 +1,615 @@
+"""Cycle-level simulator of the NullHop sparse-feature-map block (``hw.nullhop.NullHopBlock``).
+
+Three pieces, one schedule (``hw.config.NullHopConfig.pass_cycles``):
+- ``plan_layer`` / ``pass_beats``: the host driver's cut of a layer into passes (output
+  channel group x band of output rows x tile of input slices) and each pass's command,
+  kernel beats and compressed input words (also used by the testbench);
+- ``StepModel``: a step-per-cycle model of the block's FSM, memories and output encoder,
+  honouring ``sim.streams`` handshake patterns and emitting every transfer with its cycle;
+- ``simulate_layer``: the vectorised count from the real compressed input (per-row non-zero
+  counts with numpy, no loop over pixels), for whole networks.
+
+Host conventions: a layer's input is sent as slices of ``Cp = min(next_pow2(C), macs)``
+channels (the block's own outputs are slices of ``macs`` channels, so layers chain; FC
+layers see their input flattened to ``[C*H*W, 1, 1]`` by the host); a tile holds as many
+slices as the kernel memory takes (``slices * Cp * k * k <= kernel_depth``); a band as many
+output rows as the partial-sum memory takes (``rows * out_w <= acc_depth``, even with
+pooling). Passes run for each output group, for each band, for each tile; kernels are loaded
+once per group when a layer has a single tile, else every pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.config import NullHopConfig, ceil_div
+from hw.fixedpoint import requantize
+from models.workloads import ConvLayer
+
+from .energy import price
+from .report import LayerReport, NetworkReport
+from .sparse_format import Stream, encode, next_pow2, slice_rows
+from .streams import Source, handshake_patterns
+
+
+@dataclass(frozen=True)
+class Plan:
+    cp: int  # input slice channels (power of two)
+    slices: int  # input slices of the layer
+    tile: int  # slices per pass
+    tiles: int
+    groups: int  # output channel groups of ``macs``
+    band: int  # output rows per band (before pooling)
+    bands: int
+
+
+@dataclass(frozen=True)
+class Pass:
+    group: int
+    band: int
+    tile: int
+    oy0: int  # first output row (before pooling) of the band
+    out_h: int  # output rows of the band
+    iy0: int  # first input row streamed
+    in_h: int  # input rows streamed
+    pad_top: int
+    s0: int  # first input slice
+    ns: int  # slices
+    load: bool
+    emit: bool
+
+
+def plan_layer(spec: ConvLayer, cfg: NullHopConfig) -> tuple[Plan, list[Pass]]:
+    """The driver's passes for one layer; raises ValueError when the block cannot run it."""
+    name = spec.name
+    if spec.k > cfg.max_k:
+        raise ValueError(f"layer {name!r}: kernel {spec.k}x{spec.k} exceeds max_k={cfg.max_k}; "
+                         f"use --max-k {spec.k}")
+    if spec.stride not in (1, 2, 4, 8):
+        raise ValueError(f"layer {name!r}: stride {spec.stride} is not supported "
+                         f"(1, 2, 4 or 8)")
+    if spec.pad > cfg.max_k:
+        raise ValueError(f"layer {name!r}: padding {spec.pad} exceeds max_k={cfg.max_k}")
+    if spec.pool not in (1, 2):
+        raise ValueError(f"layer {name!r}: pooling {spec.pool} is not supported (1 or 2x2)")
+    if spec.pool == 2 and (not spec.relu or spec.out_h % 2 or spec.out_w % 2):
+        raise ValueError(f"layer {name!r}: 2x2 pooling needs ReLU and an even output "
+                         f"({spec.out_h}x{spec.out_w})")
+    if max(spec.in_w, spec.out_w) > cfg.max_dim:
+        raise ValueError(f"layer {name!r}: width {max(spec.in_w, spec.out_w)} exceeds "
+                         f"max_dim={cfg.max_dim}; use --max-dim {max(spec.in_w, spec.out_w)}")
+    kk = spec.k * spec.k
+    cp = min(next_pow2(spec.in_ch), cfg.macs)
+    slices = ceil_div(spec.in_ch, cp)
+    tile = min(slices, cfg.kernel_depth // (cp * kk))
+    if tile < 1:
+        raise ValueError(f"layer {name!r}: one slice of {cp} channels x {spec.k}x{spec.k} "
+                         f"needs {cp * kk} kernel entries, kernel_depth is {cfg.kernel_depth}; "
+                         f"use --kernel-depth {cp * kk}")
+    tiles = ceil_div(slices, tile)
+    step = spec.pool
+    band = min(spec.out_h, cfg.acc_depth // spec.out_w) // step * step
+    if band < 1:
+        raise ValueError(f"layer {name!r}: {step} output row(s) of {spec.out_w} pixels do not "
+                         f"fit acc_depth={cfg.acc_depth}; use --acc-depth {step * spec.out_w}")
+    bands = ceil_div(spec.out_h, band)
+    groups = ceil_div(spec.out_ch, cfg.macs)
+    plan = Plan(cp, slices, tile, tiles, groups, band, bands)
+    passes = []
+    s = spec.stride
+    for g in range(groups):
+        for b in range(bands):
+            oy0 = b * band
+            out_h = min(band, spec.out_h - oy0)
+            top = oy0 * s - spec.pad
+            iy0 = max(0, top)
+            iy1 = min(spec.in_h, (oy0 + out_h - 1) * s - spec.pad + spec.k)
+            if iy1 - iy0 > cfg.max_dim:
+                raise ValueError(f"layer {name!r}: a band needs {iy1 - iy0} input rows, more "
+                                 f"than max_dim={cfg.max_dim}")
+            for t in range(tiles):
+                s0 = t * tile
+                passes.append(Pass(g, b, t, oy0, out_h, iy0, iy1 - iy0, iy0 - top, s0,
+                                   min(tile, slices - s0), load=(tiles > 1 or b == 0),
+                                   emit=(t == tiles - 1)))
+    return plan, passes
+
+
+def _x3(x: np.ndarray, spec: ConvLayer) -> np.ndarray:
+    x = np.asarray(x, np.int64)
+    want = (spec.in_ch, spec.in_h, spec.in_w)
+    if x.shape != want:
+        x = x.reshape(want)
+    return x
+
+
+def layer_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:
+    """The block's output of one layer: conv + bias -> requantise (+ReLU) -> 2x2 max-pool,
+    int64 [out_ch, out_h/pool, out_w/pool] (signed values for a layer without ReLU)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(_x3(data.x, spec)).double()[None]
+    w = torch.from_numpy(np.asarray(data.w, np.int64)).double()
+    acc = F.conv2d(x, w, stride=spec.stride, padding=spec.pad)[0].round().long().numpy()
+    acc = acc + np.asarray(data.bias, np.int64)[:, None, None]
+    y = requantize(acc, np.asarray(data.mult, np.int64)[:, None, None],
+                   np.asarray(data.shift, np.int64)[:, None, None], fxp, spec.relu)
+    if spec.pool == 2:
+        n, h, w_ = y.shape
+        y = y.reshape(n, h // 2, 2, w_ // 2, 2).max(axis=(2, 4))
+    return y
+
+
+def output_stream(y: np.ndarray, p: Pass, spec: ConvLayer, cfg: NullHopConfig) -> Stream:
+    """What the block sends for pass ``p`` (an emitting pass) given the layer's output ``y``."""
+    n0 = p.group * cfg.macs
+    r0, r1 = p.oy0 // spec.pool, (p.oy0 + p.out_h) // spec.pool
+    return encode(y[n0:n0 + cfg.macs, r0:r1], cfg.sm_bits, cfg.macs, cfg.fxp.act_bits)
+
+
+def pass_beats(data, spec: ConvLayer, plan: Plan, p: Pass, cfg: NullHopConfig):
+    """(command dict, kernel beats, input words as a ``Stream``) of one pass."""
+    x = _x3(data.x, spec)
+    L, cp, kk = cfg.macs, plan.cp, spec.k * spec.k
+    n0 = p.group * L
+    nn = min(L, spec.out_ch - n0)
+    q = {}
+    for f in ("bias", "mult", "shift"):
+        v = np.zeros(L, np.int64)
+        v[:nn] = np.asarray(getattr(data, f), np.int64)[n0:n0 + nn]
+        q[f] = v.tolist()
+    cmd = {"load": int(p.load), "emit": int(p.emit), "relu": int(spec.relu),
+           "pool": int(spec.pool == 2), "k": spec.k,
+           "stride_log2": spec.stride.bit_length() - 1, "pad_top": p.pad_top,
+           "pad_left": spec.pad, "in_h": p.in_h, "in_w": spec.in_w, "out_h": p.out_h,
+           "out_w": spec.out_w, "slices": p.ns, "slice_log2": cp.bit_length() - 1,
+           "requant": q}
+    weights = []
+    if p.load:
+        c0 = p.s0 * cp
+        cn = p.ns * cp
+        w = np.zeros((L, cn, spec.k, spec.k), np.int64)
+        wl = np.asarray(data.w, np.int64).reshape(spec.out_ch, spec.in_ch, spec.k, spec.k)
+        sub = wl[n0:n0 + nn, c0:c0 + cn]
+        w[:nn, :sub.shape[1]] = sub
+        weights = w.reshape(L, -1).T.tolist()  # entry (c*k + ky)*k + kx
+    xs = x[p.s0 * cp:(p.s0 + p.ns) * cp, p.iy0:p.iy0 + p.in_h]
+    words = Stream.concat(
+        encode(xs[i * cp:(i + 1) * cp], cfg.sm_bits, cp, cfg.fxp.act_bits)
+        for i in range(p.ns))
+    return cmd, weights, words
+
+
+# ------------------------------------------------------------------------------------------
+# vectorised count
+# ------------------------------------------------------------------------------------------
+@dataclass
+class LayerCount:
+    cycles: int
+    passes: int
+    mac_cycles: int  # sum over passes of nnz * k * k
+    valid_ops: int  # MAC cycles that land on an output of the band (per group, summed)
+    useful_macs: int  # valid ops x real output channels
+    in_words: int  # input words streamed, over all passes
+    out_words: int
+    weight_beats: int
+    out_pixels: int  # output pixels read by the output stages (after pooling)
+    in_nnz: int
+    out_nnz: int
+
+
+def _valid_positions(n_in: int, n_out: int, k: int, s: int, pad: int) -> np.ndarray:
+    """For each input coordinate, how many kernel offsets land on an output coordinate."""
+    i = np.arange(n_in)[:, None]
+    num = i + pad - np.arange(k)[None, :]
+    return ((num >= 0) & (num % s == 0) & (num // s < n_out)).sum(axis=1)
+
+
+def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfig,
+                plan: Plan, passes: list[Pass]) -> LayerCount:
+    """Closed form of the schedule over the passes, from the real input and output maps."""
+    S, L, kk = cfg.sm_bits, cfg.macs, spec.k * spec.k
+    cp = plan.cp
+    rows = slice_rows(x, cp)  # [slices, H, W*Cp]
+    nzr = (rows != 0)
+    row_nnz = nzr.sum(axis=2)  # [slices, H]
+    n_pos = rows.shape[2]
+    r_words = ceil_div(n_pos, S)
+    last_nz = nzr[:, :, (r_words - 1) * S:].any(axis=2)  # last chunk of a row non-empty
+    cum = np.concatenate([np.zeros((plan.slices, 1), np.int64), np.cumsum(row_nnz, 1)], 1)
+    pools = spec.pool
+    wo = spec.out_w // pools
+    y_rows = slice_rows(y, L)  # [groups, Ho, Wo*L]
+    out_row_nnz = (y_rows != 0).sum(axis=2)
+    out_chunks_row = ceil_div(L * wo, S)
+
+    g = np.array([p.group for p in passes])
+    iy0 = np.array([p.iy0 for p in passes])
+    in_h = np.array([p.in_h for p in passes])
+    s0 = np.array([p.s0 for p in passes])
+    ns = np.array([p.ns for p in passes])
+    load = np.array([p.load for p in passes])
+    emit = np.array([p.emit for p in passes])
+    oy0 = np.array([p.oy0 for p in passes])
+    out_h = np.array([p.out_h for p in passes])
+    # input non-zeros of each pass: its slices x its rows
+    per_slice = cum[:, iy0 + in_h] - cum[:, iy0]  # [slices, passes]
+    cs = np.concatenate([np.zeros((1, len(passes)), np.int64), np.cumsum(per_slice, 0)], 0)
+    nnz = cs[s0 + ns, np.arange(len(passes))] - cs[s0, np.arange(len(passes))]
+    sm_words = ns * in_h * r_words
+    last_is_sm = ~last_nz[s0 + ns - 1, iy0 + in_h - 1]
+    wbeats = ns * cp * kk * load
+    ocum = np.concatenate([np.zeros((plan.groups, 1), np.int64), np.cumsum(out_row_nnz, 1)], 1)
+    r0, r1 = oy0 // pools, (oy0 + out_h) // pools
+    out_nnz = (ocum[g, r1] - ocum[g, r0]) * emit
+    out_pix = (r1 - r0) * wo * emit
+    out_chunks = (r1 - r0) * out_chunks_row * emit
+    pw = 4 if pools == 2 else 1
+    cycles = (1 + wbeats + nnz * kk + sm_words + 2 - last_is_sm
+              + out_pix * (pw + 1 + cfg.parts) + out_chunks + out_nnz)
+    # useful work: each non-zero input times the kernel offsets that reach an output
+    vy = _valid_positions(spec.in_h, spec.out_h, spec.k, spec.stride, spec.pad)
+    vx = _valid_positions(spec.in_w, spec.out_w, spec.k, spec.stride, spec.pad)
+    per_pixel = (x != 0).sum(axis=0)  # [H, W]
+    valid_one = int((per_pixel * vy[:, None] * vx[None, :]).sum())
+    return LayerCount(
+        cycles=int(cycles.sum()), passes=len(passes), mac_cycles=int((nnz * kk).sum()),
+        valid_ops=valid_one * plan.groups, useful_macs=valid_one * spec.out_ch,
+        in_words=int((sm_words + nnz).sum()), out_words=int((out_chunks + out_nnz).sum()),
+        weight_beats=int(wbeats.sum()), out_pixels=int(out_pix.sum()),
+        in_nnz=int(np.count_nonzero(x)), out_nnz=int(np.count_nonzero(y)))
+
+
+def layer_cycles(data, spec: ConvLayer, cfg: NullHopConfig, y: np.ndarray | None = None) -> int:
+    """Cycles of one layer (first command beat to last output beat), full-rate streams."""
+    plan, passes = plan_layer(spec, cfg)
+    x = _x3(data.x, spec)
+    y = layer_outputs(data, spec, cfg.fxp) if y is None else y
+    return count_layer(x, y, spec, cfg, plan, passes).cycles
+
+
+def _events(c: LayerCount, spec: ConvLayer, cfg: NullHopConfig) -> dict:
+    fxp = cfg.fxp
+    wb, ab = ceil_div(fxp.weight_bits, 8), ceil_div(fxp.acc_bits, 8)
+    word_bytes = ceil_div(cfg.word_bits, 8)
+    L = cfg.macs
+    pw = 4 if spec.pool == 2 else 1
+    return {
+        "mac": c.valid_ops * L,
+        "sram_read_byte": c.mac_cycles * L * wb,  # kernel memory, one row per MAC cycle
+        "sram_write_byte": c.weight_beats * L * wb,
+        # partial sums: read every MAC cycle, written on valid ones; read + cleared on output
+        "small_sram_byte": (c.mac_cycles + c.valid_ops + 2 * c.out_pixels * pw) * L * ab,
+        "requant": c.out_pixels * pw * L,
+        "compare": c.out_pixels * (pw - 1) * L + c.out_words,
+        "dram_byte": (c.in_words + c.out_words) * word_bytes + c.weight_beats * L * wb,
+    }
+
+
+def simulate_layer(spec: ConvLayer, cfg: NullHopConfig, datas, table=None,
+                   baseline=None) -> LayerReport:
+    """One layer over the images in ``datas`` (a list of ``sim.workload.LayerData``), with
+    the dense systolic array (``baseline``, its default preset if None) and this block with
+    zero-skipping disabled (same schedule, every input value treated as non-zero)."""
+    from hw.config import PRESETS
+
+    from . import systolic
+
+    plan, passes = plan_layer(spec, cfg)
+    cfg.fxp.check_reduction(spec.name, spec.gemm[1])
+    total = None
+    dense = None
+    dens_in, dens_out = [], []
+    for d in datas:
+        x = _x3(d.x, spec)
+        y = layer_outputs(d, spec, cfg.fxp)
+        c = count_layer(x, y, spec, cfg, plan, passes)
+        cd = count_layer(np.ones_like(x), y, spec, cfg, plan, passes)
+        total = c if total is None else LayerCount(*(a + b for a, b in zip(
+            vars(total).values(), vars(c).values())))
+        dense = cd if dense is None else LayerCount(*(a + b for a, b in zip(
+            vars(dense).values(), vars(cd).values())))
+        dens_in.append(np.count_nonzero(x) / x.size)
+        dens_out.append(np.count_nonzero(y) / y.size)
+    n = len(datas)
+    events = _events(total, spec, cfg)
+    rep = LayerReport(spec.name, total.cycles, spec.macs * n, total.useful_macs, cfg.macs,
+                      events).priced(table)
+    noskip = price(_events(dense, spec, cfg), table)["energy_pj"]
+    base_cfg = baseline or PRESETS["systolic"]["default"]
+    base = systolic.simulate_layer(spec, base_cfg, table, batch=n)
+    word_bytes = ceil_div(cfg.word_bits, 8)
+    in_dense = spec.input_size * n
+    out_dense = spec.output_size // (spec.pool ** 2) * n
+    rep.extra = {
+        "input_density": float(np.mean(dens_in)),
+        "output_density": float(np.mean(dens_out)),
+        "passes": total.passes // n, "groups": plan.groups, "bands": plan.bands,
+        "tiles": plan.tiles, "slice_channels": plan.cp,
+        "mac_cycles": total.mac_cycles,
+        "macs_vs_dense": total.useful_macs / (spec.macs * n),
+        "bytes_in_compressed": total.in_words * word_bytes,
+        "bytes_out_compressed": total.out_words * word_bytes,
+        "bytes_in_dense": in_dense, "bytes_out_dense": out_dense,
+        "cycles_no_skip": dense.cycles,
+        "speedup_vs_no_skip": dense.cycles / total.cycles,
+        "energy_ratio_vs_no_skip": noskip / rep.energy_pj,
+        "systolic_cycles": base.cycles,
+        "speedup_vs_systolic": base.cycles / total.cycles,
+        "speedup_vs_systolic_per_mac": (base.cycles * base.mac_units)
+                                       / (total.cycles * cfg.macs),
+        "energy_ratio_vs_systolic": base.energy_pj / rep.energy_pj,
+    }
+    return rep
+
+
+def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) -> NetworkReport:
+    """Every layer of a ``sim.workload.Workload``; real activations for the digits net,
+    the seeded activation model otherwise."""
+    reports = []
+    for i, spec in enumerate(workload.layers):
+        datas = [workload.layer_data(i, b) for b in range(workload.batch)]
+        reports.append(simulate_layer(spec, cfg, datas, table))
+        if progress:
+            progress(spec.name)
+    notes = [workload.description, f"{workload.batch} image(s)",
+             "speedup/energy ratio vs the dense systolic array's default preset "
+             f"({PRESETS_NOTE}) and vs this block with zero-skipping disabled in 'extra'"]
+    return NetworkReport("nullhop", cfg.to_dict(), reports, notes)
+
+
+PRESETS_NOTE = "8x8 = 64 MACs"
+
+
+# ------------------------------------------------------------------------------------------
+# step-per-cycle model
+# ------------------------------------------------------------------------------------------
+class StepModel:
+    """Step-per-cycle model of ``NullHopBlock``: the same FSM states, registers, memories
+    (transparent psum read port) and output encoder, advanced one clock at a time."""
+
+    def __init__(self, cfg: NullHopConfig):
+        self.cfg = cfg
+
+    def run(self, cmds, weights, words, n_out: int, valid_p: float = 1.0,
+            ready_p: float = 1.0, seed: int = 0, max_cycles: int = 5_000_000):
+        """Feed the beats of a sequence of passes; returns ``(out_words, trace)``:
+        ``out_words`` a list of (data, first, last), ``trace`` per-port transfer cycles and
+        ``cycles`` (first command to last output word, inclusive)."""
+        cfg, fxp = self.cfg, self.cfg.fxp
+        S, L, G, parts = cfg.sm_bits, cfg.macs, cfg.group, cfg.parts
+        slots = S // G
+        pat = handshake_patterns(valid_p, ready_p, seed,
+                                 sources=("cmd", "weights", "act_in"), sinks=("act_out",))
+        src = {"cmd": Source(cmds, pat["cmd"]), "weights": Source(weights, pat["weights"]),
+               "act_in": Source(words, pat["act_in"])}
+        kmem = np.zeros((cfg.kernel_depth, L), np.int64)
+        pmem = np.zeros((cfg.acc_depth, L), np.int64)
+        krd = np.zeros(L, np.int64)
+        prd = np.zeros(L, np.int64)
+        st = "IDLE"
+        c = None
+        r = dict(wcount=0, mask=0, cur_w=0, cur_iy=0, cur_slice=0, nxt_w=0, nxt_iy=0,
+                 nxt_slice=0, sm_done=0, val=0, x=0, iy=0, wbase=0, ky=0, kx=0, kpos=0,
+                 s1=False, s1_addr=0, s1_val=0, py=0, px=0, e=0, part=0, fpos=0, f=False,
+                 f_first=False, f_addr=0, chunk_first=False, chunk_final=False, rem=0)
+        pix = np.zeros(L, np.int64)
+        chunk = np.zeros(S, np.int64)
+        trace = {"cmd": [], "weights": [], "act_in": [], "act_out": []}
+        out = []
+        mask_act = fxp.act_max
+        t = 0
+        while len(out) < n_out:
+            if t >= max_cycles:
+                raise RuntimeError("step model did not finish: the schedule deadlocked")
+            n = dict(r)  # next register values
+            nxt_st = st
+            if c is not None:
+                kk = c["k"] * c["k"]
+                cp = 1 << c["slice_log2"]
+                rw = ceil_div(cp * c["in_w"], S)
+                ho, wo = c["out_h"] >> c["pool"], c["out_w"] >> c["pool"]
+            end = r["mask"] == 0 and r["sm_done"]
+            # --- combinational: addresses, MAC operation, output word ---
+            prd_addr = 0
+            op_valid, op_addr = False, 0
+            if st == "MAC":
+                sl = c["stride_log2"]
+                ny = r["iy"] + c["pad_top"] - r["ky"]
+                nx = r["x"] + c["pad_left"] - r["kx"]
+                oy, ox = ny >> sl, nx >> sl
+                op_valid = (ny >= 0 and nx >= 0 and ny % (1 << sl) == 0 and nx % (1 << sl) == 0
+                            and oy < c["out_h"] and ox < c["out_w"])
+                op_addr = (oy * c["out_w"] + ox) % cfg.acc_depth
+                prd_addr = op_addr
+            if st == "RD":
+                pl = c["pool"]
+                dy, dx = (r["e"] >> 1) & pl, r["e"] & 1 & pl
+                prd_addr = ((r["py"] << pl) + dy) * c["out_w"] + (r["px"] << pl) + dx
+            krd_addr = (r["wbase"] + r["kpos"]) % cfg.kernel_depth
+            nzmask = sum(1 << i for i in range(S) if chunk[i] != 0)
+            out_valid, out_word = False, None
+            if st == "SM":
+                out_valid = True
+                out_word = (nzmask, int(r["chunk_first"]), int(r["chunk_final"] and nzmask == 0))
+            elif st == "VAL":
+                rem = r["rem"]
+                idx = (rem & -rem).bit_length() - 1
+                rem_next = rem & (rem - 1)
+                out_valid = True
+                out_word = (int(chunk[idx]), 0, int(r["chunk_final"] and rem_next == 0))
+            in_ready = (st == "FETCH" and not end) or (st == "MAC" and r["kpos"] == kk - 1
+                                                       and not end)
+            out_ready = pat["act_out"](t)
+            # --- handshakes ---
+            # every source is consulted every cycle, as the testbench drivers are
+            valid = {name: s.valid(t) for name, s in src.items()}
+            cmd_take = st == "IDLE" and valid["cmd"]
+            w_take = st == "LOAD" and valid["weights"]
+            in_take = in_ready and valid["act_in"]
+            out_take = out_valid and out_ready
+            if cmd_take:
+                trace["cmd"].append(t)
+            if w_take:
+                trace["weights"].append(t)
+            if in_take:
+                trace["act_in"].append(t)
+            if out_take:
+                trace["act_out"].append(t)
+                out.append(out_word)
+            # --- clock edge ---
+            # memories (psum write first: the read port is transparent)
+            if r["s1"]:
+                pmem[r["s1_addr"]] = prd + r["s1_val"] * krd
+            elif r["f"]:
+                pmem[r["f_addr"]] = 0
+            if r["f"]:
+                q = requantize(prd + np.asarray(c["requant"]["bias"], np.int64),
+                               np.asarray(c["requant"]["mult"], np.int64),
+                               np.asarray(c["requant"]["shift"], np.int64), fxp,
+                               bool(c["relu"])) & mask_act
+                pix = q if r["f_first"] else np.maximum(pix, q)
+            if w_take:
+                kmem[r["wcount"]] = src["weights"].payload()
+            n_krd = kmem[krd_addr].copy()
+            n_prd = pmem[prd_addr % cfg.acc_depth].copy()
+            n["s1"] = False
+            n["f"] = False
+
+            def take_word(word):
+                if r["mask"] == 0:
+                    n.update(mask=word & ((1 << S) - 1), cur_w=r["nxt_w"], cur_iy=r["nxt_iy"],
+                             cur_slice=r["nxt_slice"])
+                    if r["nxt_w"] == rw - 1:
+                        n["nxt_w"] = 0
+                        if r["nxt_iy"] == c["in_h"] - 1:
+                            n["nxt_iy"] = 0
+                            if r["nxt_slice"] == c["slices"] - 1:
+                                n["sm_done"] = 1
+                            else:
+                                n["nxt_slice"] = r["nxt_slice"] + 1
+                        else:
+                            n["nxt_iy"] = r["nxt_iy"] + 1
+                    else:
+                        n["nxt_w"] = r["nxt_w"] + 1
+                    return False
+                m_ = r["mask"]
+                idx = (m_ & -m_).bit_length() - 1
+                p = (r["cur_w"] * S) + idx
+                ch = (r["cur_slice"] << c["slice_log2"]) | (p & (cp - 1))
+                n.update(mask=m_ & (m_ - 1), val=word & mask_act, x=p >> c["slice_log2"],
+                         iy=r["cur_iy"], wbase=ch * kk, ky=0, kx=0, kpos=0)
+                return True
+
+            def next_pixel():
+                if r["px"] == wo - 1:
+                    n.update(px=0, py=r["py"] + 1)
+                else:
+                    n["px"] = r["px"] + 1
+                n["e"] = 0
+
+            def chunk_sent():
+                if r["part"] != parts - 1:
+                    n["part"] = r["part"] + 1
+                    return "FILL"
+                if r["chunk_final"]:
+                    return "IDLE"
+                n["part"] = 0
+                next_pixel()
+                return "RD"
+
+            if st == "IDLE":
+                if cmd_take:
+                    c = src["cmd"].payload()
+                    n.update(wcount=0, mask=0, nxt_w=0, nxt_iy=0, nxt_slice=0, sm_done=0)
+                    nxt_st = "LOAD" if c["load"] else "FETCH"
+            elif st == "LOAD":
+                if w_take:
+                    n["wcount"] = r["wcount"] + 1
+                    if r["wcount"] == (c["slices"] << c["slice_log2"]) * kk - 1:
+                        nxt_st = "FETCH"
+            elif st == "FETCH":
+                if end:
+                    n.update(py=0, px=0, e=0, part=0, fpos=0)
+                    nxt_st = "RD" if c["emit"] else "IDLE"
+                elif in_take:
+                    if take_word(int(src["act_in"].payload()["data"])):
+                        nxt_st = "MAC"
+            elif st == "MAC":
+                n.update(s1=op_valid, s1_addr=op_addr, s1_val=r["val"])
+                if r["kx"] == c["k"] - 1:
+                    n.update(kx=0, ky=r["ky"] + 1)
+                else:
+                    n["kx"] = r["kx"] + 1
+                n["kpos"] = r["kpos"] + 1
+                if r["kpos"] == kk - 1:
+                    if in_take:
+                        if not take_word(int(src["act_in"].payload()["data"])):
+                            nxt_st = "FETCH"
+                    else:
+                        nxt_st = "FETCH"
+            elif st == "RD":
+                n.update(f=True, f_first=r["e"] == 0, f_addr=prd_addr, e=r["e"] + 1)
+                if (not c["pool"]) or r["e"] == 3:
+                    nxt_st = "FOLD"
+            elif st == "FOLD":
+                nxt_st = "FILL"
+            elif st == "FILL":
+                s = r["fpos"]
+                if parts == 1:
+                    chunk[s * G:(s + 1) * G] = pix[:G]
+                else:
+                    chunk[:] = pix[r["part"] * G:(r["part"] + 1) * G]
+                if s == 0:
+                    chunk[G:] = 0
+                    n["chunk_first"] = r["px"] == 0 and r["part"] == 0
+                last_px = r["py"] == ho - 1 and r["px"] == wo - 1
+                n["chunk_final"] = last_px and r["part"] == parts - 1
+                row_end = r["px"] == wo - 1 and r["part"] == parts - 1
+                if s == slots - 1 or row_end:
+                    n["fpos"] = 0
+                    nxt_st = "SM"
+                else:
+                    n["fpos"] = s + 1
+                    next_pixel()
+                    nxt_st = "RD"
+            elif st == "SM":
+                if out_take:
+                    n["rem"] = nzmask
+                    nxt_st = "VAL" if nzmask else chunk_sent()
+            elif st == "VAL":
+                if out_take:
+                    n["rem"] = rem_next
+                    if rem_next == 0:
+                        nxt_st = chunk_sent()
+            for name in ("cmd", "weights", "act_in"):
+                fired = {"cmd": cmd_take, "weights": w_take, "act_in": in_take}[name]
+                if fired:
+                    src[name].advance()
+            krd, prd = n_krd, n_prd
+            r, st = n, nxt_st
+            t += 1
+        trace["cycles"] = trace["act_out"][-1] - trace["cmd"][0] + 1
+        return out, trace
+
+
+def layer_beats(data, spec: ConvLayer, cfg: NullHopConfig):
+    """All passes of a layer: (commands, kernel beats, input word payloads, expected output
+    ``Stream`` in emit order, plan, passes)."""
+    plan, passes = plan_layer(spec, cfg)
+    y = layer_outputs(data, spec, cfg.fxp)
+    cmds, weights, words, outs = [], [], [], []
+    for p in passes:
+        cmd, w, s = pass_beats(data, spec, plan, p, cfg)
+        cmds.append(cmd)
+        weights += w
+        words += s.beats()
+        if p.emit:
+            o = output_stream(y, p, spec, cfg)
+            o.last[:] = False
+            o.last[-1] = True
+            outs.append(o)
+    return cmds, weights, words, Stream.concat(outs), plan, passes
