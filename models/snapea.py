@@ -1,0 +1,286 @@
+"""SnaPEA (Akhlaghi et al., ISCA 2018): offline weight reordering, the early-termination rule
+in torch, and the (Th, n) optimiser.
+
+The rule, shared bit for bit by ``hw.snapea`` (RTL), ``sim.snapea`` (simulators) and the
+torch reference here:
+
+- **Order.** Zero weights are dropped (a kernel with no non-zero weight keeps one zero tap so
+  every window still gets its bias). Exact mode: positive weights first (largest first), then
+  negative weights most negative first, so the partial sum falls as fast as possible. With
+  speculation ``n > 0`` the first ``n`` taps are the kernel's ``n`` largest-|w| non-zero
+  weights (largest first, ties by position), then the remaining positives, then the
+  remaining negatives. An index buffer maps each tap to its (channel, ky, kx) input offset.
+- **Accumulate.** The accumulator starts at the bias; one tap per MAC.
+- **Exact termination.** ``exact_from`` is the number of taps after which every remaining
+  weight is <= 0. After tap ``j`` (0-based) with ``j + 1 >= exact_from`` and
+  ``(j + 1) % check_every == 0``, a negative partial sum ends the window with output 0: the
+  inputs are unsigned (post-ReLU), so the remaining terms are <= 0 and the final sum, hence
+  its ReLU, is 0. A negative bias is harmless: no check runs before ``exact_from``.
+- **Predictive termination.** After tap ``n - 1`` (when ``n > 0``), a partial sum below
+  ``Th`` ends the window with output 0 (a prediction; may be wrong).
+
+Only ReLU layers whose input is a post-ReLU activation use it: the first layer (image input,
+mean-subtracted in the paper) and layers without ReLU run dense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hw.fixedpoint import requantize
+from models.reference import QuantLayer, conv_acc
+
+GROUP_SPEC, GROUP_POS, GROUP_NEG, GROUP_ZERO = 0, 1, 2, 3
+
+
+@dataclass
+class KernelOrder:
+    """Reordered taps of every kernel of a layer (padded to the longest kernel with -1).
+
+    ``index[k, j]``: position (flattened channel, ky, kx) of kernel ``k``'s ``j``-th tap;
+    ``weight[k, j]``: its weight; ``taps[k]``: number of taps; ``exact_from[k]``: taps after
+    which all remaining weights are <= 0; ``spec_n[k]``/``threshold[k]``: the prediction
+    (``spec_n == 0``: none).
+    """
+
+    index: np.ndarray
+    weight: np.ndarray
+    taps: np.ndarray
+    exact_from: np.ndarray
+    spec_n: np.ndarray
+    threshold: np.ndarray
+
+    @property
+    def kernels(self) -> int:
+        return len(self.taps)
+
+
+@dataclass
+class LayerParams:
+    """Predictive-mode parameters of one layer: per kernel speculation length and threshold."""
+
+    spec_n: np.ndarray  # int [N]; 0 = exact mode for that kernel
+    threshold: np.ndarray  # int [N], compared with the partial sum (bias included)
+
+    def __post_init__(self):
+        self.spec_n = np.asarray(self.spec_n, np.int64)
+        self.threshold = np.asarray(self.threshold, np.int64)
+        if self.spec_n.shape != self.threshold.shape:
+            raise ValueError("spec_n and threshold must have one entry per kernel")
+        if (self.spec_n < 0).any():
+            raise ValueError(f"spec_n must be >= 0, not {int(self.spec_n.min())}")
+
+    def to_dict(self) -> dict:
+        return {"spec_n": self.spec_n.tolist(), "threshold": self.threshold.tolist()}
+
+
+def reorder(weight: np.ndarray, params: LayerParams | None = None) -> KernelOrder:
+    """Reorder the kernels of ``weight`` ([N, K] or [N, C, k, k]) for early termination."""
+    w = np.asarray(weight, np.int64).reshape(len(weight), -1)
+    n_k, k = w.shape
+    spec_n = np.zeros(n_k, np.int64) if params is None else params.spec_n.copy()
+    thr = np.zeros(n_k, np.int64) if params is None else params.threshold.copy()
+    if len(spec_n) != n_k:
+        raise ValueError(f"{len(spec_n)} prediction parameters for {n_k} kernels")
+    nnz = (w != 0).sum(1)
+    spec_n = np.minimum(spec_n, nnz)
+    pos = np.broadcast_to(np.arange(k), w.shape)
+    # rank of every weight by |w| (largest first, ties by position), zeros last
+    mag_order = np.lexsort((pos, -np.abs(w), w == 0), axis=-1)
+    mag_rank = np.empty_like(mag_order)
+    np.put_along_axis(mag_rank, mag_order, np.arange(k)[None].repeat(n_k, 0), axis=-1)
+    group = np.where(w > 0, GROUP_POS, np.where(w < 0, GROUP_NEG, GROUP_ZERO))
+    spec = (mag_rank < spec_n[:, None]) & (w != 0)
+    group = np.where(spec, GROUP_SPEC, group)
+    # within a group: speculation by |w| descending, positives descending, negatives ascending
+    secondary = np.where(group == GROUP_SPEC, -np.abs(w), np.where(group == GROUP_POS, -w, w))
+    order = np.lexsort((pos, secondary, group), axis=-1)
+    taps = np.maximum(nnz, 1)
+    width = int(taps.max())
+    index = order[:, :width].copy()
+    weight_o = np.take_along_axis(w, index, axis=1)
+    valid = np.arange(width)[None] < taps[:, None]
+    index[~valid] = -1
+    weight_o[~valid] = 0
+    # taps after the last positive one: from there on the partial sum can only fall
+    last_pos = np.where(weight_o > 0, np.arange(width)[None] + 1, 0).max(1)
+    exact_from = last_pos
+    return KernelOrder(index, weight_o, taps, exact_from, spec_n, thr)
+
+
+def kernel_masks(order: KernelOrder, k: int, taps_of=None) -> np.ndarray:
+    """[K, N] 0/1 matrix: column ``n`` marks the first ``taps_of[n]`` taps of kernel ``n``."""
+    n_k = order.kernels
+    upto = order.taps if taps_of is None else np.asarray(taps_of)
+    mask = np.zeros((k, n_k), np.int64)
+    width = order.index.shape[1]
+    j = np.arange(width)[None]
+    sel = (j < upto[:, None]) & (order.index >= 0)
+    kk, jj = np.nonzero(sel)
+    mask[order.index[kk, jj], kk] = 1
+    return mask
+
+
+def _gemm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Exact integer [M, K] @ [K, N] through float64 BLAS (every value is < 2**53)."""
+    r = torch.from_numpy(np.ascontiguousarray(a, np.float64)) @ torch.from_numpy(
+        np.ascontiguousarray(w, np.float64))
+    return r.round().long().numpy()
+
+
+@dataclass
+class Termination:
+    """Per (window, kernel) outcome: ``macs`` performed and how the window ended."""
+
+    macs: np.ndarray  # int64 [M, N]
+    exact: np.ndarray  # bool [M, N]: stopped early by the exact sign check
+    predicted: np.ndarray  # bool [M, N]: stopped by the prediction (output forced to 0)
+    acc: np.ndarray  # int64 [M, N]: the full accumulator (bias included)
+
+    @property
+    def zeroed(self) -> np.ndarray:
+        """Windows whose output the block forces to 0."""
+        return self.exact | self.predicted
+
+
+def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, order: KernelOrder,
+                check_every: int = 1, terminate: bool = True) -> Termination:
+    """Vectorised termination points of every window ([M, K] unsigned im2col rows ``a``) of
+    every kernel (``weight_matrix`` [K, N]); no loop over windows or MACs.
+
+    Exact checks only run from tap ``exact_from - 1`` on, where the partial sum can only fall,
+    so a window terminates at the first check position whose partial sum is negative; the
+    partial sums there are a cumulative sum over the remaining (non-positive) taps, computed
+    only for windows whose full sum is negative (the others never terminate).
+    """
+    a = np.asarray(a, np.int64)
+    m, k = a.shape
+    n_k = order.kernels
+    bias = np.asarray(bias, np.int64)
+    full = _gemm(a, weight_matrix) + bias
+    taps = order.taps
+    macs = np.broadcast_to(taps, (m, n_k)).copy()
+    exact = np.zeros((m, n_k), bool)
+    pred = np.zeros((m, n_k), bool)
+    if not terminate:
+        return Termination(macs, exact, pred, full)
+    wm = np.asarray(weight_matrix, np.int64)
+    if (order.spec_n > 0).any():
+        p_n = _gemm(a, wm * kernel_masks(order, k, order.spec_n)) + bias
+        pred = (order.spec_n > 0)[None] & (p_n < order.threshold[None])
+    p_e = _gemm(a, wm * kernel_masks(order, k, order.exact_from)) + bias
+    ce = int(check_every)
+    e = order.exact_from
+    # partial sums of the tail fit int32 when the accumulator does (checked), halving traffic
+    small = fxp_fits_int32(a, order, full, p_e)
+    a_t = a.astype(np.int32) if small else a
+    j0 = -(-np.maximum(e, 1) // ce) * ce - 1  # first check position at or after tap e-1
+    for n in range(n_k):
+        if j0[n] > taps[n] - 1:
+            continue  # no check before the end: the window runs to completion
+        live = full[:, n] < 0
+        if not live.any():
+            continue
+        early = live & (p_e[:, n] < 0)  # already negative when the checks start
+        macs[early, n] = j0[n] + 1
+        exact[early, n] = True
+        rows = np.nonzero(live & ~early)[0]
+        if len(rows) == 0:
+            continue
+        # walk the non-positive tail in growing blocks; windows leave once they stop (most
+        # stop early, which is the point), so the work follows the MACs actually performed
+        cur = p_e[rows, n]
+        start, t_n, step = int(e[n]), int(taps[n]), 16
+        while len(rows) and start < t_n:
+            end = min(start + step, t_n)
+            idx = order.index[n, start:end]
+            wt = order.weight[n, start:end].astype(a_t.dtype)
+            psum = np.cumsum(a_t[np.ix_(rows, idx)] * wt, axis=1, dtype=a_t.dtype)
+            psum += cur[:, None]
+            j = np.arange(start, end)
+            neg = (psum < 0) & ((j + 1) % ce == 0)[None]
+            hit = neg.any(1)
+            macs[rows[hit], n] = j[neg[hit].argmax(1)] + 1
+            exact[rows[hit], n] = True
+            rows, cur = rows[~hit], psum[~hit, -1]
+            start, step = end, step * 2
+    # the prediction wins unless an exact stop came strictly before it
+    pred &= ~(exact & (macs < order.spec_n[None]))
+    macs = np.where(pred, order.spec_n[None], macs)
+    exact &= ~pred
+    # reaching the last tap is not an early stop
+    exact &= macs < taps[None]
+    return Termination(macs, exact, pred, full)
+
+
+def fxp_fits_int32(a, order, full, p_e) -> bool:
+    bound = int(np.abs(p_e).max(initial=0)) + int(a.max(initial=0)) * int(
+        np.abs(order.weight).sum(1).max(initial=0))
+    return bound < (1 << 31) - 1
+
+
+def block_outputs(t: Termination, mult, shift, fxp, relu: bool = True) -> np.ndarray:
+    """[M, N] outputs of the block: requantised full sums, 0 where the window stopped early."""
+    y = requantize(t.acc, np.asarray(mult, np.int64), np.asarray(shift, np.int64), fxp, relu)
+    return np.where(t.zeroed, 0, y)
+
+
+# --- the torch reference of the cut-off rule ---------------------------------------------
+
+def spec_weight(layer: QuantLayer, params: LayerParams) -> torch.Tensor:
+    """The layer's weights masked to each kernel's speculation taps (same shape)."""
+    order = reorder(layer.weight.numpy(), params)
+    k = layer.weight[0].numel()
+    mask = kernel_masks(order, k, order.spec_n).T.reshape(layer.weight.shape)
+    return layer.weight * torch.from_numpy(mask)
+
+
+def snapea_layer_forward(x: torch.Tensor, layer: QuantLayer,
+                         params: LayerParams | None = None) -> torch.Tensor:
+    """conv -> bias -> requantise (ReLU) with SnaPEA's cut-off -> max-pool, in torch.
+
+    Exact mode (``params`` None) returns exactly ``models.reference.layer_forward``; with
+    ``params`` the outputs whose speculative partial sum (first ``n`` taps + bias) is below
+    ``Th`` are 0.
+    """
+    s = layer.spec
+    acc = conv_acc(x, layer)
+    y = requantize(acc, layer.mult[:, None, None], layer.shift[:, None, None], layer.fxp,
+                   relu=s.relu)
+    if params is not None and (params.spec_n > 0).any():
+        if not s.relu:
+            raise ValueError(f"layer {s.name!r} has no ReLU: it cannot terminate early")
+        xb = x if x.dim() == 4 else x[None]
+        p_n = F.conv2d(xb.double(), spec_weight(layer, params).double(), layer.bias.double(),
+                       stride=s.stride, padding=s.pad).round().long()
+        if x.dim() == 3:
+            p_n = p_n[0]
+        thr = torch.from_numpy(params.threshold)[:, None, None]
+        on = torch.from_numpy(params.spec_n > 0)[:, None, None]
+        y = torch.where(on & (p_n < thr), torch.zeros_like(y), y)
+    if s.pool > 1:
+        y = F.max_pool2d(y.double(), s.pool).long()
+    return y
+
+
+def snapea_network_forward(x: torch.Tensor, layers: list[QuantLayer],
+                           params: list | None = None) -> list[torch.Tensor]:
+    """``models.reference.network_forward`` with per-layer SnaPEA parameters (None = exact)."""
+    params = params or [None] * len(layers)
+    acts = [x]
+    for layer, p in zip(layers, params):
+        if layer.spec.kind == "fc":
+            x = x.reshape(*x.shape[:-3], -1, 1, 1)
+        x = snapea_layer_forward(x, layer, p)
+        acts.append(x)
+    return acts
+
+
+def eligible(layers) -> list[bool]:
+    """Layers that may terminate early: ReLU layers fed by a ReLU layer (not the first)."""
+    specs = [getattr(l, "spec", l) for l in layers]
+    return [i > 0 and s.relu and specs[i - 1].relu for i, s in enumerate(specs)]

