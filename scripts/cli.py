@@ -340,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
 EXTENSIONS: list = []
 
 
+def _combine_subcommand(sub) -> None:
+    from scripts.combine import add_parser  # imported late: it uses this module's helpers
+    add_parser(sub)
+
+
+EXTENSIONS.append(_combine_subcommand)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
