@@ -194,6 +194,7 @@ class LayerCount:
     valid_ops: int  # MAC cycles that land on an output of the band (per group, summed)
     useful_macs: int  # valid ops x real output channels
     in_words: int  # input words streamed, over all passes
+    in_words_once: int  # the compressed input map's size (what DRAM holds)
     out_words: int
     weight_beats: int
     out_pixels: int  # output pixels read by the output stages (after pooling)
@@ -258,7 +259,9 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     return LayerCount(
         cycles=int(cycles.sum()), passes=len(passes), mac_cycles=int((nnz * kk).sum()),
         valid_ops=valid_one * plan.groups, useful_macs=valid_one * spec.out_ch,
-        in_words=int((sm_words + nnz).sum()), out_words=int((out_chunks + out_nnz).sum()),
+        in_words=int((sm_words + nnz).sum()),
+        in_words_once=plan.slices * spec.in_h * r_words + int(np.count_nonzero(x)),
+        out_words=int((out_chunks + out_nnz).sum()),
         weight_beats=int(wbeats.sum()), out_pixels=int(out_pix.sum()),
         in_nnz=int(np.count_nonzero(x)), out_nnz=int(np.count_nonzero(y)))
 
@@ -279,13 +282,17 @@ def _events(c: LayerCount, spec: ConvLayer, cfg: NullHopConfig) -> dict:
     pw = 4 if spec.pool == 2 else 1
     return {
         "mac": c.valid_ops * L,
-        "sram_read_byte": c.mac_cycles * L * wb,  # kernel memory, one row per MAC cycle
-        "sram_write_byte": c.weight_beats * L * wb,
+        # kernel memory (one row per MAC cycle) and the on-chip feature-map buffer that
+        # re-streams the compressed input to every pass
+        "sram_read_byte": c.mac_cycles * L * wb + c.in_words * word_bytes,
+        "sram_write_byte": c.weight_beats * L * wb + c.in_words_once * word_bytes,
         # partial sums: read every MAC cycle, written on valid ones; read + cleared on output
         "small_sram_byte": (c.mac_cycles + c.valid_ops + 2 * c.out_pixels * pw) * L * ab,
         "requant": c.out_pixels * pw * L,
         "compare": c.out_pixels * (pw - 1) * L + c.out_words,
-        "dram_byte": (c.in_words + c.out_words) * word_bytes + c.weight_beats * L * wb,
+        # each compressed map and each weight crosses the DRAM interface once
+        "dram_byte": (c.in_words_once + c.out_words) * word_bytes
+        + spec.weight_size * wb + 4 * spec.out_ch,
     }
 
 
@@ -331,7 +338,8 @@ def simulate_layer(spec: ConvLayer, cfg: NullHopConfig, datas, table=None,
         "tiles": plan.tiles, "slice_channels": plan.cp,
         "mac_cycles": total.mac_cycles,
         "macs_vs_dense": total.useful_macs / (spec.macs * n),
-        "bytes_in_compressed": total.in_words * word_bytes,
+        "bytes_in_compressed": total.in_words_once * word_bytes,
+        "bytes_in_streamed": total.in_words * word_bytes,  # re-sent to every pass
         "bytes_out_compressed": total.out_words * word_bytes,
         "bytes_in_dense": in_dense, "bytes_out_dense": out_dense,
         "cycles_no_skip": dense.cycles,
@@ -355,13 +363,23 @@ def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) ->
         reports.append(simulate_layer(spec, cfg, datas, table))
         if progress:
             progress(spec.name)
+    from hw.config import PRESETS
+
+    base = PRESETS["systolic"]["default"]
     notes = [workload.description, f"{workload.batch} image(s)",
-             "speedup/energy ratio vs the dense systolic array's default preset "
-             f"({PRESETS_NOTE}) and vs this block with zero-skipping disabled in 'extra'"]
+             f"per layer 'extra': speedup and energy ratio against the dense systolic array's "
+             f"default preset ({base.rows}x{base.cols} = {base.rows * base.cols} MACs; also "
+             f"per MAC unit) and against this block with zero-skipping disabled"]
+    for r in reports:
+        e = r.extra
+        notes.append(f"{r.name}: input density {e['input_density']:.2f} -> MAC utilisation "
+                      f"{r.utilization:.1%}, speedup {e['speedup_vs_no_skip']:.2f}x vs no "
+                      f"skipping, {e['speedup_vs_systolic']:.2f}x vs dense systolic "
+                      f"({e['speedup_vs_systolic_per_mac']:.2f}x per MAC unit), energy "
+                      f"systolic/nullhop energy {e['energy_ratio_vs_systolic']:.2f}, compressed "
+                      f"input {e['bytes_in_compressed'] / max(1, e['bytes_in_dense']):.2f}x "
+                      f"the dense bytes")
     return NetworkReport("nullhop", cfg.to_dict(), reports, notes)
-
-
-PRESETS_NOTE = "8x8 = 64 MACs"
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""The NullHop simulator: the vectorised count equals the step-per-cycle model, the step
+model's output stream equals the encoder's stream of the integer torch reference, the useful
+MAC count equals an independent im2col count, and bad layers/configs raise clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hw.config import PRESETS, NullHopConfig
+from models.reference import im2col, layer_forward
+from models.workloads import ConvLayer, fc
+from sim import nullhop as nh
+from sim.sparse_format import decode
+from sim.workload import LayerData
+from tb.cases import random_layer
+
+CONFIGS = {
+    "tiny": PRESETS["nullhop"]["tiny"],
+    "default": PRESETS["nullhop"]["default"],
+    "16mac-sm4": NullHopConfig(macs=16, sm_bits=4, kernel_depth=256, acc_depth=64,
+                               max_dim=16, max_k=5),
+    "2mac-small": NullHopConfig(macs=2, sm_bits=4, kernel_depth=50, acc_depth=16, max_dim=16,
+                                max_k=5),
+}
+
+SHAPES = {
+    "conv3x3": (ConvLayer("c", 3, 5, 6, 5, k=3, pad=1), 0.5),
+    "conv3x3-pool": (ConvLayer("c", 6, 6, 6, 6, k=3, pad=1, pool=2), 0.3),
+    "conv3x3-stride2": (ConvLayer("c", 2, 7, 9, 9, k=3, stride=2, pad=1), 0.6),
+    "conv5x5": (ConvLayer("c", 3, 4, 7, 6, k=5, pad=2), 0.2),
+    "conv1x1": (ConvLayer("c", 6, 4, 4, 4, k=1), 1.0),
+    "fc-norelu": (fc("f", 19, 6, relu=False), 0.5),
+    "zero": (ConvLayer("c", 3, 5, 4, 5, k=3, pad=1), 0.0),
+}
+
+
+def _data(layer, x):
+    return LayerData(x.numpy(), layer.weight.numpy(), layer.bias.numpy(),
+                     layer.mult.numpy(), layer.shift.numpy())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", CONFIGS)
+def test_nullhop_vectorised_cycles_equal_step_model(size, shape):
+    cfg = CONFIGS[size]
+    spec, density = SHAPES[shape]
+    layer, x = random_layer(spec, seed=3, fxp=cfg.fxp, density=density)
+    d = _data(layer, x)
+    cmds, weights, words, expected, plan, passes = nh.layer_beats(d, spec, cfg)
+    outs, trace = nh.StepModel(cfg).run(cmds, weights, words, len(expected))
+    assert trace["cycles"] == nh.layer_cycles(d, spec, cfg)
+    assert [o[0] for o in outs] == expected.data.astype(np.int64).tolist()
+    assert [o[1] for o in outs] == expected.first.astype(int).tolist()
+    assert [o[2] for o in outs] == expected.last.astype(int).tolist()
+
+
+@pytest.mark.parametrize("shape", ["conv3x3-pool", "conv3x3-stride2", "fc-norelu"])
+def test_nullhop_step_model_stream_decodes_to_torch_reference(shape):
+    cfg = CONFIGS["2mac-small"]  # several groups, bands and tiles
+    spec, density = SHAPES[shape]
+    layer, x = random_layer(spec, seed=9, fxp=cfg.fxp, density=density)
+    cmds, weights, words, expected, plan, passes = nh.layer_beats(_data(layer, x), spec, cfg)
+    assert plan.groups > 1 and (plan.bands > 1 or plan.tiles > 1 or spec.kind == "fc")
+    outs, _ = nh.StepModel(cfg).run(cmds, weights, words, len(expected))
+    data = np.array([o[0] for o in outs])
+    ends = np.flatnonzero([o[2] for o in outs]) + 1
+    pieces = np.split(data, ends[:-1])
+    ref = layer_forward(x, layer).numpy()
+    ho, wo = spec.out_h // spec.pool, spec.out_w // spec.pool
+    per_group = {}
+    for p, piece in zip([p for p in passes if p.emit], pieces):
+        per_group.setdefault(p.group, []).append(piece)
+    for g, parts in per_group.items():
+        got = decode(np.concatenate(parts), (cfg.macs, ho, wo), cfg.sm_bits, cfg.macs,
+                     signed=not spec.relu)
+        n0 = g * cfg.macs
+        assert (got[:len(ref[n0:n0 + cfg.macs])] == ref[n0:n0 + cfg.macs]).all()
+
+
+def test_nullhop_stalls_only_add_cycles():
+    cfg = CONFIGS["tiny"]
+    spec, density = SHAPES["conv3x3-pool"]
+    layer, x = random_layer(spec, seed=4, fxp=cfg.fxp, density=density)
+    cmds, weights, words, expected, _, _ = nh.layer_beats(_data(layer, x), spec, cfg)
+    fast, t1 = nh.StepModel(cfg).run(cmds, weights, words, len(expected))
+    slow, t2 = nh.StepModel(cfg).run(cmds, weights, words, len(expected), 0.6, 0.5, seed=2)
+    assert fast == slow and t2["cycles"] > t1["cycles"]
+
+
+@pytest.mark.parametrize("shape", ["conv3x3", "conv3x3-stride2", "conv5x5", "fc-norelu"])
+def test_nullhop_useful_macs_are_the_non_zero_im2col_terms(shape):
+    cfg = CONFIGS["default"]
+    spec, density = SHAPES[shape]
+    layer, x = random_layer(spec, seed=5, fxp=cfg.fxp, density=density)
+    rep = nh.simulate_layer(spec, cfg, [_data(layer, x)])
+    oracle = int((im2col(x, spec) != 0).sum()) * spec.out_ch
+    assert rep.macs_performed == oracle
+    assert rep.macs_dense == spec.macs
+
+
+def test_nullhop_layer_outputs_match_torch_reference():
+    spec, density = SHAPES["conv3x3-pool"]
+    layer, x = random_layer(spec, seed=6, density=density)
+    assert (nh.layer_outputs(_data(layer, x), spec, layer.fxp)
+            == layer_forward(x, layer).numpy()).all()
+
+
+def test_nullhop_zero_skipping_pays_off_with_sparsity():
+    """Same layer at falling input density: fewer cycles; at density 1 skipping gains nothing."""
+    cfg = CONFIGS["default"]
+    spec = ConvLayer("c", 16, 8, 8, 8, k=3, pad=1)
+    cycles = []
+    for density in (1.0, 0.5, 0.1):
+        layer, x = random_layer(spec, seed=1, fxp=cfg.fxp, density=density)
+        rep = nh.simulate_layer(spec, cfg, [_data(layer, x)])
+        cycles.append(rep.cycles)
+        if density == 1.0:
+            assert rep.extra["speedup_vs_no_skip"] == 1.0
+        else:
+            assert rep.extra["speedup_vs_no_skip"] > 1.0
+    assert cycles[0] > cycles[1] > cycles[2]
+
+
+def test_nullhop_digits_report(digits):
+    from sim.workload import Workload
+
+    wl = Workload("digits", [l.spec for l in digits.layers], "digits", quant=digits.layers,
+                  real_inputs=digits.inputs)
+    rep = nh.simulate_network(wl, CONFIGS["default"]).to_dict()
+    assert [l["name"] for l in rep["layers"]] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    for l in rep["layers"]:
+        assert 0 < l["input_density"] <= 1 and 0 < l["utilization"] <= 1
+        assert l["cycles_no_skip"] >= l["cycles"]
+        assert {"speedup_vs_systolic", "energy_ratio_vs_systolic", "bytes_in_compressed",
+                "bytes_in_dense", "macs_vs_dense"} <= set(l)
+    json.dumps(rep)
+
+
+@pytest.mark.parametrize("spec,cfg,needle", [
+    (ConvLayer("c", 3, 4, 8, 8, k=7, pad=3), CONFIGS["tiny"], "max_k"),
+    (ConvLayer("c", 3, 4, 9, 9, k=3, stride=3), CONFIGS["tiny"], "stride 3"),
+    (ConvLayer("c", 3, 4, 7, 7, k=3, pad=1, pool=2), CONFIGS["tiny"], "even output"),
+    (ConvLayer("c", 3, 4, 300, 300, k=3, pad=1), CONFIGS["default"], "max_dim"),
+    (ConvLayer("c", 3, 4, 12, 12, k=3, pad=1, pool=2), CONFIGS["2mac-small"], "acc_depth"),
+    (ConvLayer("c", 8, 4, 4, 4, k=3, pad=1),
+     NullHopConfig(macs=8, kernel_depth=36, max_dim=16, max_k=3), "kernel_depth"),
+])
+def test_nullhop_rejects_layers_it_cannot_run(spec, cfg, needle):
+    with pytest.raises(ValueError, match=needle):
+        nh.plan_layer(spec, cfg)
+
+
+@pytest.mark.parametrize("kw,needle", [({"macs": 12}, "macs must be a power of two"),
+                                       ({"sm_bits": 10}, "sm_bits must be a power of two"),
+                                       ({"acc_depth": 0}, "acc_depth must be")])
+def test_nullhop_config_validation(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        NullHopConfig(**kw)
+
+
+def test_nullhop_cli_gen_and_sim(tmp_path):
+    from scripts.cli import main
+
+    assert main(["gen", "nullhop", "--preset", "tiny", "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "zeroskip_nullhop.v").exists()
+    out = tmp_path / "r.json"
+    assert main(["sim", "nullhop", "--network", "alexnet", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["block"] == "nullhop" and len(d["layers"]) == 8
