@@ -309,7 +309,7 @@ class NullHopConfig:
     macs: int = 8
     sm_bits: int = 16
     kernel_depth: int = 1024
-    acc_depth: int = 512
+    acc_depth: int = 4096
     max_dim: int = 256
     max_k: int = 11
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
@@ -358,11 +358,10 @@ class NullHopConfig:
         the output phase per output pixel is ``(4 if pool else 1)`` psum reads + 1 fold +
         ``parts`` fills, plus 1 cycle per output SM word and 1 per output non-zero value.
         """
-        cycles = 1 + (weight_beats if load else 0)
-        cycles += nnz * kk + sm_words + 2 - int(bool(last_is_sm))
-        if emit:
-            cycles += out_pixels * ((4 if pool else 1) + 1 + self.parts) + out_chunks + out_nnz
-        return cycles
+        # written with * and + only, so numpy arrays of passes work as well as ints
+        cycles = 1 + weight_beats * load + nnz * kk + sm_words + 2 - last_is_sm * 1
+        return cycles + emit * (out_pixels * (1 + 3 * pool + 1 + self.parts)
+                                + out_chunks + out_nnz)
 
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}

@@ -248,9 +248,10 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     out_nnz = (ocum[g, r1] - ocum[g, r0]) * emit
     out_pix = (r1 - r0) * wo * emit
     out_chunks = (r1 - r0) * out_chunks_row * emit
-    pw = 4 if pools == 2 else 1
-    cycles = (1 + wbeats + nnz * kk + sm_words + 2 - last_is_sm
-              + out_pix * (pw + 1 + cfg.parts) + out_chunks + out_nnz)
+    cycles = cfg.pass_cycles(weight_beats=ns * cp * kk, load=load, nnz=nnz, kk=kk,
+                             sm_words=sm_words, last_is_sm=last_is_sm, emit=emit,
+                             out_pixels=out_pix, pool=int(pools == 2), out_chunks=out_chunks,
+                             out_nnz=out_nnz)
     # useful work: each non-zero input times the kernel offsets that reach an output
     vy = _valid_positions(spec.in_h, spec.out_h, spec.k, spec.stride, spec.pad)
     vx = _valid_positions(spec.in_w, spec.out_w, spec.k, spec.stride, spec.pad)
