@@ -206,6 +206,31 @@ def run_zeroskip(spec: ConvLayer, acc_depth: int | None, min_seconds: float = 0.
             "cfg": cfg}
 
 
+def run_step_model(name: str, spec: ConvLayer, cfg: SystolicConfig) -> dict:
+    """zeroskip's step-per-cycle model on the layer with the workload's seeded int8 data;
+    its outputs are checked against ``sim.systolic.layer_outputs``."""
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from sim import workload
+    from sim.systolic import Gemm, StepModel, layer_outputs
+
+    net = name.split(".", 1)[0]
+    wl = workload.load(net)
+    data = wl.layer_data([l.name for l in wl.layers].index(spec.name))
+    x = np.pad(data.x, ((0, 0), (spec.pad, spec.pad), (spec.pad, spec.pad)))
+    win = sliding_window_view(x, (spec.k, spec.k), axis=(1, 2))[:, ::spec.stride, ::spec.stride]
+    a = win.transpose(1, 2, 0, 3, 4).reshape(spec.out_h * spec.out_w, -1)
+    g = Gemm(a, data.w.reshape(spec.out_ch, -1).T, data.bias, data.mult, data.shift, spec.relu)
+    t0, c0 = time.perf_counter(), time.process_time()
+    out, trace = StepModel(cfg).run(g)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    ref = layer_outputs(data, spec, cfg.fxp).reshape(spec.out_ch, -1).T & cfg.fxp.act_max
+    if not (out == ref).all():
+        raise RuntimeError(f"step model outputs differ from layer_outputs on {name}")
+    return {"cycles": trace["cycles"], "seconds": wall, "cpu_s": cpu}
+
+
 def explain(name: str, spec: ConvLayer, ss: dict | None, zs: dict) -> list[str]:
     m, k, n = spec.gemm
     f = folds(spec)
@@ -251,6 +276,8 @@ def main(argv=None) -> int:
                     help="zeroskip partial-sum memory depth (default: the layer's M)")
     ap.add_argument("--no-scalesim", action="store_true",
                     help="only run zeroskip (prints the SCALE-Sim formula, not its measurement)")
+    ap.add_argument("--step-model", action="store_true",
+                    help="also time zeroskip's step-per-cycle model (StepModel) on each layer")
     ap.add_argument("--json", type=Path, help="also write the measurements to this file")
     args = ap.parse_args(argv)
     names = ["vgg16.conv3_1"] if args.quick else args.layers
@@ -264,6 +291,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="zs-scalesim-") as tmp:
         for name, spec in specs:
             zs = run_zeroskip(spec, args.acc_depth)
+            if args.step_model:
+                print(f"StepModel on {name} ...", flush=True)
+                zs["step"] = run_step_model(name, spec, zs["cfg"])
+                if zs["step"]["cycles"] != zs["cycles"]:
+                    raise RuntimeError(f"StepModel and simulate_layer disagree on {name}")
             ss = None
             if py:
                 print(f"SCALE-Sim on {name} ...", flush=True)
@@ -307,6 +339,15 @@ def main(argv=None) -> int:
           "\nsame with CPU time (process_time), less sensitive to other load on the machine."
           f"\nLoad average after the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())} on "
           f"{os.cpu_count()} CPUs.\n")
+    if args.step_model:
+        print(f"{'layer':<16}{'StepModel cycles':>18}{'wall s':>10}{'CPU s':>10}"
+              f"{'cycles/s':>12}{'SCALE-Sim s / StepModel s':>28}")
+        for name, spec, ss, zs in rows:
+            st = zs["step"]
+            r = f"{ss['sim_s'] / st['seconds']:.1f}x" if ss else "-"
+            print(f"{name:<16}{st['cycles']:>18,}{st['seconds']:>10.2f}{st['cpu_s']:>10.2f}"
+                  f"{st['cycles'] / st['seconds']:>12,.0f}{r:>28}")
+        print()
     print("\n".join(notes))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
