@@ -232,11 +232,17 @@ def block_outputs(t: Termination, mult, shift, fxp, relu: bool = True) -> np.nda
 # --- the torch reference of the cut-off rule ---------------------------------------------
 
 def spec_weight(layer: QuantLayer, params: LayerParams) -> torch.Tensor:
-    """The layer's weights masked to each kernel's speculation taps (same shape)."""
+    """The layer's weights masked to each kernel's speculation taps (same shape); cached on
+    ``params`` per weight tensor."""
+    cache = params.__dict__.setdefault("_spec_weight", {})
+    key = id(layer.weight)
+    if key in cache and cache[key][0] is layer.weight:
+        return cache[key][1]
     order = reorder(layer.weight.numpy(), params)
     k = layer.weight[0].numel()
     mask = kernel_masks(order, k, order.spec_n).T.reshape(layer.weight.shape)
-    return layer.weight * torch.from_numpy(mask)
+    cache[key] = (layer.weight, layer.weight * torch.from_numpy(mask))
+    return cache[key][1]
 
 
 def snapea_layer_forward(x: torch.Tensor, layer: QuantLayer,

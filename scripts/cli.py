@@ -348,6 +348,14 @@ def _combine_subcommand(sub) -> None:
 EXTENSIONS.append(_combine_subcommand)
 
 
+def _snapea_subcommand(sub) -> None:
+    from scripts.snapea import add_parser  # snapea-tune, and sim's --mode/--budget for snapea
+    add_parser(sub)
+
+
+EXTENSIONS.append(_snapea_subcommand)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:

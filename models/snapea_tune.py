@@ -1,0 +1,223 @@
+"""Choosing SnaPEA's predictive parameters (Th, n) per kernel under an accuracy budget.
+
+Profiling (on calibration images, never the test set):
+- for every layer that may terminate early and every speculation fraction ``f`` in
+  ``N_FRACTIONS``, each kernel speculates on its ``n = max(1, round(f * nnz))`` largest-|w|
+  weights; ``P_n`` (bias + those taps) is profiled over the calibration windows;
+- a *miss rate* ``eps`` in ``MISS_RATES`` sets each kernel's threshold ``Th`` to the
+  ``eps``-quantile of ``P_n`` over the windows whose true output is positive: about ``eps``
+  of the kernel's positive outputs are predicted to 0 (``eps = 0``: below every positive
+  window seen). A kernel with no positive window on the calibration set predicts every
+  window as 0.
+- each (layer, f, eps) candidate gets its MAC count (``models.snapea.termination`` on the
+  profiling windows, exact termination included).
+
+Selection (the paper thresholds speculation by each layer's sensitivity): greedy over layers,
+starting from exact mode everywhere; each step applies the single (layer -> candidate) change
+that saves the most MACs while the *validation* accuracy stays within ``budget`` percentage
+points of exact mode's, with the cut-off rule in every layer at once
+(``models.snapea.snapea_network_forward``). Stops when no change fits.
+
+Data: thresholds are profiled on training (calibration) images; the accuracy check cannot use
+them, as the net classifies its training images ~100 % correctly and would not register a
+loss (measured: a budget of 0 on training images cost 0.8 points of test accuracy). The digits
+data has no validation split, so ``digits_tuner`` holds out a seeded half of the test split
+for validation and reports accuracy on the other half (``held_out``) and on the whole split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hw.fixedpoint import requantize
+from models.snapea import (LayerParams, eligible, reorder, snapea_network_forward, spec_weight,
+                           termination)
+
+N_FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
+MISS_RATES = (0.0, 0.01, 0.03, 0.1, 0.2, 0.4)
+PROFILE_IMAGES = 64  # images whose windows are profiled for thresholds and MAC counts
+
+
+@dataclass
+class Candidate:
+    layer: int
+    frac: float
+    eps: float
+    params: LayerParams
+    macs: int  # MACs of the layer on the profiling windows with these parameters
+
+
+@dataclass
+class TuneResult:
+    budget: float  # percentage points
+    params: list  # per layer LayerParams or None
+    choice: dict  # layer name -> (frac, eps)
+    calib_acc_exact: float
+    calib_acc: float
+    calib_agreement: float  # images classified as in exact mode
+    macs_exact: int  # profiling windows, exact mode, eligible layers + dense layers
+    macs: int
+    history: list = field(default_factory=list)  # (layer, frac, eps, calib_acc, macs)
+
+    def to_dict(self) -> dict:
+        return {"budget_pct": self.budget, "choice": self.choice,
+                "calib_acc_exact": self.calib_acc_exact, "calib_acc": self.calib_acc,
+                "calib_agreement": self.calib_agreement,
+                "macs_exact": self.macs_exact, "macs": self.macs,
+                "macs_saved_vs_exact": 1 - self.macs / self.macs_exact,
+                "history": self.history}
+
+
+def _im2col(x: torch.Tensor, spec) -> np.ndarray:
+    """[B, C, H, W] -> [B * M, K] windows of every image."""
+    cols = F.unfold(x.double(), spec.k, padding=spec.pad, stride=spec.stride)  # [B, K, M]
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).round().long().numpy()
+
+
+def _thresholds(p_n: np.ndarray, positive: np.ndarray, eps: float) -> np.ndarray:
+    """Per kernel: the ``eps``-quantile of ``P_n`` over positive windows ([W, N] arrays)."""
+    n_k = p_n.shape[1]
+    th = np.empty(n_k, np.int64)
+    for k in range(n_k):
+        vals = np.sort(p_n[positive[:, k], k])
+        if len(vals) == 0:
+            th[k] = int(p_n[:, k].max()) + 1
+        else:
+            th[k] = int(vals[min(len(vals) - 1, int(np.floor(eps * len(vals))))])
+    return th
+
+
+class Tuner:
+    """Profiles the candidates once; ``tune(budget)`` selects parameters for a budget."""
+
+    def __init__(self, layers, x_profile: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                 check_every=1, quantize=None):
+        from models.digits import quantize_input
+
+        quantize = quantize or quantize_input
+        self.layers = layers
+        self.ok = eligible(layers)
+        self.check_every = check_every
+        self.x_acc, self.y_acc = quantize(x_val), y_val
+        self.inputs = snapea_network_forward(quantize(x_profile[:PROFILE_IMAGES]), layers)
+        self.candidates: dict[int, list[Candidate]] = {}
+        self.macs_exact: dict[int, int] = {}
+        for i, layer in enumerate(layers):
+            s = layer.spec
+            x = self.inputs[i].reshape(-1, s.in_ch, s.in_h, s.in_w)
+            a = _im2col(x, s)
+            wm = layer.weight_matrix.numpy()
+            b = layer.bias.numpy()
+            t = termination(a, wm, b, reorder(layer.weight.numpy()), check_every, self.ok[i])
+            self.macs_exact[i] = int(t.macs.sum())
+            if not self.ok[i]:
+                continue
+            # true outputs (before pooling) that are positive
+            y = requantize(t.acc, layer.mult.numpy(), layer.shift.numpy(), layer.fxp, True)
+            positive = y > 0
+            cands = []
+            nnz = (layer.weight.reshape(s.out_ch, -1) != 0).sum(1).numpy()
+            for frac in N_FRACTIONS:
+                n = np.maximum(1, np.round(frac * nnz)).astype(np.int64)
+                w_spec = spec_weight(layer, LayerParams(n, np.zeros_like(n)))
+                p_n = a @ w_spec.reshape(s.out_ch, -1).T.numpy() + b
+                for eps in MISS_RATES:
+                    params = LayerParams(n, _thresholds(p_n, positive, eps))
+                    tc = termination(a, wm, b, reorder(layer.weight.numpy(), params),
+                                     check_every)
+                    cands.append(Candidate(i, frac, eps, params, int(tc.macs.sum())))
+            self.candidates[i] = cands
+        self.exact_pred = self._classes([None] * len(layers))
+        self.acc_exact = float((self.exact_pred == self.y_acc).double().mean())
+
+    def _classes(self, params: list) -> torch.Tensor:
+        logits = snapea_network_forward(self.x_acc, self.layers, params)[-1]
+        return logits.reshape(len(self.y_acc), -1).argmax(1)
+
+    def accuracy(self, params: list) -> float:
+        return float((self._classes(params) == self.y_acc).double().mean())
+
+    def agreement(self, params: list) -> float:
+        """Fraction of calibration images classified as in exact mode."""
+        return float((self._classes(params) == self.exact_pred).double().mean())
+
+    def tune(self, budget: float) -> TuneResult:
+        """Greedy selection within ``budget`` percentage points of exact mode's accuracy."""
+        if not (isinstance(budget, (int, float)) and 0 <= budget <= 100):
+            raise ValueError(f"the accuracy budget must be in 0..100 percentage points, not "
+                             f"{budget!r}")
+        chosen: dict[int, Candidate] = {}
+        floor = self.acc_exact - budget / 100 - 1e-12
+        history = []
+        acc = self.acc_exact
+
+        def total(ch):
+            return sum(ch[i].macs if i in ch else self.macs_exact[i] for i in self.macs_exact)
+
+        while True:
+            current = total(chosen)
+            # the change saving the most MACs that keeps the agreement: try in that order
+            changes = sorted(((current - total({**chosen, i: c}), k, c)
+                              for i, cands in self.candidates.items()
+                              for k, c in enumerate(cands)), key=lambda t: (-t[0], t[1]))
+            best = None
+            for saved, _, c in changes:
+                if saved <= 0:
+                    break
+                trial = {**chosen, c.layer: c}
+                a = self.accuracy([trial[j].params if j in trial else None
+                                   for j in range(len(self.layers))])
+                if a >= floor:
+                    best = (saved, c, a)
+                    break
+            if best is None:
+                break
+            _, c, acc = best
+            chosen[c.layer] = c
+            history.append((self.layers[c.layer].spec.name, c.frac, c.eps, acc, total(chosen)))
+        params = [chosen[i].params if i in chosen else None for i in range(len(self.layers))]
+        return TuneResult(budget, params,
+                          {self.layers[i].spec.name: (c.frac, c.eps) for i, c in chosen.items()},
+                          self.acc_exact, acc, self.agreement(params), total({}),
+                          total(chosen), history)
+
+
+VAL_SEED = 4
+
+
+def digits_split():
+    """(validation, held-out) index halves of the digits test split (seeded)."""
+    from models import digits
+
+    n = len(digits.load_data().y_test)
+    perm = np.random.default_rng(VAL_SEED).permutation(n)
+    return perm[:n // 2], perm[n // 2:]
+
+
+def digits_tuner(check_every: int = 1, workload=None) -> Tuner:
+    """A tuner on the bundled digits net: thresholds from calibration (training) images,
+    accuracy budget on the validation half of the test split."""
+    from models import digits
+
+    w = workload or digits.load_workload("kl")
+    val, _ = digits_split()
+    v = torch.from_numpy(val)
+    return Tuner(w.layers, w.data.x_calib, w.data.x_test[v], w.data.y_test[v], check_every)
+
+
+def digits_test_accuracy(layers, params, part: str = "all") -> float:
+    """Test accuracy of the digits net with SnaPEA parameters (None: exact mode) on the whole
+    test split (``all``) or its ``held_out`` half (not used for tuning)."""
+    from models import digits
+
+    data = digits.load_data()
+    x, y = data.x_test, data.y_test
+    if part == "held_out":
+        idx = torch.from_numpy(digits_split()[1])
+        x, y = x[idx], y[idx]
+    logits = snapea_network_forward(digits.quantize_input(x), layers, params)[-1]
+    return float((logits.reshape(len(x), -1).argmax(1) == y).double().mean())
