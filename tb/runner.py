@@ -48,14 +48,16 @@ def icarus_time_zero_fix(verilog_text: str) -> str:
     return fixed
 
 
-def build(cfg, build_dir: Path) -> tuple[object, str]:
-    """Generate the Verilog and compile it with Icarus; returns (runner, toplevel name)."""
+def build(cfg, build_dir: Path, generator=None) -> tuple[object, str]:
+    """Generate the Verilog and compile it with Icarus; returns (runner, toplevel name).
+    ``generator(cfg, build_dir) -> Verilog path`` replaces ``hw.gen.generate`` (e.g. the
+    AXI4-Stream top of ``hw.axi``)."""
     from cocotb_tools.runner import get_runner
 
     from hw.gen import generate
 
     check_icarus()
-    vpath = generate(cfg, build_dir)
+    vpath = (generator or generate)(cfg, build_dir)
     top = vpath.stem
     sim_path = build_dir / f"{top}_icarus.v"
     sim_path.write_text(icarus_time_zero_fix(vpath.read_text()))
@@ -65,13 +67,14 @@ def build(cfg, build_dir: Path) -> tuple[object, str]:
     return runner, top
 
 
-def run_rtl(cfg, tb_module: str, case: dict, build_dir, testcase: str | None = None) -> Path:
+def run_rtl(cfg, tb_module: str, case: dict, build_dir, testcase: str | None = None,
+            generator=None) -> Path:
     """Build and run one cocotb test module against ``cfg``'s Verilog on ``case``."""
     from cocotb_tools.runner import get_results
 
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    runner, top = build(cfg, build_dir)
+    runner, top = build(cfg, build_dir, generator)
     case_path = build_dir / "case.npz"
     np.savez(case_path, **{k: np.asarray(v) for k, v in case.items()})
     log = build_dir / "sim.log"
