@@ -206,6 +206,9 @@ def simulate_layer(spec: ConvLayer, packing: cc.Packing, cfg: CombinedConfig, ta
         "passes": passes, "chunks": chunks,
         "nonzero_weights": s["nnz"], "cells": s["cells"],
         "cell_utilization": s["packing_efficiency"],  # non-zero weights / occupied cells
+        # the same non-zero weights on the dense array (every K x N cell occupied)
+        "dense_cells": k * n, "dense_cell_utilization": s["nnz"] / (k * n),
+        "utilization_gain": s["packing_efficiency"] / max(1e-12, s["nnz"] / (k * n)),
         "macs_nonzero": m * s["nnz"] * batch,
         "dense_cycles": dense.cycles, "dense_energy_pj": dense.energy_pj,
         "speedup": dense.cycles / rep.cycles,
