@@ -241,7 +241,7 @@ class SnaPEAConfig:
     """
 
     lanes: int = 8
-    max_taps: int = 4608
+    max_taps: int = 25088  # VGG-16's fc6 (512 x 7 x 7 inputs)
     act_depth: int = 65536
     max_windows: int = 1024
     check_every: int = 1
@@ -346,20 +346,24 @@ class NullHopConfig:
         return self.macs // self.group
 
     # --- the cycle schedule (mirrored by sim.nullhop and checked against the RTL) ----------
-    def pass_cycles(self, *, weight_beats: int, load: bool, nnz: int, kk: int, sm_words: int,
-                    last_is_sm: bool, emit: bool, out_pixels: int = 0, pool: bool = False,
-                    out_chunks: int = 0, out_nnz: int = 0) -> int:
+    def pass_cycles(self, *, weight_beats: int, load: bool, mac_cycles: int, sm_words: int,
+                    dead_values: int, last_no_mac: bool, emit: bool, out_pixels: int = 0,
+                    pool: bool = False, out_chunks: int = 0, out_nnz: int = 0) -> int:
         """Cycles of one pass, command beat to its last output beat (or to its last input
         cycle when it does not emit), inclusive, with inputs always valid and ``out`` ready:
 
-        1 command + ``weight_beats`` (if ``load``) + input phase + output phase, where the
-        input phase is ``nnz * kk`` MAC cycles + one cycle per SM word not taken in the last
-        MAC cycle of a value (= ``sm_words + 1 - last_is_sm``) + 1 end-of-input cycle, and
-        the output phase per output pixel is ``(4 if pool else 1)`` psum reads + 1 fold +
-        ``parts`` fills, plus 1 cycle per output SM word and 1 per output non-zero value.
+        1 command + ``weight_beats`` (if ``load``) + input phase + output phase. The input
+        phase is ``mac_cycles`` (each non-zero value spends one cycle per kernel offset that
+        takes it to an output of the pass) + one cycle per input word not taken in the last
+        MAC cycle of a value: ``sm_words + dead_values + 1 - last_no_mac`` (``dead_values``
+        are non-zeros that reach no output, ``last_no_mac`` whether the final word is an SM
+        word or such a value) + 1 end-of-input cycle. The output phase per output pixel is
+        ``(4 if pool else 1)`` psum reads + 1 fold + ``parts`` fills, plus 1 cycle per
+        output SM word and 1 per output non-zero value.
         """
         # written with * and + only, so numpy arrays of passes work as well as ints
-        cycles = 1 + weight_beats * load + nnz * kk + sm_words + 2 - last_is_sm * 1
+        cycles = (1 + weight_beats * load + mac_cycles + sm_words + dead_values + 2
+                  - last_no_mac * 1)
         return cycles + emit * (out_pixels * (1 + 3 * pool + 1 + self.parts)
                                 + out_chunks + out_nnz)
 

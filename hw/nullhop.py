@@ -83,13 +83,16 @@ class NullHopBlock(wiring.Component):
     every input valid and ``act_out`` ready:
       - IDLE, 1 cycle: the command is accepted;
       - LOAD, one cycle per weight beat (skipped when ``load`` is 0);
-      - input phase: FETCH takes one word per cycle; a value word starts MAC, which spends
-        exactly ``k*k`` cycles on it (one kernel position per cycle, all ``macs`` output
-        channels in parallel; positions outside the band or off the stride grid are idle
-        cycles); the last MAC cycle already takes the next word. So every non-zero costs
-        ``k*k`` cycles, every SM word one cycle unless it directly follows a value
-        (``sm_words + 1 - [the final word is an SM word]`` cycles), and one more FETCH cycle
-        sees the end of the input. Zero activations cost no MAC cycle.
+      - input phase: FETCH takes one word per cycle. A value word's kernel offsets that take
+        it to an output of the pass form a box ``ky_first..ky_last`` x ``kx_first..kx_last``
+        on the stride grid (computed when the word is taken); MAC walks that box, one
+        offset per cycle, all ``macs`` output channels in parallel, and its last cycle
+        already takes the next word. So a non-zero costs ``ny * nx`` cycles (``k*k`` inside
+        the map, fewer at borders, band edges and for strides > 1; ``k*k/stride^2`` on
+        average), a non-zero whose box is empty ("dead") costs its fetch cycle only, every
+        SM word one cycle unless it directly follows a value with a non-empty box, and one
+        more FETCH cycle sees the end of the input. Zero activations cost no MAC cycle and
+        every MAC cycle is a useful multiply-accumulate.
         The partial-sum memory is read in the MAC cycle and written (``psum + v * w``) in the
         next; its read port is transparent, so back-to-back updates of one pixel are exact;
       - output phase (if ``emit``), for each output pixel after pooling in row-major order:
@@ -177,10 +180,34 @@ class NullHopBlock(wiring.Component):
         x_reg = Signal(dim)
         iy_reg = Signal(dim)
         wbase = Signal(_bits(cfg.kernel_depth * cfg.max_k * cfg.max_k))
-        ky, kx = Signal(range(cfg.max_k + 1)), Signal(range(cfg.max_k + 1))
-        kpos = Signal(range(cfg.max_k * cfg.max_k + 1))
+        kb = _bits(cfg.max_k)
+        ky, kx = Signal(kb), Signal(kb)
+        kx_first, ky_last, kx_last = Signal(kb), Signal(kb), Signal(kb)
         mac_last = Signal()
-        m.d.comb += mac_last.eq(kpos == kk - 1)
+        m.d.comb += mac_last.eq((ky == ky_last) & (kx == kx_last))
+        stride = Signal(4)
+        m.d.comb += stride.eq(Const(1, 4) << cmd.stride_log2)
+
+        def kernel_range(coord, pad, out_n, name):
+            """First and last kernel offsets that map input ``coord`` onto an output in
+            ``0..out_n-1`` on the stride grid, and whether there is any."""
+            sw = signed(dim + kb + 6)
+            a = Signal(sw, name=f"{name}_a")
+            lo, hi = Signal(sw, name=f"{name}_lo"), Signal(sw, name=f"{name}_hi")
+            first, last = Signal(sw, name=f"{name}_first"), Signal(sw, name=f"{name}_last")
+            reach = Signal(sw, name=f"{name}_reach")
+            m.d.comb += [a.eq(coord + pad),
+                         reach.eq(a - ((out_n - 1) << cmd.stride_log2)),
+                         lo.eq(Mux(reach > 0, reach, 0)),
+                         hi.eq(Mux(a < cmd.k - 1, a, cmd.k - 1)),
+                         first.eq(lo + ((a - lo).as_unsigned() & (stride - 1))),
+                         last.eq(hi - ((a - hi).as_unsigned() & (stride - 1)))]
+            return first, last, first <= last
+
+        ky_f, ky_l, y_any = kernel_range(cur_iy, cmd.pad_top, cmd.out_h, "ry")
+        kx_f, kx_l, x_any = kernel_range(x_new, cmd.pad_left, cmd.out_w, "rx")
+        reaches = Signal()
+        m.d.comb += reaches.eq(y_any & x_any)
 
         num_y, num_x = Signal(signed(dim + 3)), Signal(signed(dim + 3))
         m.d.comb += [num_y.eq(iy_reg + cmd.pad_top - ky), num_x.eq(x_reg + cmd.pad_left - kx)]
@@ -233,7 +260,7 @@ class NullHopBlock(wiring.Component):
         m.d.comb += rem_next.eq(rem & (rem - 1))
 
         # ---- memories: the MAC path and the output stage share the psum ports -------------
-        m.d.comb += [krd.addr.eq(wbase + kpos), krd.en.eq(1), prd.en.eq(1),
+        m.d.comb += [krd.addr.eq(wbase + ky * cmd.k + kx), krd.en.eq(1), prd.en.eq(1),
                      prd.addr.eq(op_addr)]
         qs = []
         for n in range(L):
@@ -275,7 +302,8 @@ class NullHopBlock(wiring.Component):
             with m.Else():
                 m.d.sync += [mask.eq(mask & (mask - 1)), val.eq(word[:fxp.act_bits]),
                              x_reg.eq(x_new), iy_reg.eq(cur_iy), wbase.eq(c_new * kk),
-                             ky.eq(0), kx.eq(0), kpos.eq(0)]
+                             ky.eq(ky_f), kx.eq(kx_f), kx_first.eq(kx_f), ky_last.eq(ky_l),
+                             kx_last.eq(kx_l)]
 
         def next_pixel():
             with m.If(px == Wo - 1):
@@ -321,20 +349,19 @@ class NullHopBlock(wiring.Component):
                         m.next = "IDLE"
                 with m.Elif(take):
                     take_word()
-                    with m.If(mask != 0):
+                    with m.If((mask != 0) & reaches):
                         m.next = "MAC"
             with m.State("MAC"):
                 m.d.sync += [s1_valid.eq(op_valid), s1_addr.eq(op_addr), s1_val.eq(val)]
                 m.d.comb += self.act_in.ready.eq(mac_last & ~end)
-                with m.If(kx == cmd.k - 1):
-                    m.d.sync += [kx.eq(0), ky.eq(ky + 1)]
+                with m.If(kx == kx_last):
+                    m.d.sync += [kx.eq(kx_first), ky.eq(ky + stride)]
                 with m.Else():
-                    m.d.sync += kx.eq(kx + 1)
-                m.d.sync += kpos.eq(kpos + 1)
+                    m.d.sync += kx.eq(kx + stride)
                 with m.If(mac_last):
                     with m.If(take):
                         take_word()  # resets the kernel counters on a value
-                        with m.If(mask == 0):
+                        with m.If((mask == 0) | ~reaches):
                             m.next = "FETCH"
                     with m.Else():
                         m.next = "FETCH"

@@ -202,6 +202,31 @@ class LayerCount:
     out_nnz: int
 
 
+def kernel_range(coord: int, pad: int, out_n: int, k: int, s: int) -> tuple[int, int]:
+    """First and last kernel offsets (on the stride grid) that take input coordinate
+    ``coord`` to an output in ``0..out_n-1``; first > last when there is none. The RTL's
+    MAC loop walks exactly these (``hw.nullhop``)."""
+    a = coord + pad
+    lo, hi = max(0, a - (out_n - 1) * s), min(k - 1, a)
+    return lo + ((a - lo) & (s - 1)), hi - ((a - hi) & (s - 1))
+
+
+def _range_count(coords: np.ndarray, pad: int, out_n: int, k: int, s: int) -> np.ndarray:
+    """``kernel_range`` as a count, vectorised over coordinates."""
+    a = coords + pad
+    lo, hi = np.maximum(0, a - (out_n - 1) * s), np.minimum(k - 1, a)
+    first, last = lo + ((a - lo) & (s - 1)), hi - ((a - hi) & (s - 1))
+    return np.where(first <= last, (last - first) // s + 1, 0)
+
+
+def _tile_sum(per_slice: np.ndarray, s0: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """Sum of ``per_slice[slices, passes]`` over each pass's slices ``s0 .. s0+ns-1``."""
+    cs = np.concatenate([np.zeros((1, per_slice.shape[1]), np.int64),
+                         np.cumsum(per_slice, 0)], 0)
+    cols = np.arange(per_slice.shape[1])
+    return cs[s0 + ns, cols] - cs[s0, cols]
+
+
 def _valid_positions(n_in: int, n_out: int, k: int, s: int, pad: int) -> np.ndarray:
     """For each input coordinate, how many kernel offsets land on an output coordinate."""
     i = np.arange(n_in)[:, None]
@@ -238,27 +263,53 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     out_h = np.array([p.out_h for p in passes])
     # input non-zeros of each pass: its slices x its rows
     per_slice = cum[:, iy0 + in_h] - cum[:, iy0]  # [slices, passes]
-    cs = np.concatenate([np.zeros((1, len(passes)), np.int64), np.cumsum(per_slice, 0)], 0)
-    nnz = cs[s0 + ns, np.arange(len(passes))] - cs[s0, np.arange(len(passes))]
+    nnz = _tile_sum(per_slice, s0, ns)
     sm_words = ns * in_h * r_words
+    # MAC cycles: a non-zero at (row, x) costs ny(row) * nx(x) cycles, ny depending on the
+    # band; dead values (no offset reaches an output) cost none
+    k, st = spec.k, spec.stride
+    h, w = spec.in_h, spec.in_w
+    nzx = nzr.reshape(plan.slices, h, w, cp).sum(axis=3)  # [slices, H, W]
+    nx = _range_count(np.arange(w), spec.pad, spec.out_w, k, st)
+    wx = (nzx * nx).sum(axis=2)  # [slices, H]
+    zx = (nzx * (nx == 0)).sum(axis=2)
+    last_pos = np.where(nzr.any(axis=2), n_pos - 1 - np.argmax(nzr[:, :, ::-1], axis=2), 0)
+    last_x = last_pos // cp  # x of each row's final non-zero
+    mac = np.zeros((plan.slices, len(passes)), np.int64)
+    dead = np.zeros((plan.slices, len(passes)), np.int64)
+    last_dead = np.zeros(len(passes), bool)
+    bands = {}
+    for i, p in enumerate(passes):  # one entry per distinct band geometry
+        bands.setdefault((p.iy0, p.in_h, p.pad_top, p.out_h), []).append(i)
+    for (b0, bh, top, oh), idx in bands.items():
+        ny = _range_count(np.arange(bh), top, oh, k, st)
+        rws = slice(b0, b0 + bh)
+        mac[:, idx] = (ny * wx[:, rws]).sum(axis=1)[:, None]
+        dead[:, idx] = ((ny == 0) * row_nnz[:, rws] + (ny > 0) * zx[:, rws]).sum(axis=1)[:, None]
+        for i in idx:
+            sl, row = passes[i].s0 + passes[i].ns - 1, b0 + bh - 1
+            last_dead[i] = ny[-1] == 0 or nx[last_x[sl, row]] == 0
+    mac_cycles = _tile_sum(mac, s0, ns)
+    dead_values = _tile_sum(dead, s0, ns)
     last_is_sm = ~last_nz[s0 + ns - 1, iy0 + in_h - 1]
+    last_no_mac = last_is_sm | last_dead
     wbeats = ns * cp * kk * load
     ocum = np.concatenate([np.zeros((plan.groups, 1), np.int64), np.cumsum(out_row_nnz, 1)], 1)
     r0, r1 = oy0 // pools, (oy0 + out_h) // pools
     out_nnz = (ocum[g, r1] - ocum[g, r0]) * emit
     out_pix = (r1 - r0) * wo * emit
     out_chunks = (r1 - r0) * out_chunks_row * emit
-    cycles = cfg.pass_cycles(weight_beats=ns * cp * kk, load=load, nnz=nnz, kk=kk,
-                             sm_words=sm_words, last_is_sm=last_is_sm, emit=emit,
-                             out_pixels=out_pix, pool=int(pools == 2), out_chunks=out_chunks,
-                             out_nnz=out_nnz)
+    cycles = cfg.pass_cycles(weight_beats=ns * cp * kk, load=load, mac_cycles=mac_cycles,
+                             sm_words=sm_words, dead_values=dead_values,
+                             last_no_mac=last_no_mac, emit=emit, out_pixels=out_pix,
+                             pool=int(pools == 2), out_chunks=out_chunks, out_nnz=out_nnz)
     # useful work: each non-zero input times the kernel offsets that reach an output
     vy = _valid_positions(spec.in_h, spec.out_h, spec.k, spec.stride, spec.pad)
     vx = _valid_positions(spec.in_w, spec.out_w, spec.k, spec.stride, spec.pad)
     per_pixel = (x != 0).sum(axis=0)  # [H, W]
     valid_one = int((per_pixel * vy[:, None] * vx[None, :]).sum())
     return LayerCount(
-        cycles=int(cycles.sum()), passes=len(passes), mac_cycles=int((nnz * kk).sum()),
+        cycles=int(cycles.sum()), passes=len(passes), mac_cycles=int(mac_cycles.sum()),
         valid_ops=valid_one * plan.groups, useful_macs=valid_one * spec.out_ch,
         in_words=int((sm_words + nnz).sum()),
         in_words_once=plan.slices * spec.in_h * r_words + int(np.count_nonzero(x)),
@@ -412,7 +463,8 @@ class StepModel:
         st = "IDLE"
         c = None
         r = dict(wcount=0, mask=0, cur_w=0, cur_iy=0, cur_slice=0, nxt_w=0, nxt_iy=0,
-                 nxt_slice=0, sm_done=0, val=0, x=0, iy=0, wbase=0, ky=0, kx=0, kpos=0,
+                 nxt_slice=0, sm_done=0, val=0, x=0, iy=0, wbase=0, ky=0, kx=0, kx_first=0,
+                 ky_last=0, kx_last=0,
                  s1=False, s1_addr=0, s1_val=0, py=0, px=0, e=0, part=0, fpos=0, f=False,
                  f_first=False, f_addr=0, chunk_first=False, chunk_final=False, rem=0)
         pix = np.zeros(L, np.int64)
@@ -448,7 +500,9 @@ class StepModel:
                 pl = c["pool"]
                 dy, dx = (r["e"] >> 1) & pl, r["e"] & 1 & pl
                 prd_addr = ((r["py"] << pl) + dy) * c["out_w"] + (r["px"] << pl) + dx
-            krd_addr = (r["wbase"] + r["kpos"]) % cfg.kernel_depth
+            krd_addr = (r["wbase"] + r["ky"] * c["k"] + r["kx"]) % cfg.kernel_depth \
+                if c is not None else 0
+            mac_last = r["ky"] == r["ky_last"] and r["kx"] == r["kx_last"]
             nzmask = sum(1 << i for i in range(S) if chunk[i] != 0)
             out_valid, out_word = False, None
             if st == "SM":
@@ -460,7 +514,7 @@ class StepModel:
                 rem_next = rem & (rem - 1)
                 out_valid = True
                 out_word = (int(chunk[idx]), 0, int(r["chunk_final"] and rem_next == 0))
-            in_ready = (st == "FETCH" and not end) or (st == "MAC" and r["kpos"] == kk - 1
+            in_ready = (st == "FETCH" and not end) or (st == "MAC" and mac_last
                                                        and not end)
             out_ready = pat["act_out"](t)
             # --- handshakes ---
@@ -520,8 +574,13 @@ class StepModel:
                 p = (r["cur_w"] * S) + idx
                 ch = (r["cur_slice"] << c["slice_log2"]) | (p & (cp - 1))
                 n.update(mask=m_ & (m_ - 1), val=word & mask_act, x=p >> c["slice_log2"],
-                         iy=r["cur_iy"], wbase=ch * kk, ky=0, kx=0, kpos=0)
-                return True
+                         iy=r["cur_iy"], wbase=ch * kk)
+                s_ = 1 << c["stride_log2"]
+                fy, ly = kernel_range(r["cur_iy"], c["pad_top"], c["out_h"], c["k"], s_)
+                fx, lx = kernel_range(p >> c["slice_log2"], c["pad_left"], c["out_w"], c["k"],
+                                      s_)
+                n.update(ky=fy, kx=fx, kx_first=fx, ky_last=ly, kx_last=lx)
+                return fy <= ly and fx <= lx  # a value that reaches no output takes no MAC
 
             def next_pixel():
                 if r["px"] == wo - 1:
@@ -559,12 +618,12 @@ class StepModel:
                         nxt_st = "MAC"
             elif st == "MAC":
                 n.update(s1=op_valid, s1_addr=op_addr, s1_val=r["val"])
-                if r["kx"] == c["k"] - 1:
-                    n.update(kx=0, ky=r["ky"] + 1)
+                s_ = 1 << c["stride_log2"]
+                if r["kx"] == r["kx_last"]:
+                    n.update(kx=r["kx_first"], ky=r["ky"] + s_)
                 else:
-                    n["kx"] = r["kx"] + 1
-                n["kpos"] = r["kpos"] + 1
-                if r["kpos"] == kk - 1:
+                    n["kx"] = r["kx"] + s_
+                if mac_last:
                     if in_take:
                         if not take_word(int(src["act_in"].payload()["data"])):
                             nxt_st = "FETCH"
