@@ -356,6 +356,14 @@ def _snapea_subcommand(sub) -> None:
 EXTENSIONS.append(_snapea_subcommand)
 
 
+def _fpga_subcommands(sub) -> None:
+    from scripts.fpga import add_parser  # synth (Yosys + nextpnr) and gen-axi
+    add_parser(sub)
+
+
+EXTENSIONS.append(_fpga_subcommands)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:

