@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from hw.axi import AXI_LATENCY, axi_ports, generate_axi
-from hw.config import PRESETS, SystolicConfig
+from hw.config import (CombinedConfig, NullHopConfig, PRESETS, SnaPEAConfig,
+                       SystolicConfig)
 from hw.layouts import pack, systolic_layouts
 from models.workloads import ConvLayer
 from tb.cases import gemm_case, random_layer
@@ -51,9 +52,99 @@ def systolic_streams(cfg, layer, x):
     return inputs, {"out": expected}, {"out": masks}, trace["cycles"]
 
 
-STREAMS = {"systolic": systolic_streams}
+def nullhop_streams(cfg, layer, x):
+    """Compressed (SM + NZVL) words in and out: the expected output words are the encoder's
+    stream of the integer reference, which decodes to the reference (checked here)."""
+    from hw.nullhop import nullhop_layouts
+    from models.reference import layer_forward
+    from sim.nullhop import StepModel, layer_beats
+    from tb.test_nullhop import _check_decodes_to_reference, layer_data
 
-SMALL = {"systolic": SystolicConfig(rows=4, cols=3, acc_depth=24)}
+    lay = nullhop_layouts(cfg)
+    spec = layer.spec
+    cmds, weights, words, expected, plan, passes = layer_beats(layer_data(layer, x), spec, cfg)
+    _check_decodes_to_reference(expected, passes, spec, cfg, layer_forward(x, layer).numpy())
+    inputs = {"cmd": [pack(lay.command, c) for c in cmds],
+              "weights": [pack(lay.weight_row, list(map(int, w))) for w in weights],
+              "act_in": [pack(lay.word, w) for w in words]}
+    out = [pack(lay.word, {"data": int(d), "first": int(f), "last": int(l)})
+           for d, f, l in zip(expected.data, expected.first, expected.last)]
+    _, trace = StepModel(cfg).run(cmds, weights, words, len(out))
+    full = (1 << lay.word.size) - 1
+    return inputs, {"act_out": out}, {"act_out": [full] * len(out)}, trace["cycles"]
+
+
+def snapea_streams(cfg, layer, x):
+    """Exact mode (no prediction): with ReLU the block stops a window once its sum can only
+    fall, which the reference's ReLU makes invisible."""
+    from dataclasses import replace
+
+    from hw.layouts import snapea_layouts
+    from models.snapea import snapea_layer_forward
+    from sim.snapea import StepModel, layer_commands
+
+    lay = snapea_layouts(cfg)
+    spec = replace(layer.spec, pool=1)
+    layer = replace(layer, spec=spec)
+    ref = snapea_layer_forward(x, layer, None).reshape(spec.out_ch, -1).T.numpy()
+    ref = ref & cfg.fxp.act_max
+    w, b, m, s = (t.numpy() for t in (layer.weight, layer.bias, layer.mult, layer.shift))
+    cmds = layer_commands(x.numpy(), spec, w, b, m, s, cfg, None, spec.relu)
+    inputs = {"cmd": [pack(lay.command, c.cmd) for c in cmds],
+              "acts": [pack(lay.act, [int(v)]) for c in cmds for v in c.acts],
+              "weights": [pack(lay.weight_row, r) for c in cmds for r in c.weights]}
+    bits = cfg.fxp.act_bits
+    expected, masks = [], []
+    for c in cmds:
+        for j in range(c.windows):
+            row = [int(v) for v in ref[c.pixel0 + j, c.channel0:c.channel0 + c.lanes_used]]
+            expected.append(pack(lay.out_vector, row + [0] * (lay.out_vector.length - len(row))))
+            masks.append((1 << (bits * c.lanes_used)) - 1)
+    _, stats = StepModel(cfg).run(cmds, *ref.shape)
+    return inputs, {"out": expected}, {"out": masks}, stats["cycles"]
+
+
+def combined_streams(cfg, layer, x):
+    """The layer pruned and packed (alpha, gamma of the config); the reference is the plain
+    integer convolution on the pruned, conflict-free weights."""
+    from hw.layouts import combined_layouts
+    from models import column_combining as cc
+    from sim.combined import CombinedStepModel, PackedGemm, pass_beats, plan_packed
+    from tb.test_combined import pruned_layer
+
+    packing = cc.prune_and_pack(layer.weight_matrix.numpy(), cfg.alpha, cfg.gamma, 0.6)
+    case = gemm_case(pruned_layer(layer, packing), x)
+    g = PackedGemm(case["a"], packing, case["bias"], case["mult"], case["shift"], case["relu"])
+    m, k, n = g.shape
+    lay = combined_layouts(cfg)
+    passes = plan_packed(m, packing, cfg)
+    beats = [pass_beats(g, p, cfg) for p in passes]
+    inputs = {"cmd": [pack(lay.command, b[0]) for b in beats],
+              "weights": [pack(lay.weight_row, r) for b in beats for r in b[1]],
+              "acts": [pack(lay.act_vector, v) for b in beats for v in b[2]]}
+    ref = case["expected"] & cfg.fxp.act_max
+    bits = cfg.fxp.act_bits
+    expected, masks = [], []
+    for p in passes:
+        if p.emit:
+            for j in range(p.count):
+                row = [int(v) for v in ref[p.m0 + j, p.n0:p.n0 + p.width]]
+                expected.append(pack(lay.out_vector, row + [0] * (cfg.cols - p.width)))
+                masks.append((1 << (bits * p.width)) - 1)
+    _, trace = CombinedStepModel(cfg).run(g)
+    return inputs, {"out": expected}, {"out": masks}, trace["cycles"]
+
+
+STREAMS = {"systolic": systolic_streams, "nullhop": nullhop_streams,
+           "snapea": snapea_streams, "combined": combined_streams}
+
+SMALL = {
+    "systolic": SystolicConfig(rows=4, cols=3, acc_depth=24),
+    "nullhop": NullHopConfig(macs=4, sm_bits=8, kernel_depth=256, acc_depth=128, max_dim=16,
+                             max_k=5),
+    "snapea": SnaPEAConfig(lanes=2, max_taps=512, act_depth=1024, max_windows=32),
+    "combined": CombinedConfig(rows=4, cols=3, acc_depth=24, alpha=4, gamma=0.5),
+}
 SHAPE = ConvLayer("c", 3, 5, 6, 5, k=3, pad=1)  # K=27, N=5, M=30: ragged on every axis
 
 
@@ -102,9 +193,10 @@ def test_axi_top_matches_reference(block, run, tmp_path):
 @pytest.mark.rtl
 @pytest.mark.parametrize("block", STREAMS)
 def test_axi_top_on_digits_layer(block, digits, tmp_path):
-    """A layer of the trained digits net with real activations, with backpressure."""
+    """The classifier of the trained digits net (signed outputs, no ReLU) with the real
+    activations of a test image, an 8-byte bus and backpressure."""
     cfg = SMALL[block]
-    idx = [l.spec.name for l in digits.layers].index("conv2")
+    idx = [l.spec.name for l in digits.layers].index("fc2")
     case = axi_case(cfg, digits.layers[idx], digits.inputs[idx][0], 8, 0.8, 0.7, 5)
     run_rtl(cfg, "tb.axi_tb", case, tmp_path, generator=lambda c, d: generate_axi(c, d, 8))
 
