@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -418,7 +419,7 @@ def joint_optimize(alpha: int = 8, gamma: float = 0.5, block: int = 0, progress=
                       pruned_i, groups, {k: v.clone() for k, v in model.state_dict().items()},
                       masks_kn)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # parallel test workers may race here
     torch.save(res.__dict__, tmp)
     tmp.replace(path)
     return res
