@@ -261,9 +261,15 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     emit = np.array([p.emit for p in passes])
     oy0 = np.array([p.oy0 for p in passes])
     out_h = np.array([p.out_h for p in passes])
-    # input non-zeros of each pass: its slices x its rows
-    per_slice = cum[:, iy0 + in_h] - cum[:, iy0]  # [slices, passes]
-    nnz = _tile_sum(per_slice, s0, ns)
+    # the input side depends only on (band, tile): count it once per distinct pair
+    keys = np.array([(p.band, p.tile) for p in passes])
+    _, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    ip = [passes[i] for i in first]
+    u_iy0, u_in_h = iy0[first], in_h[first]
+    u_s0, u_ns = s0[first], ns[first]
+    per_slice = cum[:, u_iy0 + u_in_h] - cum[:, u_iy0]  # [slices, distinct passes]
+    nnz = _tile_sum(per_slice, u_s0, u_ns)[inv]
     sm_words = ns * in_h * r_words
     # MAC cycles: a non-zero at (row, x) costs ny(row) * nx(x) cycles, ny depending on the
     # band; dead values (no offset reaches an output) cost none
@@ -275,11 +281,11 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     zx = (nzx * (nx == 0)).sum(axis=2)
     last_pos = np.where(nzr.any(axis=2), n_pos - 1 - np.argmax(nzr[:, :, ::-1], axis=2), 0)
     last_x = last_pos // cp  # x of each row's final non-zero
-    mac = np.zeros((plan.slices, len(passes)), np.int64)
-    dead = np.zeros((plan.slices, len(passes)), np.int64)
-    last_dead = np.zeros(len(passes), bool)
+    mac = np.zeros((plan.slices, len(ip)), np.int64)
+    dead = np.zeros((plan.slices, len(ip)), np.int64)
+    last_dead = np.zeros(len(ip), bool)
     bands = {}
-    for i, p in enumerate(passes):  # one entry per distinct band geometry
+    for i, p in enumerate(ip):  # one entry per distinct band geometry
         bands.setdefault((p.iy0, p.in_h, p.pad_top, p.out_h), []).append(i)
     for (b0, bh, top, oh), idx in bands.items():
         ny = _range_count(np.arange(bh), top, oh, k, st)
@@ -287,12 +293,12 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
         mac[:, idx] = (ny * wx[:, rws]).sum(axis=1)[:, None]
         dead[:, idx] = ((ny == 0) * row_nnz[:, rws] + (ny > 0) * zx[:, rws]).sum(axis=1)[:, None]
         for i in idx:
-            sl, row = passes[i].s0 + passes[i].ns - 1, b0 + bh - 1
+            sl, row = ip[i].s0 + ip[i].ns - 1, b0 + bh - 1
             last_dead[i] = ny[-1] == 0 or nx[last_x[sl, row]] == 0
-    mac_cycles = _tile_sum(mac, s0, ns)
-    dead_values = _tile_sum(dead, s0, ns)
+    mac_cycles = _tile_sum(mac, u_s0, u_ns)[inv]
+    dead_values = _tile_sum(dead, u_s0, u_ns)[inv]
     last_is_sm = ~last_nz[s0 + ns - 1, iy0 + in_h - 1]
-    last_no_mac = last_is_sm | last_dead
+    last_no_mac = last_is_sm | last_dead[inv]
     wbeats = ns * cp * kk * load
     ocum = np.concatenate([np.zeros((plan.groups, 1), np.int64), np.cumsum(out_row_nnz, 1)], 1)
     r0, r1 = oy0 // pools, (oy0 + out_h) // pools
