@@ -3,41 +3,18 @@ random layers) are bit-exact against the integer torch reference run on the prun
 conflict-free weights, and cycle-exact against the simulator, for several alpha, gamma and
 array sizes; alpha = 1 is the dense array cycle for cycle."""
 
-from dataclasses import replace
-
-import numpy as np
 import pytest
-import torch
 
 from hw.config import CombinedConfig
 from models import column_combining as cc
 from models.workloads import ConvLayer
 from sim import systolic
-from sim.combined import CombinedStepModel, PackedGemm, layer_cycles, packing_arrays
-from tb.cases import gemm_case, random_layer
-from tb.runner import run_rtl
-
-
-def pruned_layer(layer, packing):
-    """The QuantLayer with its weights replaced by the packing's conflict-free weights."""
-    w = packing.dense().T.reshape(tuple(layer.weight.shape))
-    return replace(layer, weight=torch.from_numpy(np.ascontiguousarray(w)).long())
+from tb.cases import random_layer
+from tb.combined_cases import verify_packed
 
 
 def run_case(cfg, layer, x, packing, tmp_path, valid_p=1.0, ready_p=1.0, seed=0):
-    # the reference: plain integer torch convolution on the pruned, conflict-free weights
-    case = gemm_case(pruned_layer(layer, packing), x)
-    g = PackedGemm(case["a"], packing, case["bias"], case["mult"], case["shift"], case["relu"])
-    outputs, trace = CombinedStepModel(cfg).run(g, valid_p, ready_p, seed)
-    assert (outputs == case["expected"] & cfg.fxp.act_max).all(), "step model != reference"
-    if valid_p == ready_p == 1.0:
-        assert trace["cycles"] == layer_cycles(g.shape[0], packing, cfg)
-    first = trace["cmd"][0]
-    case = dict(case, **packing_arrays(packing), cycles=trace["cycles"],
-                out_cycles=[c - first for c in trace["out"]], valid_p=valid_p,
-                ready_p=ready_p, seed=seed)
-    run_rtl(cfg, "tb.combined_tb", case, tmp_path)
-    return trace
+    return verify_packed(cfg, layer, x, packing, tmp_path, valid_p, ready_p, seed)["trace"]
 
 
 def digits_layer(digits, name):
