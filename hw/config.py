@@ -297,9 +297,11 @@ PRESETS["snapea"] = {
 class NullHopConfig:
     """Sparse-feature-map block (``hw.nullhop.NullHopBlock``, Aimar et al., TNNLS 2018).
 
-    ``macs`` MAC units, one per output channel of a pass (a power of two; NullHop has 128);
+    ``macs`` MAC units (a power of two; NullHop has 128), ``macs_per_channel`` (M, 1..8) of
+    them sharing one output channel by taking up to M non-zeros of one pixel (different
+    input channels) at once, so a pass computes ``lanes = macs / M`` output channels;
     ``sm_bits`` the sparsity-map word width (a power of two; 16 in NullHop); ``kernel_depth``
-    the kernel memory (entries of ``macs`` weights: input channels x k x k of one pass);
+    the kernel memory (entries of ``lanes`` weights: input channels x k x k of one pass);
     ``acc_depth`` the partial-sum memory (output pixels of one pass, before pooling);
     ``max_dim`` the largest input/output height or width of a pass and ``max_k`` the largest
     kernel (both set counter widths). The stream format is ``sim.sparse_format``; the
@@ -307,6 +309,7 @@ class NullHopConfig:
     """
 
     macs: int = 8
+    macs_per_channel: int = 1
     sm_bits: int = 16
     kernel_depth: int = 1024
     acc_depth: int = 4096
@@ -322,6 +325,9 @@ class NullHopConfig:
             if value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, not {value!r} "
                                  f"(try {1 << (value.bit_length() - 1)})")
+        if self.macs_per_channel not in (1, 2, 4, 8) or self.macs_per_channel > self.macs:
+            raise ValueError(f"macs_per_channel must be 1, 2, 4 or 8 and at most macs "
+                             f"({self.macs}), not {self.macs_per_channel!r}")
         _check_int("kernel_depth", self.kernel_depth, 1, 1 << 20)
         _check_int("acc_depth", self.acc_depth, 1, 1 << 20)
         _check_int("max_dim", self.max_dim, 1, 1 << 14)
@@ -337,18 +343,24 @@ class NullHopConfig:
 
     @property
     def group(self) -> int:
-        """Values moved into the encoder's chunk register per fill cycle, ``min(macs, sm_bits)``."""
-        return min(self.macs, self.sm_bits)
+        """Values moved into the encoder's chunk register per fill cycle, ``min(lanes, sm_bits)``."""
+        return min(self.lanes, self.sm_bits)
+
+    @property
+    def lanes(self) -> int:
+        """Output channels per pass, ``macs / macs_per_channel``."""
+        return self.macs // self.macs_per_channel
 
     @property
     def parts(self) -> int:
-        """Fill cycles per output pixel (``macs / group``)."""
-        return self.macs // self.group
+        """Fill cycles per output pixel (``lanes / group``)."""
+        return self.lanes // self.group
 
     # --- the cycle schedule (mirrored by sim.nullhop and checked against the RTL) ----------
     def pass_cycles(self, *, weight_beats: int, load: bool, mac_cycles: int, sm_words: int,
                     dead_values: int, last_no_mac: bool, emit: bool, out_pixels: int = 0,
-                    pool: bool = False, out_chunks: int = 0, out_nnz: int = 0) -> int:
+                    pool: bool = False, out_chunks: int = 0, out_nnz: int = 0,
+                    collected: int = 0) -> int:
         """Cycles of one pass, command beat to its last output beat (or to its last input
         cycle when it does not emit), inclusive, with inputs always valid and ``out`` ready:
 
@@ -359,11 +371,14 @@ class NullHopConfig:
         are non-zeros that reach no output, ``last_no_mac`` whether the final word is an SM
         word or such a value) + 1 end-of-input cycle. The output phase per output pixel is
         ``(4 if pool else 1)`` psum reads + 1 fold + ``parts`` fills, plus 1 cycle per
-        output SM word and 1 per output non-zero value.
+        output SM word and 1 per output non-zero value. With ``macs_per_channel`` M > 1 a
+        value starts a *group* of up to M consecutive non-zeros of one pixel (one block of
+        ``min(Cp, S)`` positions); each further value of a group costs one cycle
+        (``collected``), ``mac_cycles`` counts groups' offsets and ``dead_values`` dead groups.
         """
         # written with * and + only, so numpy arrays of passes work as well as ints
-        cycles = (1 + weight_beats * load + mac_cycles + sm_words + dead_values + 2
-                  - last_no_mac * 1)
+        cycles = (1 + weight_beats * load + mac_cycles + sm_words + dead_values + collected
+                  + 2 - last_no_mac * 1)
         return cycles + emit * (out_pixels * (1 + 3 * pool + 1 + self.parts)
                                 + out_chunks + out_nnz)
 

@@ -4,7 +4,7 @@ Neural Network Accelerator Based on Sparse Representations of Feature Maps", TNN
 Feature maps enter and leave compressed (sparsity map + non-zero value list, the stream of
 ``sim.sparse_format``); the compute core spends MAC cycles only on non-zero input values.
 The host-side driver (``sim.nullhop.plan_layer``) cuts a layer into *passes*: one group of
-``macs`` output channels x one band of output rows x one tile of input channels; a pass's
+``lanes = macs / macs_per_channel`` output channels x one band of output rows x one tile of input channels; a pass's
 input is the band's input rows of the tile's slices, its output one slice of the band.
 """
 
@@ -49,10 +49,10 @@ def nullhop_layouts(cfg: NullHopConfig) -> NullHopLayouts:
         "out_h": unsigned(dim), "out_w": unsigned(dim),  # its output (before pooling)
         "slices": unsigned(_bits(cfg.kernel_depth)),  # input slices in this pass
         "slice_log2": unsigned(_bits(ceil_log2(cfg.kernel_depth))),  # Cp = 1 << slice_log2
-        "requant": requant_layout(fxp, cfg.macs),
+        "requant": requant_layout(fxp, cfg.lanes),
     })
     word = data.StructLayout({"data": unsigned(cfg.word_bits), "first": 1, "last": 1})
-    return NullHopLayouts(command, data.ArrayLayout(weight_shape(fxp), cfg.macs), word)
+    return NullHopLayouts(command, data.ArrayLayout(weight_shape(fxp), cfg.lanes), word)
 
 
 def _lowest_set(m: Module, value, width: int, name: str):
@@ -70,12 +70,12 @@ class NullHopBlock(wiring.Component):
 
     Ports (``amaranth.lib.stream``, payloads from ``nullhop_layouts``):
       ``cmd``     in:  one beat per pass (geometry, flags, per-channel bias/mult/shift).
-      ``weights`` in:  if ``load``: ``slices * Cp * k * k`` beats of ``macs`` weights, the
+      ``weights`` in:  if ``load``: ``slices * Cp * k * k`` beats of ``lanes`` weights, the
                        entry of input channel c, kernel row ky, column kx at position
                        ``(c * k + ky) * k + kx`` (c counted over the pass's padded slices).
       ``act_in``  in:  the pass's input: its slices, each ``in_h`` rows of SM + NZVL words
                        (``sim.sparse_format``; the flags are not checked, the block counts).
-      ``act_out`` out: if ``emit``: the pass's output as one slice of ``macs`` channels and
+      ``act_out`` out: if ``emit``: the pass's output as one slice of ``lanes`` channels and
                        ``out_h/2^pool`` rows, with ``first`` on each row's first SM word and
                        ``last`` on the pass's final word.
 
@@ -86,7 +86,7 @@ class NullHopBlock(wiring.Component):
       - input phase: FETCH takes one word per cycle. A value word's kernel offsets that take
         it to an output of the pass form a box ``ky_first..ky_last`` x ``kx_first..kx_last``
         on the stride grid (computed when the word is taken); MAC walks that box, one
-        offset per cycle, all ``macs`` output channels in parallel, and its last cycle
+        offset per cycle, all ``lanes`` output channels in parallel, and its last cycle
         already takes the next word. So a non-zero costs ``ny * nx`` cycles (``k*k`` inside
         the map, fewer at borders, band edges and for strides > 1; ``k*k/stride^2`` on
         average), a non-zero whose box is empty ("dead") costs its fetch cycle only, every
@@ -95,6 +95,12 @@ class NullHopBlock(wiring.Component):
         every MAC cycle is a useful multiply-accumulate.
         The partial-sum memory is read in the MAC cycle and written (``psum + v * w``) in the
         next; its read port is transparent, so back-to-back updates of one pixel are exact;
+      - with ``macs_per_channel`` M > 1, a value word starts a *group*: the next non-zeros
+        of the same block of ``min(Cp, S)`` positions (the same pixel, other input channels)
+        join it, up to M, one COLLECT cycle each; the MAC cycles then multiply all M values
+        (empty slots hold 0) with their own kernel rows (M kernel-memory read ports) and add
+        the M products into the one partial sum per output channel. A pass then computes
+        ``lanes = macs / M`` output channels;
       - output phase (if ``emit``), for each output pixel after pooling in row-major order:
         ``1`` (or ``4`` with pooling) psum reads, 1 fold cycle (bias + requantise + ReLU in
         ``Requantizer``, then max over the window; each psum is cleared as it is read, so
@@ -125,7 +131,7 @@ class NullHopBlock(wiring.Component):
     def elaborate(self, platform):
         cfg, fxp = self._cfg, self._cfg.fxp
         lay = nullhop_layouts(cfg)
-        S, L = cfg.sm_bits, cfg.macs
+        S, L, M = cfg.sm_bits, cfg.lanes, cfg.macs_per_channel
         G, parts = cfg.group, cfg.parts
         slots = S // G
         log2s = ceil_log2(S)
@@ -137,7 +143,8 @@ class NullHopBlock(wiring.Component):
             shape=lay.weight_row, depth=cfg.kernel_depth, init=[])
         m.submodules.pmem = pmem = memory.Memory(
             shape=data.ArrayLayout(acc_shape(fxp), L), depth=cfg.acc_depth, init=[])
-        kwr, krd = kmem.write_port(), kmem.read_port()
+        kwr = kmem.write_port()
+        krds = [kmem.read_port() for _ in range(M)]  # one per MAC of a channel's group
         pwr = pmem.write_port()
         prd = pmem.read_port(transparent_for=(pwr,))
 
@@ -176,10 +183,13 @@ class NullHopBlock(wiring.Component):
         m.d.comb += c_new.eq((cur_slice << cmd.slice_log2) | (pos & cp_mask))
 
         # ---- MAC loop state --------------------------------------------------------------
-        val = Signal(act_shape(fxp))
+        vals = [Signal(act_shape(fxp), name=f"val_{j}") for j in range(M)]
+        wbases = [Signal(_bits(cfg.kernel_depth * cfg.max_k * cfg.max_k), name=f"wbase_{j}")
+                  for j in range(M)]
+        gcount = Signal(range(M + 1))  # values in the group being collected
+        reach_reg = Signal()
         x_reg = Signal(dim)
         iy_reg = Signal(dim)
-        wbase = Signal(_bits(cfg.kernel_depth * cfg.max_k * cfg.max_k))
         kb = _bits(cfg.max_k)
         ky, kx = Signal(kb), Signal(kb)
         kx_first, ky_last, kx_last = Signal(kb), Signal(kb), Signal(kb)
@@ -208,6 +218,15 @@ class NullHopBlock(wiring.Component):
         kx_f, kx_l, x_any = kernel_range(x_new, cmd.pad_left, cmd.out_w, "rx")
         reaches = Signal()
         m.d.comb += reaches.eq(y_any & x_any)
+        # grouping (M > 1): the next non-zero joins the group if it lies in the same block of
+        # min(Cp, S) positions (the same pixel) and the group is not full
+        mask_next = Signal(S)
+        m.d.comb += mask_next.eq(mask & (mask - 1))
+        idx2 = _lowest_set(m, mask_next, S, "in_idx2")
+        blk_log2 = Signal(range(max(2, log2s + 1)))
+        m.d.comb += blk_log2.eq(Mux(cmd.slice_log2 < log2s, cmd.slice_log2, log2s))
+        more = Signal()
+        m.d.comb += more.eq(Const(int(M > 1), 1) & (mask_next != 0) & ((idx >> blk_log2) == (idx2 >> blk_log2)))
 
         num_y, num_x = Signal(signed(dim + 3)), Signal(signed(dim + 3))
         m.d.comb += [num_y.eq(iy_reg + cmd.pad_top - ky), num_x.eq(x_reg + cmd.pad_left - kx)]
@@ -226,7 +245,7 @@ class NullHopBlock(wiring.Component):
 
         s1_valid = Signal()
         s1_addr = Signal(range(cfg.acc_depth))
-        s1_val = Signal(act_shape(fxp))
+        s1_vals = [Signal(act_shape(fxp), name=f"s1_val_{j}") for j in range(M)]
 
         # ---- output stage state ----------------------------------------------------------
         Ho, Wo = Signal(dim), Signal(dim)
@@ -260,8 +279,9 @@ class NullHopBlock(wiring.Component):
         m.d.comb += rem_next.eq(rem & (rem - 1))
 
         # ---- memories: the MAC path and the output stage share the psum ports -------------
-        m.d.comb += [krd.addr.eq(wbase + ky * cmd.k + kx), krd.en.eq(1), prd.en.eq(1),
-                     prd.addr.eq(op_addr)]
+        for j in range(M):
+            m.d.comb += [krds[j].addr.eq(wbases[j] + ky * cmd.k + kx), krds[j].en.eq(1)]
+        m.d.comb += [prd.en.eq(1), prd.addr.eq(op_addr)]
         qs = []
         for n in range(L):
             rq = m.submodules[f"requant_{n}"] = Requantizer(fxp)
@@ -272,7 +292,11 @@ class NullHopBlock(wiring.Component):
         with m.If(s1_valid):
             m.d.comb += [pwr.en.eq(1), pwr.addr.eq(s1_addr)]
             for n in range(L):
-                m.d.comb += pwr.data[n].eq(prd.data[n] + s1_val * krd.data[n])
+                terms = [s1_vals[j] * krds[j].data[n] for j in range(M)]
+                total = prd.data[n]
+                for t in terms:
+                    total = total + t
+                m.d.comb += pwr.data[n].eq(total)
         with m.Elif(f_valid):  # clear-on-read of the output stage
             m.d.comb += [pwr.en.eq(1), pwr.addr.eq(f_addr)]
         with m.If(f_valid):
@@ -300,8 +324,11 @@ class NullHopBlock(wiring.Component):
                 with m.Else():
                     m.d.sync += nxt_w.eq(nxt_w + 1)
             with m.Else():
-                m.d.sync += [mask.eq(mask & (mask - 1)), val.eq(word[:fxp.act_bits]),
-                             x_reg.eq(x_new), iy_reg.eq(cur_iy), wbase.eq(c_new * kk),
+                # a value here starts a group: slot 0, the other slots empty
+                m.d.sync += [mask.eq(mask_next), vals[0].eq(word[:fxp.act_bits]),
+                             *(v.eq(0) for v in vals[1:]), gcount.eq(1),
+                             reach_reg.eq(reaches),
+                             x_reg.eq(x_new), iy_reg.eq(cur_iy), wbases[0].eq(c_new * kk),
                              ky.eq(ky_f), kx.eq(kx_f), kx_first.eq(kx_f), ky_last.eq(ky_l),
                              kx_last.eq(kx_l)]
 
@@ -322,6 +349,16 @@ class NullHopBlock(wiring.Component):
                 m.d.sync += part.eq(0)
                 next_pixel()
                 m.next = "RD"
+
+        def group_next():
+            """After the first value of a group: collect more, or run / skip its MACs."""
+            if M > 1:
+                with m.If(more):
+                    m.next = "COLLECT"
+            with m.If(~more & reaches):
+                m.next = "MAC"
+            with m.Elif(~more):
+                m.next = "FETCH"
 
         with m.FSM():
             with m.State("IDLE"):
@@ -349,10 +386,11 @@ class NullHopBlock(wiring.Component):
                         m.next = "IDLE"
                 with m.Elif(take):
                     take_word()
-                    with m.If((mask != 0) & reaches):
-                        m.next = "MAC"
+                    with m.If(mask != 0):
+                        group_next()
             with m.State("MAC"):
-                m.d.sync += [s1_valid.eq(op_valid), s1_addr.eq(op_addr), s1_val.eq(val)]
+                m.d.sync += [s1_valid.eq(op_valid), s1_addr.eq(op_addr),
+                             *(sv.eq(v) for sv, v in zip(s1_vals, vals))]
                 m.d.comb += self.act_in.ready.eq(mac_last & ~end)
                 with m.If(kx == kx_last):
                     m.d.sync += [kx.eq(kx_first), ky.eq(ky + stride)]
@@ -361,10 +399,26 @@ class NullHopBlock(wiring.Component):
                 with m.If(mac_last):
                     with m.If(take):
                         take_word()  # resets the kernel counters on a value
-                        with m.If((mask == 0) | ~reaches):
+                        with m.If(mask == 0):
                             m.next = "FETCH"
+                        with m.Else():
+                            group_next()
                     with m.Else():
                         m.next = "FETCH"
+            if M > 1:
+                with m.State("COLLECT"):
+                    m.d.comb += self.act_in.ready.eq(1)
+                    with m.If(take):
+                        m.d.sync += [mask.eq(mask_next), gcount.eq(gcount + 1)]
+                        for j in range(1, M):
+                            with m.If(gcount == j):
+                                m.d.sync += [vals[j].eq(word[:fxp.act_bits]),
+                                             wbases[j].eq(c_new * kk)]
+                        with m.If(~more | (gcount == M - 1)):
+                            with m.If(reach_reg):
+                                m.next = "MAC"
+                            with m.Else():
+                                m.next = "FETCH"
             with m.State("RD"):
                 m.d.comb += prd.addr.eq(rd_addr)
                 m.d.sync += [f_valid.eq(1), f_first.eq(e == 0), f_addr.eq(rd_addr),

@@ -9,8 +9,8 @@ Three pieces, one schedule (``hw.config.NullHopConfig.pass_cycles``):
 - ``simulate_layer``: the vectorised count from the real compressed input (per-row non-zero
   counts with numpy, no loop over pixels), for whole networks.
 
-Host conventions: a layer's input is sent as slices of ``Cp = min(next_pow2(C), macs)``
-channels (the block's own outputs are slices of ``macs`` channels, so layers chain; FC
+Host conventions: a layer's input is sent as slices of ``Cp = min(next_pow2(C), lanes)``
+channels (the block's own outputs are slices of ``lanes`` channels, so layers chain; FC
 layers see their input flattened to ``[C*H*W, 1, 1]`` by the host); a tile holds as many
 slices as the kernel memory takes (``slices * Cp * k * k <= kernel_depth``); a band as many
 output rows as the partial-sum memory takes (``rows * out_w <= acc_depth``, even with
@@ -40,7 +40,7 @@ class Plan:
     slices: int  # input slices of the layer
     tile: int  # slices per pass
     tiles: int
-    groups: int  # output channel groups of ``macs``
+    groups: int  # output channel groups of ``lanes``
     band: int  # output rows per band (before pooling)
     bands: int
 
@@ -81,7 +81,7 @@ def plan_layer(spec: ConvLayer, cfg: NullHopConfig) -> tuple[Plan, list[Pass]]:
         raise ValueError(f"layer {name!r}: width {max(spec.in_w, spec.out_w)} exceeds "
                          f"max_dim={cfg.max_dim}; use --max-dim {max(spec.in_w, spec.out_w)}")
     kk = spec.k * spec.k
-    cp = min(next_pow2(spec.in_ch), cfg.macs)
+    cp = min(next_pow2(spec.in_ch), cfg.lanes)
     slices = ceil_div(spec.in_ch, cp)
     tile = min(slices, cfg.kernel_depth // (cp * kk))
     if tile < 1:
@@ -95,7 +95,7 @@ def plan_layer(spec: ConvLayer, cfg: NullHopConfig) -> tuple[Plan, list[Pass]]:
         raise ValueError(f"layer {name!r}: {step} output row(s) of {spec.out_w} pixels do not "
                          f"fit acc_depth={cfg.acc_depth}; use --acc-depth {step * spec.out_w}")
     bands = ceil_div(spec.out_h, band)
-    groups = ceil_div(spec.out_ch, cfg.macs)
+    groups = ceil_div(spec.out_ch, cfg.lanes)
     plan = Plan(cp, slices, tile, tiles, groups, band, bands)
     passes = []
     s = spec.stride
@@ -145,15 +145,15 @@ def layer_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:
 
 def output_stream(y: np.ndarray, p: Pass, spec: ConvLayer, cfg: NullHopConfig) -> Stream:
     """What the block sends for pass ``p`` (an emitting pass) given the layer's output ``y``."""
-    n0 = p.group * cfg.macs
+    n0 = p.group * cfg.lanes
     r0, r1 = p.oy0 // spec.pool, (p.oy0 + p.out_h) // spec.pool
-    return encode(y[n0:n0 + cfg.macs, r0:r1], cfg.sm_bits, cfg.macs, cfg.fxp.act_bits)
+    return encode(y[n0:n0 + cfg.lanes, r0:r1], cfg.sm_bits, cfg.lanes, cfg.fxp.act_bits)
 
 
 def pass_beats(data, spec: ConvLayer, plan: Plan, p: Pass, cfg: NullHopConfig):
     """(command dict, kernel beats, input words as a ``Stream``) of one pass."""
     x = _x3(data.x, spec)
-    L, cp, kk = cfg.macs, plan.cp, spec.k * spec.k
+    L, cp, kk = cfg.lanes, plan.cp, spec.k * spec.k
     n0 = p.group * L
     nn = min(L, spec.out_ch - n0)
     q = {}
@@ -237,7 +237,7 @@ def _valid_positions(n_in: int, n_out: int, k: int, s: int, pad: int) -> np.ndar
 def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfig,
                 plan: Plan, passes: list[Pass]) -> LayerCount:
     """Closed form of the schedule over the passes, from the real input and output maps."""
-    S, L, kk = cfg.sm_bits, cfg.macs, spec.k * spec.k
+    S, L, kk = cfg.sm_bits, cfg.lanes, spec.k * spec.k
     cp = plan.cp
     rows = slice_rows(x, cp)  # [slices, H, W*Cp]
     nzr = (rows != 0)
@@ -270,15 +270,26 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     u_s0, u_ns = s0[first], ns[first]
     per_slice = cum[:, u_iy0 + u_in_h] - cum[:, u_iy0]  # [slices, distinct passes]
     nnz = _tile_sum(per_slice, u_s0, u_ns)[inv]
+    gcum = np.concatenate([np.zeros((plan.slices, 1), np.int64),
+                           np.cumsum(nzr.reshape(plan.slices, spec.in_h, -1, min(cp, S))
+                                     .sum(axis=3).__add__(cfg.macs_per_channel - 1)
+                                     .__floordiv__(cfg.macs_per_channel).sum(axis=2), 1)], 1)
+    n_groups = _tile_sum(gcum[:, u_iy0 + u_in_h] - gcum[:, u_iy0], u_s0, u_ns)[inv]
     sm_words = ns * in_h * r_words
     # MAC cycles: a non-zero at (row, x) costs ny(row) * nx(x) cycles, ny depending on the
     # band; dead values (no offset reaches an output) cost none
     k, st = spec.k, spec.stride
     h, w = spec.in_h, spec.in_w
-    nzx = nzr.reshape(plan.slices, h, w, cp).sum(axis=3)  # [slices, H, W]
+    # groups (macs_per_channel M > 1): up to M consecutive non-zeros of one block of
+    # min(Cp, S) positions (one pixel's channels) share MAC cycles
+    blk = min(cp, S)
+    M = cfg.macs_per_channel
+    per_blk = nzr.reshape(plan.slices, h, w, cp // blk, blk).sum(axis=4)
+    gx = ((per_blk + M - 1) // M).sum(axis=3)  # groups per pixel [slices, H, W]
+    row_groups = gx.sum(axis=2)  # [slices, H]
     nx = _range_count(np.arange(w), spec.pad, spec.out_w, k, st)
-    wx = (nzx * nx).sum(axis=2)  # [slices, H]
-    zx = (nzx * (nx == 0)).sum(axis=2)
+    wx = (gx * nx).sum(axis=2)  # [slices, H]
+    zx = (gx * (nx == 0)).sum(axis=2)
     last_pos = np.where(nzr.any(axis=2), n_pos - 1 - np.argmax(nzr[:, :, ::-1], axis=2), 0)
     last_x = last_pos // cp  # x of each row's final non-zero
     mac = np.zeros((plan.slices, len(ip)), np.int64)
@@ -291,7 +302,8 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
         ny = _range_count(np.arange(bh), top, oh, k, st)
         rws = slice(b0, b0 + bh)
         mac[:, idx] = (ny * wx[:, rws]).sum(axis=1)[:, None]
-        dead[:, idx] = ((ny == 0) * row_nnz[:, rws] + (ny > 0) * zx[:, rws]).sum(axis=1)[:, None]
+        dead[:, idx] = ((ny == 0) * row_groups[:, rws]
+                        + (ny > 0) * zx[:, rws]).sum(axis=1)[:, None]
         for i in idx:
             sl, row = ip[i].s0 + ip[i].ns - 1, b0 + bh - 1
             last_dead[i] = ny[-1] == 0 or nx[last_x[sl, row]] == 0
@@ -308,7 +320,8 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     cycles = cfg.pass_cycles(weight_beats=ns * cp * kk, load=load, mac_cycles=mac_cycles,
                              sm_words=sm_words, dead_values=dead_values,
                              last_no_mac=last_no_mac, emit=emit, out_pixels=out_pix,
-                             pool=int(pools == 2), out_chunks=out_chunks, out_nnz=out_nnz)
+                             pool=int(pools == 2), out_chunks=out_chunks, out_nnz=out_nnz,
+                             collected=nnz - n_groups)
     # useful work: each non-zero input times the kernel offsets that reach an output
     vy = _valid_positions(spec.in_h, spec.out_h, spec.k, spec.stride, spec.pad)
     vx = _valid_positions(spec.in_w, spec.out_w, spec.k, spec.stride, spec.pad)
@@ -336,13 +349,14 @@ def _events(c: LayerCount, spec: ConvLayer, cfg: NullHopConfig) -> dict:
     fxp = cfg.fxp
     wb, ab = ceil_div(fxp.weight_bits, 8), ceil_div(fxp.acc_bits, 8)
     word_bytes = ceil_div(cfg.word_bits, 8)
-    L = cfg.macs
+    L = cfg.lanes
     pw = 4 if spec.pool == 2 else 1
     return {
         "mac": c.valid_ops * L,
         # kernel memory (one row per MAC cycle) and the on-chip feature-map buffer that
         # re-streams the compressed input to every pass
-        "sram_read_byte": c.mac_cycles * L * wb + c.in_words * word_bytes,
+        "sram_read_byte": c.mac_cycles * L * cfg.macs_per_channel * wb
+        + c.in_words * word_bytes,
         "sram_write_byte": c.weight_beats * L * wb + c.in_words_once * word_bytes,
         # partial sums: read every MAC cycle, written on valid ones; read + cleared on output
         "small_sram_byte": (c.mac_cycles + c.valid_ops + 2 * c.out_pixels * pw) * L * ab,
@@ -456,7 +470,8 @@ class StepModel:
         ``out_words`` a list of (data, first, last), ``trace`` per-port transfer cycles and
         ``cycles`` (first command to last output word, inclusive)."""
         cfg, fxp = self.cfg, self.cfg.fxp
-        S, L, G, parts = cfg.sm_bits, cfg.macs, cfg.group, cfg.parts
+        S, L, G, parts = cfg.sm_bits, cfg.lanes, cfg.group, cfg.parts
+        M = cfg.macs_per_channel
         slots = S // G
         pat = handshake_patterns(valid_p, ready_p, seed,
                                  sources=("cmd", "weights", "act_in"), sinks=("act_out",))
@@ -464,14 +479,15 @@ class StepModel:
                "act_in": Source(words, pat["act_in"])}
         kmem = np.zeros((cfg.kernel_depth, L), np.int64)
         pmem = np.zeros((cfg.acc_depth, L), np.int64)
-        krd = np.zeros(L, np.int64)
+        krd = [np.zeros(L, np.int64) for _ in range(M)]
+        log2s = S.bit_length() - 1
         prd = np.zeros(L, np.int64)
         st = "IDLE"
         c = None
         r = dict(wcount=0, mask=0, cur_w=0, cur_iy=0, cur_slice=0, nxt_w=0, nxt_iy=0,
-                 nxt_slice=0, sm_done=0, val=0, x=0, iy=0, wbase=0, ky=0, kx=0, kx_first=0,
-                 ky_last=0, kx_last=0,
-                 s1=False, s1_addr=0, s1_val=0, py=0, px=0, e=0, part=0, fpos=0, f=False,
+                 nxt_slice=0, sm_done=0, vals=(0,) * M, x=0, iy=0, wbases=(0,) * M, ky=0,
+                 kx=0, kx_first=0, ky_last=0, kx_last=0, gcount=0, reach=False,
+                 s1=False, s1_addr=0, s1_vals=(0,) * M, py=0, px=0, e=0, part=0, fpos=0, f=False,
                  f_first=False, f_addr=0, chunk_first=False, chunk_final=False, rem=0)
         pix = np.zeros(L, np.int64)
         chunk = np.zeros(S, np.int64)
@@ -506,8 +522,8 @@ class StepModel:
                 pl = c["pool"]
                 dy, dx = (r["e"] >> 1) & pl, r["e"] & 1 & pl
                 prd_addr = ((r["py"] << pl) + dy) * c["out_w"] + (r["px"] << pl) + dx
-            krd_addr = (r["wbase"] + r["ky"] * c["k"] + r["kx"]) % cfg.kernel_depth \
-                if c is not None else 0
+            krd_addr = [(wb + r["ky"] * c["k"] + r["kx"]) % cfg.kernel_depth
+                        if c is not None else 0 for wb in r["wbases"]]
             mac_last = r["ky"] == r["ky_last"] and r["kx"] == r["kx_last"]
             nzmask = sum(1 << i for i in range(S) if chunk[i] != 0)
             out_valid, out_word = False, None
@@ -520,7 +536,7 @@ class StepModel:
                 rem_next = rem & (rem - 1)
                 out_valid = True
                 out_word = (int(chunk[idx]), 0, int(r["chunk_final"] and rem_next == 0))
-            in_ready = (st == "FETCH" and not end) or (st == "MAC" and mac_last
+            in_ready = (st == "COLLECT") or (st == "FETCH" and not end) or (st == "MAC" and mac_last
                                                        and not end)
             out_ready = pat["act_out"](t)
             # --- handshakes ---
@@ -542,7 +558,7 @@ class StepModel:
             # --- clock edge ---
             # memories (psum write first: the read port is transparent)
             if r["s1"]:
-                pmem[r["s1_addr"]] = prd + r["s1_val"] * krd
+                pmem[r["s1_addr"]] = prd + sum(v * w for v, w in zip(r["s1_vals"], krd))
             elif r["f"]:
                 pmem[r["f_addr"]] = 0
             if r["f"]:
@@ -553,7 +569,7 @@ class StepModel:
                 pix = q if r["f_first"] else np.maximum(pix, q)
             if w_take:
                 kmem[r["wcount"]] = src["weights"].payload()
-            n_krd = kmem[krd_addr].copy()
+            n_krd = [kmem[a].copy() for a in krd_addr]
             n_prd = pmem[prd_addr % cfg.acc_depth].copy()
             n["s1"] = False
             n["f"] = False
@@ -574,19 +590,29 @@ class StepModel:
                             n["nxt_iy"] = r["nxt_iy"] + 1
                     else:
                         n["nxt_w"] = r["nxt_w"] + 1
-                    return False
-                m_ = r["mask"]
-                idx = (m_ & -m_).bit_length() - 1
-                p = (r["cur_w"] * S) + idx
-                ch = (r["cur_slice"] << c["slice_log2"]) | (p & (cp - 1))
-                n.update(mask=m_ & (m_ - 1), val=word & mask_act, x=p >> c["slice_log2"],
-                         iy=r["cur_iy"], wbase=ch * kk)
+                    return "SM"
+                ch, p, more = decode_value()
+                n.update(mask=r["mask"] & (r["mask"] - 1), x=p >> c["slice_log2"],
+                         iy=r["cur_iy"], vals=(word & mask_act,) + (0,) * (M - 1),
+                         wbases=(ch * kk,) + (0,) * (M - 1), gcount=1)
                 s_ = 1 << c["stride_log2"]
                 fy, ly = kernel_range(r["cur_iy"], c["pad_top"], c["out_h"], c["k"], s_)
                 fx, lx = kernel_range(p >> c["slice_log2"], c["pad_left"], c["out_w"], c["k"],
                                       s_)
-                n.update(ky=fy, kx=fx, kx_first=fx, ky_last=ly, kx_last=lx)
-                return fy <= ly and fx <= lx  # a value that reaches no output takes no MAC
+                reach = fy <= ly and fx <= lx  # a group that reaches no output takes no MAC
+                n.update(ky=fy, kx=fx, kx_first=fx, ky_last=ly, kx_last=lx, reach=reach)
+                return "COLLECT" if more else ("MAC" if reach else "FETCH")
+
+            def decode_value():
+                """(channel, row position, whether the next non-zero joins the group)."""
+                m_ = r["mask"]
+                idx = (m_ & -m_).bit_length() - 1
+                p = (r["cur_w"] * S) + idx
+                ch = (r["cur_slice"] << c["slice_log2"]) | (p & (cp - 1))
+                m2 = m_ & (m_ - 1)
+                idx2 = (m2 & -m2).bit_length() - 1
+                blk = min(c["slice_log2"], log2s)
+                return ch, p, M > 1 and m2 != 0 and idx >> blk == idx2 >> blk
 
             def next_pixel():
                 if r["px"] == wo - 1:
@@ -620,10 +646,20 @@ class StepModel:
                     n.update(py=0, px=0, e=0, part=0, fpos=0)
                     nxt_st = "RD" if c["emit"] else "IDLE"
                 elif in_take:
-                    if take_word(int(src["act_in"].payload()["data"])):
-                        nxt_st = "MAC"
+                    nxt = take_word(int(src["act_in"].payload()["data"]))
+                    nxt_st = "FETCH" if nxt == "SM" else nxt
+            elif st == "COLLECT":
+                if in_take:
+                    ch, _, more = decode_value()
+                    g_ = r["gcount"]
+                    n.update(mask=r["mask"] & (r["mask"] - 1), gcount=g_ + 1,
+                             vals=r["vals"][:g_] + (int(src["act_in"].payload()["data"])
+                                                    & mask_act,) + r["vals"][g_ + 1:],
+                             wbases=r["wbases"][:g_] + (ch * kk,) + r["wbases"][g_ + 1:])
+                    if not more or g_ == M - 1:
+                        nxt_st = "MAC" if r["reach"] else "FETCH"
             elif st == "MAC":
-                n.update(s1=op_valid, s1_addr=op_addr, s1_val=r["val"])
+                n.update(s1=op_valid, s1_addr=op_addr, s1_vals=r["vals"])
                 s_ = 1 << c["stride_log2"]
                 if r["kx"] == r["kx_last"]:
                     n.update(kx=r["kx_first"], ky=r["ky"] + s_)
@@ -631,8 +667,8 @@ class StepModel:
                     n["kx"] = r["kx"] + s_
                 if mac_last:
                     if in_take:
-                        if not take_word(int(src["act_in"].payload()["data"])):
-                            nxt_st = "FETCH"
+                        nxt = take_word(int(src["act_in"].payload()["data"]))
+                        nxt_st = "FETCH" if nxt == "SM" else nxt
                     else:
                         nxt_st = "FETCH"
             elif st == "RD":

@@ -27,6 +27,11 @@ CONFIGS = {
     # macs > sm_bits: one output pixel fills two SM words
     "16mac-sm8": NullHopConfig(macs=16, sm_bits=8, kernel_depth=512, acc_depth=64,
                                max_dim=16, max_k=3),
+    # M MACs share an output channel: groups of up to M non-zeros of one pixel
+    "16mac-M2": NullHopConfig(macs=16, macs_per_channel=2, sm_bits=16, kernel_depth=512,
+                              acc_depth=128, max_dim=16, max_k=5),
+    "16mac-M4-sm4": NullHopConfig(macs=16, macs_per_channel=4, sm_bits=4, kernel_depth=512,
+                                  acc_depth=128, max_dim=16, max_k=5),
     # tiny buffers: several bands and input-channel tiles per layer
     "2mac-small": NullHopConfig(macs=2, sm_bits=4, kernel_depth=36, acc_depth=16, max_dim=16,
                                 max_k=3),
@@ -85,10 +90,10 @@ def _check_decodes_to_reference(expected, passes, spec, cfg, ref):
     ho, wo = spec.out_h // spec.pool, spec.out_w // spec.pool
     for g, idxs in per_group.items():
         sel = np.concatenate(idxs)
-        n0 = g * cfg.macs
-        got = decode(expected.data[sel], (cfg.macs, ho, wo), cfg.sm_bits, cfg.macs,
+        n0 = g * cfg.lanes
+        got = decode(expected.data[sel], (cfg.lanes, ho, wo), cfg.sm_bits, cfg.lanes,
                      cfg.fxp.act_bits)
-        want = ref[n0:n0 + cfg.macs] & cfg.fxp.act_max
+        want = ref[n0:n0 + cfg.lanes] & cfg.fxp.act_max
         assert (got[:len(want)] == want).all(), f"group {g} decodes to something else"
         assert not got[len(want):].any(), "padding channels are not zero"
 
@@ -113,6 +118,20 @@ def test_nullhop_rtl_wide_pixels_bands_and_tiles(size, shape, tmp_path):
     cfg = CONFIGS[size]
     spec, density = SHAPES[shape]
     layer, x = random_layer(spec, seed=11, fxp=cfg.fxp, density=density)
+    run_case(cfg, layer, x, tmp_path)
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("shape", ["conv3x3-pool", "conv3x3-stride2", "conv5x5-sparse",
+                                   "conv1x1-dense", "fc-norelu"])
+@pytest.mark.parametrize("size", ["16mac-M2", "16mac-M4-sm4"])
+def test_nullhop_rtl_macs_sharing_a_channel(size, shape, tmp_path):
+    """``macs_per_channel`` > 1: up to M non-zeros of one pixel are multiplied at once and
+    their products summed into one partial sum per output channel."""
+    cfg = CONFIGS[size]
+    spec, density = SHAPES[shape]
+    layer, x = random_layer(spec, seed=sum(map(ord, size + shape)), fxp=cfg.fxp,
+                            density=density)
     run_case(cfg, layer, x, tmp_path)
 
 

@@ -23,6 +23,10 @@ CONFIGS = {
                                max_dim=16, max_k=5),
     "2mac-small": NullHopConfig(macs=2, sm_bits=4, kernel_depth=50, acc_depth=16, max_dim=16,
                                 max_k=5),
+    "16mac-M2": NullHopConfig(macs=16, macs_per_channel=2, sm_bits=16, kernel_depth=256,
+                              acc_depth=64, max_dim=16, max_k=5),
+    "32mac-M8-sm8": NullHopConfig(macs=32, macs_per_channel=8, sm_bits=8, kernel_depth=256,
+                                  acc_depth=64, max_dim=16, max_k=5),
 }
 
 SHAPES = {
@@ -73,10 +77,26 @@ def test_nullhop_step_model_stream_decodes_to_torch_reference(shape):
     for p, piece in zip([p for p in passes if p.emit], pieces):
         per_group.setdefault(p.group, []).append(piece)
     for g, parts in per_group.items():
-        got = decode(np.concatenate(parts), (cfg.macs, ho, wo), cfg.sm_bits, cfg.macs,
+        got = decode(np.concatenate(parts), (cfg.lanes, ho, wo), cfg.sm_bits, cfg.lanes,
                      signed=not spec.relu)
-        n0 = g * cfg.macs
-        assert (got[:len(ref[n0:n0 + cfg.macs])] == ref[n0:n0 + cfg.macs]).all()
+        n0 = g * cfg.lanes
+        assert (got[:len(ref[n0:n0 + cfg.lanes])] == ref[n0:n0 + cfg.lanes]).all()
+
+
+def test_nullhop_macs_sharing_a_channel_cut_mac_cycles():
+    """M MACs per output channel: the same useful MACs in about M times fewer MAC cycles per
+    pass (and M times more passes, each with 1/M of the channels)."""
+    spec = ConvLayer("c", 16, 16, 6, 6, k=3, pad=1)
+    layer, x = random_layer(spec, seed=2, density=0.8)
+    reps = {m: nh.simulate_layer(spec, NullHopConfig(macs=16, macs_per_channel=m,
+                                                     kernel_depth=512, acc_depth=64,
+                                                     max_dim=16, max_k=3),
+                                 [_data(layer, x)]) for m in (1, 2, 4)}
+    assert len({r.macs_performed for r in reps.values()}) == 1
+    for m in (2, 4):
+        per_pass = reps[m].extra["mac_cycles"] / reps[m].extra["groups"]
+        base = reps[1].extra["mac_cycles"] / reps[1].extra["groups"]
+        assert base / m <= per_pass < base  # groups never span pixels, so not exactly M
 
 
 def test_nullhop_stalls_only_add_cycles():
@@ -99,7 +119,7 @@ def test_nullhop_useful_macs_are_the_non_zero_im2col_terms(shape):
     assert rep.macs_performed == terms * spec.out_ch
     assert rep.macs_dense == spec.macs
     # the MAC loop walks only offsets that reach an output: every MAC cycle is useful
-    assert rep.extra["mac_cycles"] == terms * rep.extra["groups"]
+    assert rep.extra["mac_cycles"] == terms * rep.extra["groups"]  # (M = 1 here)
 
 
 def test_nullhop_layer_outputs_match_torch_reference():
@@ -155,6 +175,9 @@ def test_nullhop_rejects_layers_it_cannot_run(spec, cfg, needle):
 
 
 @pytest.mark.parametrize("kw,needle", [({"macs": 12}, "macs must be a power of two"),
+                                       ({"macs_per_channel": 3}, "macs_per_channel must be"),
+                                       ({"macs": 2, "macs_per_channel": 4},
+                                        "macs_per_channel must be"),
                                        ({"sm_bits": 10}, "sm_bits must be a power of two"),
                                        ({"acc_depth": 0}, "acc_depth must be")])
 def test_nullhop_config_validation(kw, needle):
