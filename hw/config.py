@@ -320,7 +320,8 @@ class NullHopConfig:
     block = "nullhop"
 
     def __post_init__(self):
-        for name, value, lo, hi in (("macs", self.macs, 1, 256), ("sm_bits", self.sm_bits, 2, 64)):
+        for name, value, lo, hi in (("macs", self.macs, 1, 256),
+                                    ("sm_bits", self.sm_bits, 2, 64)):
             _check_int(name, value, lo, hi)
             if value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, not {value!r} "
@@ -343,7 +344,7 @@ class NullHopConfig:
 
     @property
     def group(self) -> int:
-        """Values moved into the encoder's chunk register per fill cycle, ``min(lanes, sm_bits)``."""
+        """Values moved into the encoder's chunk register per fill cycle (``min(lanes, S)``)."""
         return min(self.lanes, self.sm_bits)
 
     @property

@@ -4,8 +4,9 @@ Neural Network Accelerator Based on Sparse Representations of Feature Maps", TNN
 Feature maps enter and leave compressed (sparsity map + non-zero value list, the stream of
 ``sim.sparse_format``); the compute core spends MAC cycles only on non-zero input values.
 The host-side driver (``sim.nullhop.plan_layer``) cuts a layer into *passes*: one group of
-``lanes = macs / macs_per_channel`` output channels x one band of output rows x one tile of input channels; a pass's
-input is the band's input rows of the tile's slices, its output one slice of the band.
+``lanes = macs / macs_per_channel`` output channels x one band of output rows x one tile of
+input channels; a pass's input is the band's input rows of the tile's slices, its output
+one slice of the band.
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ class NullHopBlock(wiring.Component):
         blk_log2 = Signal(range(max(2, log2s + 1)))
         m.d.comb += blk_log2.eq(Mux(cmd.slice_log2 < log2s, cmd.slice_log2, log2s))
         more = Signal()
-        m.d.comb += more.eq(Const(int(M > 1), 1) & (mask_next != 0) & ((idx >> blk_log2) == (idx2 >> blk_log2)))
+        m.d.comb += more.eq(Const(int(M > 1), 1) & (mask_next != 0)
+                            & ((idx >> blk_log2) == (idx2 >> blk_log2)))
 
         num_y, num_x = Signal(signed(dim + 3)), Signal(signed(dim + 3))
         m.d.comb += [num_y.eq(iy_reg + cmd.pad_top - ky), num_x.eq(x_reg + cmd.pad_left - kx)]
