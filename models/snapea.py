@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from hw.fixedpoint import requantize
 from models.reference import QuantLayer, conv_acc
 
-GROUP_SPEC, GROUP_POS, GROUP_NEG, GROUP_ZERO = 0, 1, 2, 3
 
 
 @dataclass
@@ -80,7 +79,9 @@ class LayerParams:
 
 def reorder(weight: np.ndarray, params: LayerParams | None = None) -> KernelOrder:
     """Reorder the kernels of ``weight`` ([N, K] or [N, C, k, k]) for early termination."""
-    w = np.asarray(weight, np.int64).reshape(len(weight), -1)
+    w = np.asarray(weight).reshape(len(weight), -1)
+    # narrow integers: the big FC layers' reordering is memory-bound
+    w = w.astype(np.int16 if np.abs(w).max(initial=0) < 1 << 13 else np.int64)
     n_k, k = w.shape
     spec_n = np.zeros(n_k, np.int64) if params is None else params.spec_n.copy()
     thr = np.zeros(n_k, np.int64) if params is None else params.threshold.copy()
@@ -88,27 +89,34 @@ def reorder(weight: np.ndarray, params: LayerParams | None = None) -> KernelOrde
         raise ValueError(f"{len(spec_n)} prediction parameters for {n_k} kernels")
     nnz = (w != 0).sum(1)
     spec_n = np.minimum(spec_n, nnz)
-    pos = np.broadcast_to(np.arange(k), w.shape)
-    # rank of every weight by |w| (largest first, ties by position), zeros last
-    mag_order = np.lexsort((pos, -np.abs(w), w == 0), axis=-1)
-    mag_rank = np.empty_like(mag_order)
-    np.put_along_axis(mag_rank, mag_order, np.arange(k)[None].repeat(n_k, 0), axis=-1)
-    group = np.where(w > 0, GROUP_POS, np.where(w < 0, GROUP_NEG, GROUP_ZERO))
-    spec = (mag_rank < spec_n[:, None]) & (w != 0)
-    group = np.where(spec, GROUP_SPEC, group)
-    # within a group: speculation by |w| descending, positives descending, negatives ascending
-    secondary = np.where(group == GROUP_SPEC, -np.abs(w), np.where(group == GROUP_POS, -w, w))
-    order = np.lexsort((pos, secondary, group), axis=-1)
+    # single small-integer sort keys with a stable sort (ties by position; numpy radix-sorts
+    # 16-bit keys), so reordering VGG-16's fc6 (4096 x 25088) takes seconds, not a minute
+    half = 1 << int(np.abs(w).max(initial=1)).bit_length()  # > every |w|
+    key_t = np.int16 if 8 * half < 1 << 15 else np.int64
+    wk = w.astype(key_t)
+    pos, neg = (w > 0).view(np.int8).astype(key_t), (w < 0).view(np.int8).astype(key_t)
+    # group * 2*half + (secondary + half): positives descending (3h - w), negatives most
+    # negative first (5h + w), zeros last (7h); speculation taps by |w| descending (h - |w|)
+    key = 7 * half - pos * (4 * half + wk) - neg * (2 * half - wk)
+    if (spec_n > 0).any():
+        # rank of every weight by |w| (largest first, ties by position), zeros last
+        mag_key = np.where(w == 0, key_t(2 * half), key_t(half) - np.abs(wk))
+        mag_order = np.argsort(mag_key, axis=-1, kind="stable")
+        mag_rank = np.empty_like(mag_order)
+        np.put_along_axis(mag_rank, mag_order, np.arange(k)[None].repeat(n_k, 0), axis=-1)
+        spec = (mag_rank < spec_n[:, None]) & (w != 0)
+        key = np.where(spec, key_t(half) - np.abs(wk), key)
+    order = np.argsort(key, axis=-1, kind="stable")
     taps = np.maximum(nnz, 1)
     width = int(taps.max())
-    index = order[:, :width].copy()
+    index = order[:, :width].astype(np.int32)
     weight_o = np.take_along_axis(w, index, axis=1)
     valid = np.arange(width)[None] < taps[:, None]
     index[~valid] = -1
     weight_o[~valid] = 0
     # taps after the last positive one: from there on the partial sum can only fall
-    last_pos = np.where(weight_o > 0, np.arange(width)[None] + 1, 0).max(1)
-    exact_from = last_pos
+    positive = weight_o > 0
+    exact_from = np.where(positive.any(1), width - positive[:, ::-1].argmax(1), 0)
     return KernelOrder(index, weight_o, taps, exact_from, spec_n, thr)
 
 
@@ -147,8 +155,12 @@ class Termination:
         return self.exact | self.predicted
 
 
+FEW_WINDOWS = 256
+
+
 def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, order: KernelOrder,
-                check_every: int = 1, terminate: bool = True) -> Termination:
+                check_every: int = 1, terminate: bool = True,
+                few_windows: int = FEW_WINDOWS) -> Termination:
     """Vectorised termination points of every window ([M, K] unsigned im2col rows ``a``) of
     every kernel (``weight_matrix`` [K, N]); no loop over windows or MACs.
 
@@ -156,9 +168,13 @@ def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, orde
     so a window terminates at the first check position whose partial sum is negative; the
     partial sums there are a cumulative sum over the remaining (non-positive) taps, computed
     only for windows whose full sum is negative (the others never terminate).
+    With at most ``few_windows`` windows (FC layers, single images) every partial sum of
+    every kernel is computed at once instead (``_termination_by_cumsum``), in kernel chunks.
     """
     a = np.asarray(a, np.int64)
     m, k = a.shape
+    if m <= few_windows:
+        return _termination_by_cumsum(a, bias, order, check_every, terminate)
     n_k = order.kernels
     bias = np.asarray(bias, np.int64)
     full = _gemm(a, weight_matrix) + bias
@@ -199,7 +215,7 @@ def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, orde
             end = min(start + step, t_n)
             idx = order.index[n, start:end]
             wt = order.weight[n, start:end].astype(a_t.dtype)
-            psum = np.cumsum(a_t[np.ix_(rows, idx)] * wt, axis=1, dtype=a_t.dtype)
+            psum = np.cumsum(np.take(a_t[rows], idx, axis=1) * wt, axis=1, dtype=a_t.dtype)
             psum += cur[:, None]
             j = np.arange(start, end)
             neg = (psum < 0) & ((j + 1) % ce == 0)[None]
@@ -215,6 +231,42 @@ def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, orde
     # reaching the last tap is not an early stop
     exact &= macs < taps[None]
     return Termination(macs, exact, pred, full)
+
+
+def _termination_by_cumsum(a, bias, order: KernelOrder, check_every: int,
+                           terminate: bool, chunk_terms: int = 1 << 24) -> Termination:
+    """Every partial sum ``bias + cumsum(a[:, index] * weight)`` [M, kernels, taps] at once,
+    in chunks of kernels; the first stopping tap per (window, kernel) by ``argmax``."""
+    m = a.shape[0]
+    n_k, width = order.index.shape
+    bias = np.asarray(bias, np.int64)
+    macs = np.empty((m, n_k), np.int64)
+    exact = np.zeros((m, n_k), bool)
+    pred = np.zeros((m, n_k), bool)
+    acc = np.empty((m, n_k), np.int64)
+    j = np.arange(width)
+    step = max(1, chunk_terms // max(1, m * width))
+    for k0 in range(0, n_k, step):
+        sl = slice(k0, min(n_k, k0 + step))
+        idx = np.maximum(order.index[sl], 0)
+        psum = np.cumsum(a[:, idx] * order.weight[sl][None], axis=2) + bias[sl][None, :, None]
+        taps = order.taps[sl][None, :, None]
+        inside = j[None, None] < taps
+        acc[:, sl] = np.take_along_axis(psum, (taps - 1).repeat(m, 0), axis=2)[..., 0]
+        stop_e = (inside & (psum < 0) & ((j + 1) % check_every == 0)[None, None]
+                  & (j + 1 >= order.exact_from[sl][None, :, None]) & terminate)
+        spec = order.spec_n[sl][None, :, None]
+        stop_p = (inside & (j + 1 == spec) & (spec > 0)
+                  & (psum < order.threshold[sl][None, :, None]) & terminate)
+        stop = stop_e | stop_p
+        hit = stop.any(2)
+        first = stop.argmax(2)
+        macs[:, sl] = np.where(hit, first + 1, order.taps[sl][None])
+        p_first = np.take_along_axis(stop_p, first[..., None], axis=2)[..., 0]
+        pred[:, sl] = hit & p_first
+        exact[:, sl] = hit & ~p_first
+    exact &= macs < order.taps[None]
+    return Termination(macs, exact, pred, acc)
 
 
 def fxp_fits_int32(a, order, full, p_e) -> bool:

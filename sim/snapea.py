@@ -210,13 +210,25 @@ class StepModel:
 # --- the vectorised simulator --------------------------------------------------------------
 
 def layer_cycles(spec: ConvLayer, cfg: SnaPEAConfig, macs: np.ndarray,
-                 taps: np.ndarray) -> dict:
+                 taps: np.ndarray, sample: int = 1) -> dict:
     """Cycles of a layer from per-window MAC counts ``macs`` [M, N] (closed form over bands
-    and lane groups of ``SnaPEAConfig.command_cycles``) and the lanes' busy cycles."""
+    and lane groups of ``SnaPEAConfig.command_cycles``) and the lanes' busy cycles.
+
+    ``sample > 1``: ``macs`` holds only every ``sample``-th window (raster order); each
+    band's per-lane sums are scaled up from its sampled windows (an estimate)."""
     bands = plan_layer(spec, cfg)
     wp = spec.in_w + 2 * spec.pad
     starts = np.array([b.r0 * spec.out_w for b in bands])
-    per_band = np.add.reduceat(macs, starts, axis=0)  # [B, N]
+    if sample == 1:
+        per_band = np.add.reduceat(macs, starts, axis=0)  # [B, N]
+    else:
+        win = np.arange(len(macs)) * sample
+        band_of = np.searchsorted(starts, win, side="right") - 1
+        per_band = np.zeros((len(bands), macs.shape[1]), np.float64)
+        np.add.at(per_band, band_of, macs)
+        counts = np.bincount(band_of, minlength=len(bands))
+        sizes = np.array([b.windows(spec.out_w) for b in bands])
+        per_band = np.rint(per_band * (sizes / np.maximum(counts, 1))[:, None]).astype(np.int64)
     n = spec.out_ch
     groups = ceil_div(n, cfg.lanes)
     pad = groups * cfg.lanes - n
@@ -276,25 +288,48 @@ class LayerRun:
     events: dict
     base_events: dict
     outputs: np.ndarray  # [M, N]
+    sample: int = 1  # every how many windows were evaluated (1: all, exact)
+
+
+# windows x kernels x taps above which a layer's windows are sampled (see ``run_layer``)
+EXACT_LIMIT = 60_000_000
+
+
+def sample_stride(spec: ConvLayer, limit: int | None = EXACT_LIMIT) -> int:
+    """Every how many windows ``run_layer`` evaluates (1 = all, exact)."""
+    m, k, n = spec.gemm
+    return 1 if limit is None else max(1, -(-m * k * n // limit))
 
 
 def run_layer(x: np.ndarray, spec: ConvLayer, w, bias, mult, shift, cfg: SnaPEAConfig,
-              params: LayerParams | None = None, terminate: bool = True) -> LayerRun:
-    """Vectorised run of one layer on one input ([C, H, W])."""
+              params: LayerParams | None = None, terminate: bool = True,
+              limit: int | None = EXACT_LIMIT) -> LayerRun:
+    """Vectorised run of one layer on one input ([C, H, W]).
+
+    Layers with more than ``limit`` window x kernel x tap terms (VGG-16's, not the digits
+    net's) evaluate every ``sample_stride``-th window only and scale the per-band lane sums,
+    MACs and events (an estimate: ``outputs`` then covers the sampled windows);
+    ``limit=None`` is always exact.
+    """
     cfg.fxp.check_reduction(spec.name, spec.gemm[1], int(np.abs(bias).max(initial=0)))
     order = layer_order(w, spec, cfg, params)
-    a = im2col_np(x, spec)
+    s = sample_stride(spec, limit)
+    a = im2col_np(x, spec)[::s]
     wm = np.asarray(w, np.int64).reshape(spec.out_ch, -1).T
     t = termination(a, wm, bias, order, cfg.check_every, terminate)
     dense_macs = np.broadcast_to(order.taps, t.macs.shape)
-    cyc = layer_cycles(spec, cfg, t.macs, order.taps)
-    base_cyc = layer_cycles(spec, cfg, dense_macs, order.taps)
+    cyc = layer_cycles(spec, cfg, t.macs, order.taps, s)
+    base_cyc = layer_cycles(spec, cfg, dense_macs, order.taps, s)
     nnz = int((np.asarray(w) != 0).sum())
     checks = _checks(t, order, cfg, terminate)
-    events = _events(spec, cfg, t.macs, order.taps, checks, (~t.zeroed).sum(), cyc, nnz)
-    base_events = _events(spec, cfg, dense_macs, order.taps, 0, t.macs.size, base_cyc, nnz)
+    scale = spec.gemm[0] / len(a)
+    macs_all = t.macs if s == 1 else np.rint(t.macs * scale).astype(np.int64)
+    full_windows = (~t.zeroed).sum() * scale
+    events = _events(spec, cfg, macs_all, order.taps, checks * scale, full_windows, cyc, nnz)
+    base_events = _events(spec, cfg, np.rint(dense_macs * scale).astype(np.int64), order.taps, 0,
+                          spec.gemm[0] * spec.out_ch, base_cyc, nnz)
     outputs = block_outputs(t, mult, shift, cfg.fxp, spec.relu)
-    return LayerRun(t, order, cyc, base_cyc, events, base_events, outputs)
+    return LayerRun(t, order, cyc, base_cyc, events, base_events, outputs, s)
 
 
 def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode: str,
@@ -305,10 +340,11 @@ def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode:
     base_events = {k: sum(r.base_events[k] for r in runs) for k in runs[0].base_events}
     cycles = sum(r.cyc["cycles"] for r in runs)
     base_cycles = sum(r.base_cyc["cycles"] for r in runs)
-    windows = sum(r.t.macs.size for r in runs)
-    exact = sum(int(r.t.exact.sum()) for r in runs)
-    pred = sum(int(r.t.predicted.sum()) for r in runs)
-    macs_block_dense = sum(int(r.order.taps.sum()) * r.t.macs.shape[0] for r in runs)
+    m = spec.gemm[0]
+    windows = m * spec.out_ch * len(runs)
+    exact = sum(round(int(r.t.exact.sum()) * m / len(r.t.macs)) for r in runs)
+    pred = sum(round(int(r.t.predicted.sum()) * m / len(r.t.macs)) for r in runs)
+    macs_block_dense = sum(int(r.order.taps.sum()) * m for r in runs)
     base_energy = price(base_events, table)["energy_pj"]
     compute = sum(r.cyc["compute_cycles"] for r in runs)
     balance = (sum(r.cyc["lane_balance"] * r.cyc["compute_cycles"] for r in runs)
@@ -323,6 +359,7 @@ def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode:
                              "lane_utilization": events["mac"] / max(1, compute * cfg.lanes),
                              "lane_balance": balance,
                              "bands": runs[0].cyc["bands"],
+                             "sampled_every": runs[0].sample,
                              "baseline_cycles": base_cycles,
                              "baseline_energy_pj": base_energy})
     rep.priced(table)
@@ -391,6 +428,11 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
     notes = [workload.description, f"{workload.batch} image(s)",
              f"mode {mode}; first layer and layers without ReLU run dense; zero weights are "
              "skipped in every mode (also in the no-termination baseline)"]
+    sampled = [(l.name, l.extra["sampled_every"]) for l in reports if l.extra["sampled_every"] > 1]
+    if sampled:
+        notes.append("estimated from a systematic sample of windows (every s-th in raster "
+                     "order, per-band lane sums scaled): " + ", ".join(f"{n} s={k}"
+                                                                      for n, k in sampled))
     rep = NetworkReport("snapea", cfg.to_dict(), reports, notes)
     if workload.real:
         from models import digits

@@ -72,9 +72,12 @@ def test_snapea_reordering_is_a_permutation_of_the_nonzero_weights():
             assert (np.diff(ws[o.exact_from[0]:]) >= 0).all()
 
 
+@pytest.mark.parametrize("path", ["tail-walk", "cumsum"])
 @pytest.mark.parametrize("check_every", [1, 3])
 @pytest.mark.parametrize("mode", ["exact", "predictive"])
-def test_snapea_termination_point_matches_slow_oracle(mode, check_every):
+def test_snapea_termination_point_matches_slow_oracle(mode, check_every, path):
+    """Both vectorised paths (per-kernel walk of the non-positive tail for many windows,
+    all partial sums at once for few) against the tap-by-tap oracle."""
     rng = np.random.default_rng(check_every)
     k = 18
     w = kernel_set(rng, k)
@@ -88,7 +91,7 @@ def test_snapea_termination_point_matches_slow_oracle(mode, check_every):
     if mode == "predictive":
         params = LayerParams(rng.integers(0, 8, len(w)), rng.integers(-5000, 5000, len(w)))
     o = reorder(w, params)
-    t = termination(a, w.T, bias, o, check_every)
+    t = termination(a, w.T, bias, o, check_every, few_windows=0 if path == "tail-walk" else 10**6)
     for n in range(len(w)):
         for i in range(len(a)):
             sn = 0 if params is None else int(params.spec_n[n])
@@ -115,3 +118,100 @@ def test_snapea_exact_mode_never_changes_an_output():
         got = block_outputs(t, layer.mult.numpy(), layer.shift.numpy(), layer.fxp)
         assert (got == ref.reshape(spec.out_ch, -1).T.numpy()).all()
         assert t.exact.any()
+
+
+SIM_CONFIGS = [SnaPEAConfig(lanes=1, max_taps=64, act_depth=128, max_windows=8),
+               SnaPEAConfig(lanes=3, max_taps=64, act_depth=200, max_windows=12, check_every=2),
+               SnaPEAConfig(lanes=4, max_taps=512, act_depth=4096, max_windows=64)]
+SIM_SHAPES = [ConvLayer("c", 4, 5, 7, 6, k=3, pad=1), ConvLayer("s", 2, 4, 9, 9, k=3, stride=2),
+              fc("f", 30, 7), ConvLayer("p", 3, 2, 3, 3, k=1)]
+
+
+@pytest.mark.parametrize("mode", ["exact", "predictive", "dense"])
+@pytest.mark.parametrize("cfg", SIM_CONFIGS,
+                         ids=lambda c: f"l{c.lanes}a{c.act_depth}w{c.max_windows}k{c.check_every}")
+@pytest.mark.parametrize("spec", SIM_SHAPES, ids=lambda s: s.name)
+def test_snapea_vectorised_simulator_matches_step_model_and_reference(spec, cfg, mode):
+    from sim.snapea import StepModel, layer_commands, run_layer
+
+    layer, x = random_layer(spec, seed=3, fxp=cfg.fxp, density=0.5)
+    rng = np.random.default_rng(1)
+    params = None
+    if mode == "predictive":
+        params = LayerParams(rng.integers(0, 8, spec.out_ch), rng.integers(-4000, 4000, spec.out_ch))
+    w, b, m, s = (t.numpy() for t in (layer.weight, layer.bias, layer.mult, layer.shift))
+    terminate = mode != "dense"
+    cmds = layer_commands(x.numpy(), spec, w, b, m, s, cfg, params, terminate)
+    out, stats = StepModel(cfg).run(cmds, spec.out_h * spec.out_w, spec.out_ch)
+    run = run_layer(x.numpy(), spec, w, b, m, s, cfg, params, terminate)
+    ref = snapea_layer_forward(x, layer, params).reshape(spec.out_ch, -1).T.numpy()
+    assert (out == ref).all() and (run.outputs == ref).all()
+    assert run.cyc["cycles"] == stats["cycles"]
+    assert int(run.t.macs.sum()) == stats["macs"]
+    if mode == "dense":
+        assert run.cyc["cycles"] == run.base_cyc["cycles"]
+    else:
+        assert run.cyc["cycles"] <= run.base_cyc["cycles"]
+
+
+def test_snapea_exact_mode_on_digits_keeps_outputs_and_saves_macs(digits):
+    """Real activations of the trained net: every eligible layer's block outputs equal the
+    integer reference and some windows stop early."""
+    from sim.snapea import run_layer
+
+    cfg = SnaPEAConfig(lanes=4)
+    for i, layer in enumerate(digits.layers):
+        x = digits.inputs[i][0]
+        spec = layer.spec
+        term = i > 0 and spec.relu
+        run = run_layer(x.numpy(), spec, layer.weight.numpy(), layer.bias.numpy(),
+                        layer.mult.numpy(), layer.shift.numpy(), cfg, None, term)
+        from dataclasses import replace
+        nopool = replace(layer, spec=replace(spec, pool=1))
+        ref = layer_forward(x, nopool).reshape(spec.out_ch, -1).T.numpy()
+        assert (run.outputs == ref).all(), spec.name
+        if term:
+            assert run.t.exact.any() and run.cyc["cycles"] < run.base_cyc["cycles"]
+
+
+def test_snapea_sampled_estimate_is_close_to_exact_count():
+    """The window sampling used for very large layers estimates MACs and cycles closely."""
+    from sim.snapea import run_layer
+
+    spec = ConvLayer("c", 8, 16, 20, 20, k=3, pad=1)
+    layer, x = random_layer(spec, seed=4, density=0.5)
+    args = (x.numpy(), spec, layer.weight.numpy(), layer.bias.numpy(), layer.mult.numpy(),
+            layer.shift.numpy(), SnaPEAConfig(lanes=4))
+    exact = run_layer(*args, limit=None)
+    est = run_layer(*args, limit=spec.macs // 4)
+    assert est.sample == 4
+    assert abs(est.cyc["cycles"] / exact.cyc["cycles"] - 1) < 0.03
+    assert abs(est.events["mac"] / exact.events["mac"] - 1) < 0.03
+
+
+def test_snapea_config_and_driver_errors_name_the_fix():
+    from sim.snapea import plan_layer
+
+    with pytest.raises(ValueError, match="lanes must be"):
+        SnaPEAConfig(lanes=0)
+    with pytest.raises(ValueError, match="--act-depth"):
+        plan_layer(ConvLayer("big", 64, 8, 30, 30, k=3, pad=1), SnaPEAConfig(act_depth=1000))
+    with pytest.raises(ValueError, match="--max-taps"):
+        from sim.snapea import layer_order
+        spec = ConvLayer("c", 16, 2, 4, 4, k=3)
+        layer_order(np.ones((2, 16, 3, 3), int), spec, SnaPEAConfig(max_taps=100), None)
+
+
+def test_snapea_tuner_respects_the_budget_on_validation(digits):
+    """The optimiser's choice keeps validation accuracy within the budget and saves MACs
+    against exact mode; a larger budget never saves fewer."""
+    from models.snapea_tune import digits_tuner
+
+    tuner = digits_tuner()
+    saved = []
+    for budget in (0.0, 3.0):
+        r = tuner.tune(budget)
+        assert r.calib_acc >= r.calib_acc_exact - budget / 100 - 1e-9
+        assert tuner.accuracy(r.params) == r.calib_acc
+        saved.append(r.macs_exact - r.macs)
+    assert 0 < saved[0] <= saved[1]
