@@ -126,7 +126,7 @@ def main(argv=None) -> int:
           f"   (budget {BUDGET_S:.0f} s wall: {'OK' if res['wall_s'] <= BUDGET_S else 'OVER'})")
     gb = res["peak_rss_mb"] / 1024
     print(f"peak RSS {res['peak_rss_mb']:.0f} MB"
-          f"   (budget {BUDGET_RSS_GB:.0f} GB: {'OK' if gb < BUDGET_RSS_GB else 'OVER'})")
+          f"   (budget {BUDGET_RSS_GB:.0f} GiB: {'OK' if gb < BUDGET_RSS_GB else 'OVER'})")
     print("load average (1, 5, 15 min) after the run: "
           + ", ".join(f"{x:.2f}" for x in res["load_avg"])
           + f" on {os.cpu_count()} CPUs; CPU s counts every thread of the process, so it is"
