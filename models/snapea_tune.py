@@ -38,7 +38,7 @@ from models.snapea import (LayerParams, eligible, reorder, snapea_network_forwar
                            termination)
 
 N_FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
-MISS_RATES = (0.0, 0.01, 0.03, 0.1, 0.2, 0.4)
+MISS_RATES = (0.0, 0.01, 0.03, 0.1, 0.2, 0.4, 0.6, 0.8)
 PROFILE_IMAGES = 64  # images whose windows are profiled for thresholds and MAC counts
 
 

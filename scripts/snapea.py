@@ -139,7 +139,7 @@ def print_snapea_table(report, console) -> None:
 
     t = Table(title="early termination per layer (against this block with termination off)")
     for col in ("layer", "mode", "windows", "stopped exact", "stopped predicted", "MACs done",
-                "of block dense", "lane util", "lane balance", "speedup", "energy ratio"):
+                "of block dense", "lane util", "lane balance", "speedup", "energy ratio", "on-chip"):
         t.add_column(col, justify="left" if col in ("layer", "mode") else "right")
     for l in report.layers:
         e = l.extra
@@ -148,14 +148,18 @@ def print_snapea_table(report, console) -> None:
                   f"{e['windows_terminated_predicted'] / e['windows']:.1%}",
                   f"{l.macs_performed:,}", f"{l.macs_performed / e['macs_block_dense']:.1%}",
                   f"{e['lane_utilization']:.1%}", f"{e['lane_balance']:.1%}",
-                  f"{e['speedup']:.2f}x", f"{e['energy_ratio']:.2f}x")
+                  f"{e['speedup']:.2f}x", f"{e['energy_ratio']:.2f}x",
+                  f"{e['onchip_energy_ratio']:.2f}x")
     c = sum(l.extra["baseline_cycles"] for l in report.layers)
     e = sum(l.extra["baseline_energy_pj"] for l in report.layers)
+    o = sum(l.extra["baseline_onchip_energy_pj"] for l in report.layers)
     tot = report.totals()
+    onchip = tot["energy_pj"] - tot["energy_breakdown_pj"]["dram"]
     t.add_row("total", "", f"{sum(l.extra['windows'] for l in report.layers):,}",
               f"{sum(l.extra['windows_terminated_exact'] for l in report.layers) / sum(l.extra['windows'] for l in report.layers):.1%}",
               f"{sum(l.extra['windows_terminated_predicted'] for l in report.layers) / sum(l.extra['windows'] for l in report.layers):.1%}",
               f"{tot['macs_performed']:,}",
               f"{tot['macs_performed'] / sum(l.extra['macs_block_dense'] for l in report.layers):.1%}",
-              "", "", f"{c / tot['cycles']:.2f}x", f"{e / tot['energy_pj']:.2f}x")
+              "", "", f"{c / tot['cycles']:.2f}x", f"{e / tot['energy_pj']:.2f}x",
+              f"{o / onchip:.2f}x")
     console.print(t)

@@ -345,7 +345,9 @@ def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode:
     exact = sum(round(int(r.t.exact.sum()) * m / len(r.t.macs)) for r in runs)
     pred = sum(round(int(r.t.predicted.sum()) * m / len(r.t.macs)) for r in runs)
     macs_block_dense = sum(int(r.order.taps.sum()) * m for r in runs)
-    base_energy = price(base_events, table)["energy_pj"]
+    base_priced = price(base_events, table)
+    base_energy = base_priced["energy_pj"]
+    base_onchip = base_energy - base_priced["breakdown"]["dram"]
     compute = sum(r.cyc["compute_cycles"] for r in runs)
     balance = (sum(r.cyc["lane_balance"] * r.cyc["compute_cycles"] for r in runs)
                / max(1, compute))
@@ -361,10 +363,14 @@ def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode:
                              "bands": runs[0].cyc["bands"],
                              "sampled_every": runs[0].sample,
                              "baseline_cycles": base_cycles,
-                             "baseline_energy_pj": base_energy})
+                             "baseline_energy_pj": base_energy,
+                             "baseline_onchip_energy_pj": base_onchip})
     rep.priced(table)
     rep.extra["speedup"] = base_cycles / cycles
     rep.extra["energy_ratio"] = base_energy / rep.energy_pj
+    # compute + buffers only: DRAM traffic (inputs, weights, outputs) is the same either way
+    rep.extra["onchip_energy_ratio"] = base_onchip / (rep.energy_pj
+                                                      - rep.energy_breakdown_pj["dram"])
     if systolic is not None:
         rep.extra["systolic_cycles"] = systolic.cycles
         rep.extra["systolic_energy_pj"] = systolic.energy_pj
@@ -444,8 +450,11 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
     tot = rep.totals()
     base_c = sum(l.extra["baseline_cycles"] for l in reports)
     base_e = sum(l.extra["baseline_energy_pj"] for l in reports)
+    base_o = sum(l.extra["baseline_onchip_energy_pj"] for l in reports)
+    onchip = tot["energy_pj"] - tot["energy_breakdown_pj"]["dram"]
     rep.notes.append(f"against this block with termination disabled: speedup "
                      f"{base_c / tot['cycles']:.2f}x, energy ratio {base_e / tot['energy_pj']:.2f}x"
+                     f" (on-chip, without DRAM: {base_o / onchip:.2f}x)"
                      f", MACs {tot['macs_performed']:,} of {sum(l.extra['macs_block_dense'] for l in reports):,}")
     if systolic:
         sc = sum(l.extra["systolic_cycles"] for l in reports)
