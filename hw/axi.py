@@ -37,7 +37,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from amaranth import Cat, Const, Module, Shape, Signal
+from amaranth import Cat, Const, Module, Shape, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -165,8 +165,8 @@ class AxiStreamSerializer(wiring.Component):
         w, n = self._w, self._n
         bits = Shape.cast(self._shape).width
         m = Module()
-        padded = Cat(self.i.payload, Const(0, w * n - bits)) if w * n > bits else \
-            self.i.payload.as_value()
+        payload = Value.cast(self.i.payload)
+        padded = Cat(payload, Const(0, w * n - bits)) if w * n > bits else payload
         m.d.comb += self.tvalid.eq(self.i.valid)
         if n == 1:
             m.d.comb += [self.tdata.eq(padded), self.tlast.eq(1), self.i.ready.eq(self.tready)]

@@ -151,7 +151,10 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
                          f"{', '.join(t['devices'])}")
     if not freq > 0:
         raise ValueError(f"--freq must be a positive clock frequency in MHz, not {freq!r}")
-    max_bytes = max_bytes or DEFAULT_MAX_BYTES
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    if not bare:
+        from hw.axi import _check_max_bytes
+        _check_max_bytes(max_bytes)
     work = Path(work_dir or Path("zeroskip-synth") / f"{cfg.block}_{target}")
     work.mkdir(parents=True, exist_ok=True)
     vpath = generate(cfg, work) if bare else generate_axi(cfg, work, max_bytes)
@@ -211,7 +214,8 @@ def cmd_gen_axi(args) -> None:
     from scripts.cli import config_from_args
 
     cfg = config_from_args(args.block, args)
-    vpath = generate_axi(cfg, args.out, args.axis_bytes or DEFAULT_MAX_BYTES)
+    vpath = generate_axi(cfg, args.out,
+                         DEFAULT_MAX_BYTES if args.axis_bytes is None else args.axis_bytes)
     print(f"wrote {vpath} and {vpath.with_suffix('.json')}")
     for p in json.loads(vpath.with_suffix(".json").read_text())["axis"]:
         print(f"  {p['prefix']}: {p['payload_bits']}-bit payload in {p['beats']} beat(s) of "

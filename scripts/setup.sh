@@ -40,7 +40,7 @@ sum=$(sha1sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
     echo "setup: installing Python packages into .venv (torch is large: a few minutes)"
     if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-           .venv/bin/python -m pip install -q -e ".[test]"; } > .venv/pip.log 2>&1; then
+           .venv/bin/python -m pip install -q -e ".[test,fpga]"; } > .venv/pip.log 2>&1; then
         cat .venv/pip.log >&2
         echo "setup: pip install failed (log above, also in .venv/pip.log)" >&2
         exit 1
