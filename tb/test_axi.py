@@ -58,12 +58,27 @@ def nullhop_streams(cfg, layer, x):
     from hw.nullhop import nullhop_layouts
     from models.reference import layer_forward
     from sim.nullhop import StepModel, layer_beats
-    from tb.test_nullhop import _check_decodes_to_reference, layer_data
+    from sim.sparse_format import decode
+    from sim.workload import LayerData
 
     lay = nullhop_layouts(cfg)
     spec = layer.spec
-    cmds, weights, words, expected, plan, passes = layer_beats(layer_data(layer, x), spec, cfg)
-    _check_decodes_to_reference(expected, passes, spec, cfg, layer_forward(x, layer).numpy())
+    data = LayerData(x.numpy(), layer.weight.numpy(), layer.bias.numpy(), layer.mult.numpy(),
+                     layer.shift.numpy())
+    cmds, weights, words, expected, plan, passes = layer_beats(data, spec, cfg)
+    # the expected words, cut per pass and regrouped per output-channel group, decode to the
+    # integer reference
+    ref = layer_forward(x, layer).numpy() & cfg.fxp.act_max
+    pieces = np.split(np.arange(len(expected)), (np.flatnonzero(expected.last) + 1)[:-1])
+    groups = {}
+    for p, idx in zip([p for p in passes if p.emit], pieces):
+        groups.setdefault(p.group, []).append(idx)
+    ho, wo = spec.out_h // spec.pool, spec.out_w // spec.pool
+    for g, idxs in groups.items():
+        got = decode(expected.data[np.concatenate(idxs)], (cfg.macs, ho, wo), cfg.sm_bits,
+                     cfg.macs, cfg.fxp.act_bits)
+        want = ref[g * cfg.macs:(g + 1) * cfg.macs]
+        assert (got[:len(want)] == want).all(), f"channel group {g}: stream != reference"
     inputs = {"cmd": [pack(lay.command, c) for c in cmds],
               "weights": [pack(lay.weight_row, list(map(int, w))) for w in weights],
               "act_in": [pack(lay.word, w) for w in words]}
@@ -109,11 +124,17 @@ def combined_streams(cfg, layer, x):
     integer convolution on the pruned, conflict-free weights."""
     from hw.layouts import combined_layouts
     from models import column_combining as cc
+    from dataclasses import replace
+
+    import torch
+
     from sim.combined import CombinedStepModel, PackedGemm, pass_beats, plan_packed
-    from tb.test_combined import pruned_layer
 
     packing = cc.prune_and_pack(layer.weight_matrix.numpy(), cfg.alpha, cfg.gamma, 0.6)
-    case = gemm_case(pruned_layer(layer, packing), x)
+    # the layer with the packing's pruned, conflict-free weights
+    w = packing.dense().T.reshape(tuple(layer.weight.shape))
+    pruned = replace(layer, weight=torch.from_numpy(np.ascontiguousarray(w)).long())
+    case = gemm_case(pruned, x)
     g = PackedGemm(case["a"], packing, case["bias"], case["mult"], case["shift"], case["relu"])
     m, k, n = g.shape
     lay = combined_layouts(cfg)
