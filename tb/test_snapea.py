@@ -7,14 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from hw.config import SnaPEAConfig
-from models.snapea import LayerParams, snapea_layer_forward
+from models.snapea import LayerParams
 from models.workloads import ConvLayer, fc
-from sim.snapea import StepModel, layer_commands, run_layer
 from tb.cases import random_layer
 from tb.runner import run_rtl
+from tb.snapea_cases import snapea_case
 
 CONFIGS = {
     "1lane": SnaPEAConfig(lanes=1, max_taps=64, act_depth=256, max_windows=16),
@@ -23,30 +22,6 @@ CONFIGS = {
     "3lanes": SnaPEAConfig(lanes=3, max_taps=512, act_depth=2048, max_windows=64),
     "4lanes": SnaPEAConfig(lanes=4, max_taps=512, act_depth=2048, max_windows=64),
 }
-
-
-def snapea_case(cfg, layer, x, params=None, terminate=True, ready_p=1.0, seed=0):
-    """The case dict: inputs, reference outputs, and the simulator's cycle prediction (the
-    step model and the vectorised count must agree first)."""
-    spec = replace(layer.spec, pool=1)
-    layer = replace(layer, spec=spec)
-    ref = snapea_layer_forward(x, layer, params)
-    expected = ref.reshape(spec.out_ch, -1).T.numpy()
-    w, b, m, s = (t.numpy() for t in (layer.weight, layer.bias, layer.mult, layer.shift))
-    xn = x.numpy()
-    cmds = layer_commands(xn, spec, w, b, m, s, cfg, params, terminate)
-    out, stats = StepModel(cfg).run(cmds, *expected.shape)
-    assert (out == expected).all(), "step model != torch reference"
-    run = run_layer(xn, spec, w, b, m, s, cfg, params, terminate)
-    assert (run.outputs == expected).all(), "vectorised simulator != torch reference"
-    assert run.cyc["cycles"] == stats["cycles"], "vectorised cycles != step model"
-    assert int(run.t.macs.sum()) == stats["macs"]
-    g = [spec.in_ch, spec.out_ch, spec.in_h, spec.in_w, spec.k, spec.stride, spec.pad]
-    return {"x": xn, "w": w, "bias": b, "mult": m, "shift": s, "geometry": np.array(g),
-            "relu": spec.relu, "terminate": terminate, "expected": expected,
-            "spec_n": np.zeros(0, np.int64) if params is None else params.spec_n,
-            "threshold": np.zeros(0, np.int64) if params is None else params.threshold,
-            "cycles": stats["cycles"], "ready_p": ready_p, "seed": seed}
 
 
 def some_params(layer, seed, frac=0.25):

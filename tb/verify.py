@@ -17,6 +17,7 @@ from tb.runner import run_rtl
 VERIFIERS = {
     "systolic": "tb.verify:verify_systolic_layer",
     "combined": "tb.combined_cases:verify_combined_layer",
+    "snapea": "tb.snapea_cases:verify_snapea_layer",
 }
 
 
