@@ -290,6 +290,7 @@ PRESETS["snapea"] = {
     "default": SnaPEAConfig(),
     "check4": SnaPEAConfig(check_every=4),
     "wide": SnaPEAConfig(lanes=32),
+    "matched": SnaPEAConfig(lanes=64),  # as many MAC units as the default 8x8 systolic array
 }
 
 
