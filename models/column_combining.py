@@ -84,55 +84,114 @@ def group_columns(nonzero: np.ndarray, alpha: int, gamma: float,
     """
     check_params(alpha, gamma)
     nz = np.asarray(nonzero, bool)
-    k, n = nz.shape
+    if nz.ndim != 2:
+        raise ValueError(f"group_columns expects a [K, N] pattern, not shape {nz.shape}")
+    return _group_blocks(nz, [(0, nz.shape[1])], alpha, gamma, window)[0]
+
+
+def _group_blocks(nz: np.ndarray, bounds, alpha: int, gamma: float,
+                  window: int | None) -> list[list[tuple[int, ...]]]:
+    """``group_columns(nz[:, n0:n1], alpha, gamma, window)`` for every ``(n0, n1)`` of
+    ``bounds``, all blocks and windows in one batched run of the greedy."""
+    k = nz.shape[0]
     if alpha == 1:
-        return [(i,) for i in range(k)]
-    if window and window < k:
-        out = []
-        for c0 in range(0, k, window):
-            out += [tuple(c0 + c for c in g)
-                    for g in group_columns(nz[c0:c0 + window], alpha, gamma)]
-        return sorted(out)
-    limit = int(np.floor(gamma * n))
-    cols = np.flatnonzero(nz.any(axis=1))
-    if cols.size == 0:
-        return []
-    cnt = nz[cols].astype(np.float32)  # per group: non-zeros in each row
-    occ = cnt > 0
-    occf = occ.astype(np.float32)
-    members = [[int(c)] for c in cols]
-    size = np.ones(len(cols), np.int64)
-    nnz = cnt.sum(axis=1).astype(np.int64)
-    rows_hit = occ.sum(axis=1).astype(np.int64)
-    is_open = np.ones(len(cols), bool)
-    closed = []
-    while is_open.any():
-        # seed: most non-zeros, ties to the lowest first column (argmax takes the first)
-        g = int(np.argmax(np.where(is_open, nnz, -1)))
-        is_open[g] = False
-        while True:
-            cand = is_open & (size + size[g] <= alpha)
-            if not cand.any():
-                break
-            inter = (occf @ occf[g]).astype(np.int64)
-            union = rows_hit + rows_hit[g] - inter
-            # sum_rows max(0, c_g + c_h - 1) = nnz_g + nnz_h - |rows hit by either|
-            conflicts = nnz + nnz[g] - union
-            ok = cand & (conflicts <= limit)
-            if not ok.any():
-                break
-            h = int(np.argmax(np.where(ok, union, -1)))  # fewest empty rows, lowest index
-            cnt[g] += cnt[h]
-            occ[g] = cnt[g] > 0
-            occf[g] = occ[g]
-            members[g] += members[h]
-            size[g] += size[h]
-            nnz[g] += nnz[h]
-            rows_hit[g] = int(occ[g].sum())
-            is_open[h] = False
-            occf[h] = 0.0
-        closed.append(tuple(sorted(members[g])))
-    return sorted(closed)
+        return [[(i,) for i in range(k)] for _ in bounds]
+    step = window if window and window < k else max(k, 1)
+    wins = -(-k // step)
+    width = max(n1 - n0 for n0, n1 in bounds)
+    words = max(1, -(-width // 64))
+    # one batch entry per (block, window): its non-empty columns, left-aligned, as bitsets
+    occ_rows, hits_rows, ent_rows, pos_rows, cols_rows = [], [], [], [], []
+    for b, (n0, n1) in enumerate(bounds):
+        sub = nz[:, n0:n1]
+        hits = np.count_nonzero(sub, axis=1)
+        cols = np.flatnonzero(hits)
+        win = cols // step
+        first = np.searchsorted(win, np.arange(wins))  # first non-empty column of a window
+        bits = np.zeros((cols.size, words * 8), np.uint8)
+        bits[:, :-(-(n1 - n0) // 8)] = np.packbits(sub, axis=1, bitorder="little")[cols]
+        occ_rows.append(bits.view(np.uint64))
+        hits_rows.append(hits[cols])
+        ent_rows.append(b * wins + win)
+        pos_rows.append(np.arange(cols.size) - first[win])
+        cols_rows.append(cols)
+    ent, pos = np.concatenate(ent_rows), np.concatenate(pos_rows)
+    cols = np.concatenate(cols_rows)
+    g = int(pos.max()) + 1 if pos.size else 1
+    occ = np.zeros((len(bounds) * wins, g, words), np.uint64)
+    occ[ent, pos] = np.concatenate(occ_rows)
+    hits = np.zeros((len(bounds) * wins, g), np.int64)
+    hits[ent, pos] = np.concatenate(hits_rows)
+    limit = np.repeat([int(np.floor(gamma * (n1 - n0))) for n0, n1 in bounds], wins)
+    # a few entries at a time: each step reads all their bitsets, which should stay in cache
+    per = max(1, (1 << 17) // (g * words))
+    owner = np.concatenate([_greedy(occ[e:e + per], hits[e:e + per], alpha, limit[e:e + per])
+                            for e in range(0, len(occ), per)] or [np.zeros((0, g), np.int64)])
+    # groups: (entry, owner) pairs, members in column order, groups ordered by first column
+    key = ent * g + owner[ent, pos]
+    order = np.lexsort((cols, key))
+    key, members = key[order], cols[order]
+    cut = np.flatnonzero(np.diff(key)) + 1
+    out = [[] for _ in bounds]
+    for grp, e in zip(np.split(members, cut), key[np.r_[0, cut]] if key.size else []):
+        out[int(e) // g // wins].append(tuple(grp.tolist()))
+    return [sorted(o) for o in out]
+
+
+def _greedy(occ: np.ndarray, hits: np.ndarray, alpha: int, limit: np.ndarray) -> np.ndarray:
+    """The documented greedy on a batch of independent column sets, one step of each per
+    iteration. ``occ [B, G, words]``: each column's rows as a bitset (columns in column
+    order, unused slots all-zero with ``hits`` 0); ``hits [B, G]`` its non-zero count;
+    ``limit [B]`` the conflict limit. Returns ``[B, G]``: the seed column each column was
+    grouped with (-1: unused slot).
+
+    Only the seed ever grows: every other open group is still a single column, so the
+    merged group's conflicts are ``conflicts(seed) + |rows(seed) & rows(c)|`` and its
+    occupied rows ``|rows(seed)| + hits(c) - |rows(seed) & rows(c)|``, one AND and
+    popcount per candidate.
+    """
+    nb, g, _ = occ.shape
+    is_open = hits > 0
+    order = np.argsort(-hits, axis=1, kind="stable")  # seed order: most non-zeros, lowest
+    owner = np.full((nb, g), -1, np.int64)
+    seed = np.full(nb, -1, np.int64)
+    rows = np.zeros(occ.shape[::2], np.uint64)  # the seed's occupied rows
+    nnz = np.zeros(nb, np.int64)
+    rows_hit = np.zeros(nb, np.int64)
+    size = np.zeros(nb, np.int64)
+    live = is_open.any(axis=1)
+    while live.any():
+        pick = np.flatnonzero(live & (seed < 0))
+        if pick.size:
+            avail = np.take_along_axis(is_open[pick], order[pick], axis=1)
+            has = avail.any(axis=1)
+            live[pick[~has]] = False
+            pick = pick[has]
+            s = order[pick, avail[has].argmax(axis=1)]
+            seed[pick], is_open[pick, s], owner[pick, s] = s, False, s
+            rows[pick] = occ[pick, s]
+            nnz[pick] = rows_hit[pick] = hits[pick, s]
+            size[pick] = 1
+        act = np.flatnonzero(live & (seed >= 0))
+        full = size[act] >= alpha
+        seed[act[full]] = -1
+        act = act[~full]
+        if not act.size:
+            continue
+        inter = np.bitwise_count(occ[act] & rows[act, None, :]).sum(axis=2, dtype=np.int64)
+        ok = is_open[act] & (inter <= (limit[act] - nnz[act] + rows_hit[act])[:, None])
+        gain = np.where(ok, hits[act] - inter, -1)  # new rows; -1: infeasible
+        h = gain.argmax(axis=1)  # ties: the lowest column
+        merge = gain[np.arange(act.size), h] >= 0
+        seed[act[~merge]] = -1
+        m, h = act[merge], h[merge]
+        rows[m] |= occ[m, h]
+        rows_hit[m] = np.bitwise_count(rows[m]).sum(axis=1, dtype=np.int64)
+        nnz[m] += hits[m, h]
+        size[m] += 1
+        is_open[m, h] = False
+        owner[m, h] = seed[m]
+    return owner
 
 
 def group_conflicts(nonzero: np.ndarray, group) -> int:
@@ -148,19 +207,58 @@ def conflict_prune(w: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray, np.nd
     surviving weight of group ``g`` for output ``n`` (0 if none) and ``select[g, n]`` the
     position inside ``groups[g]`` of the column it came from (0 if none)."""
     w = np.asarray(w)
+    packed, select, src = _prune_groups(w, groups)
+    keep = np.zeros(w.shape, bool)
+    gi, ci = np.nonzero(packed)
+    keep[src[gi, ci], ci] = True
+    return packed, select, keep
+
+
+def _prune_groups(w: np.ndarray, groups):
+    """``conflict_prune`` without the ``[K, N]`` mask: ``(packed, select, src)``, ``src``
+    the original column of each survivor (meaningless where ``packed`` is 0)."""
     k, n = w.shape
     packed = np.zeros((len(groups), n), w.dtype)
     select = np.zeros((len(groups), n), np.int64)
-    keep = np.zeros((k, n), bool)
-    for g, members in enumerate(groups):
-        sub = np.abs(w[list(members)])  # [size, N]; argmax picks the lowest column on ties
-        j = np.argmax(sub, axis=0)
-        nzrow = sub[j, np.arange(n)] > 0
-        select[g] = np.where(nzrow, j, 0)
-        src = np.asarray(members)[j]
-        packed[g] = np.where(nzrow, w[src, np.arange(n)], 0)
-        keep[src[nzrow], np.flatnonzero(nzrow)] = True
-    return packed, select, keep
+    if not groups:
+        return packed, select, select
+    lanes = _lane_matrix(groups, -1)  # [G, width], -1 on unused lanes
+    src = np.zeros((len(groups), n), np.int64)
+    # running argmax over the lanes; strict ">" keeps the lowest position on ties (np.argmax's
+    # rule); an unused lane reads 0 and so never wins a row where a weight survives. Blocks of
+    # groups that stay in cache, arithmetic instead of masked writes (the masks are random).
+    exact_sub = np.issubdtype(w.dtype, np.integer)  # wrap-around a - b + b == a
+    step = max(1, (1 << 16) // max(1, n))
+    for g0 in range(0, len(groups), step):
+        ln = lanes[g0:g0 + step]
+        val = w[ln[:, 0]]  # a group is never empty
+        best = np.abs(val)
+        pos = np.zeros(val.shape, np.int8)  # alpha <= 64
+        col = np.repeat(ln[:, :1].astype(np.int32), n, axis=1)
+        for j in range(1, ln.shape[1]):
+            wj = w[ln[:, j]]
+            wj *= (ln[:, j] >= 0)[:, None]
+            v = np.abs(wj)
+            upd = v > best
+            np.maximum(best, v, out=best)
+            pos += upd * (j - pos)
+            col += upd * (ln[:, j:j + 1].astype(np.int32) - col)
+            val = val + upd * (wj - val) if exact_sub else np.where(upd, wj, val)
+        nzrow = best > 0
+        select[g0:g0 + step] = pos * nzrow
+        packed[g0:g0 + step] = val * nzrow
+        src[g0:g0 + step] = col
+    return packed, select, src
+
+
+def _lane_matrix(groups, fill: int) -> np.ndarray:
+    """``[G, max group size]`` columns of each group, ``fill`` on unused lanes."""
+    sizes = np.fromiter((len(g) for g in groups), np.int64, len(groups))
+    out = np.full((len(groups), int(sizes.max(initial=0))), fill, np.int64)
+    row = np.repeat(np.arange(len(groups)), sizes)
+    out[row, np.arange(row.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)] = \
+        np.fromiter((c for g in groups for c in g), np.int64, row.size)
+    return out
 
 
 # --- packed layers -----------------------------------------------------------------------------
@@ -199,12 +297,11 @@ class Packing:
     @property
     def nonempty_columns(self) -> int:
         """Original columns with at least one surviving weight."""
-        used = set()
-        for b in self.blocks:
-            for g, members in enumerate(b.groups):
-                nzc = b.weight[g] != 0
-                used.update(np.asarray(members)[b.select[g][nzc]].tolist())
-        return len(used)
+        used = np.zeros(self.k, bool)
+        for bi, b in enumerate(self.blocks):
+            src = np.take_along_axis(self.lanes(bi), b.select, axis=1)
+            used[src[b.weight != 0]] = True
+        return int(used.sum())
 
     def dense(self) -> np.ndarray:
         """The pruned, conflict-free ``[K, N]`` matrix the packing represents."""
@@ -225,8 +322,8 @@ class Packing:
         """``[G, alpha]`` original column of each lane of block ``b``'s groups (-1: unused)."""
         blk = self.blocks[b]
         out = -np.ones((blk.rows, self.alpha), np.int64)
-        for g, members in enumerate(blk.groups):
-            out[g, :len(members)] = members
+        lanes = _lane_matrix(blk.groups, -1)
+        out[:, :lanes.shape[1]] = lanes
         return out
 
     def apply(self, a: np.ndarray) -> np.ndarray:
@@ -282,7 +379,7 @@ def pack_with_groups(w: np.ndarray, block_groups: list, alpha: int, gamma: float
             raise ValueError(f"a group has more than alpha={alpha} columns")
         if not groups:  # an all-zero block still needs one (zero) row to emit its bias
             groups = [(0,)]
-        packed, select, _ = conflict_prune(w[:, n0:n1], groups)
+        packed, select, _ = _prune_groups(w[:, n0:n1], groups)
         p.blocks.append(PackedBlock(n0, n1, groups, packed, select))
     return p
 
@@ -300,8 +397,7 @@ def pack(w: np.ndarray, alpha: int, gamma: float, block: int = 0,
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"pack expects a [K, N] matrix, not shape {w.shape}")
-    groups = [group_columns(w[:, n0:n1] != 0, alpha, gamma, window)
-              for n0, n1 in _block_bounds(w.shape[1], block)]
+    groups = _group_blocks(w != 0, _block_bounds(w.shape[1], block), alpha, gamma, window)
     return pack_with_groups(w, groups, alpha, gamma, block)
 
 

@@ -223,11 +223,28 @@ def shape_only_packing(spec: ConvLayer, index: int, cfg: CombinedConfig,
     m, k, n = spec.gemm
     rng = np.random.default_rng([seed, index])
     w = rng.integers(1, cfg.fxp.weight_max + 1, (k, n), dtype=np.int16)
-    w = np.where(rng.random((k, n), dtype=np.float32) < 0.5, -w, w)
+    _draw_where(rng, w, 0.5, lambda part, mask: np.multiply(part, 1 - 2 * mask.view(np.int8),
+                                                            out=part))  # negate where drawn
     if cfg.alpha == 1:
         return identity_packing(w)
-    w[rng.random((k, n), dtype=np.float32) < cc.target_sparsity(cfg.alpha)] = 0
+    _draw_where(rng, w, cc.target_sparsity(cfg.alpha),
+                lambda part, mask: np.multiply(part, ~mask, out=part))  # zero where drawn
     return cc.pack(w, cfg.alpha, cfg.gamma, cfg.group_block, window=SHAPE_ONLY_WINDOW)
+
+
+def _draw_where(rng, w: np.ndarray, p: float, apply, chunk: int = 1 << 20) -> None:
+    """``apply(part, rng.random(part.shape, float32) < p)`` over ``w`` in place, chunk by
+    chunk: the same numbers as one ``rng.random(w.shape, dtype=np.float32)`` call (float32
+    draws do not depend on how the request is split), without a matrix-sized float buffer
+    (VGG-16's fc6 is 25088 x 4096)."""
+    flat = w.reshape(-1)
+    buf = np.empty(min(chunk, flat.size), np.float32)
+    mask = np.empty(buf.size, bool)
+    for s0 in range(0, flat.size, chunk):
+        part = flat[s0:s0 + chunk]
+        b, m = buf[:part.size], mask[:part.size]
+        rng.random(out=b, dtype=np.float32)
+        apply(part, np.less(b, p, out=m))
 
 
 def network_packings(workload, cfg: CombinedConfig, progress=None):
