@@ -122,6 +122,44 @@ def test_grouping_follows_the_documented_greedy_and_tie_breaks(seed):
     assert cc.group_columns(nz, alpha, gamma) == naive_grouping(nz, alpha, gamma)
 
 
+@pytest.mark.parametrize("case", ["windows-3words", "blocks-windows", "window-past-k"])
+def test_windowed_and_blocked_grouping_is_the_greedy_on_each_window_and_block(case):
+    """The batched run (every window of every block at once, rows as 64-bit bitsets) against
+    the plain-loop oracle applied to each window of each block on its own."""
+    k, n, window, block, alpha, gamma = {"windows-3words": (45, 150, 16, 0, 4, 0.3),
+                                         "blocks-windows": (50, 70, 20, 24, 8, 0.5),
+                                         "window-past-k": (30, 9, 64, 4, 3, 0.25)}[case]
+    rng = np.random.default_rng(len(case))
+    nz = rng.random((k, n)) < 0.3
+    nz[rng.random(k) < 0.2] = False  # some empty columns
+    expected = []
+    for n0 in range(0, n, block or n):
+        sub, groups = nz[:, n0:n0 + (block or n)], []
+        for c0 in range(0, k, window):
+            groups += [tuple(c0 + c for c in g)
+                       for g in naive_grouping(sub[c0:c0 + window], alpha, gamma)]
+        expected.append(sorted(groups))
+    if not block:
+        assert cc.group_columns(nz, alpha, gamma, window) == expected[0]
+    w = np.where(nz, rng.integers(1, 128, (k, n)), 0)  # no zero among the non-zeros
+    assert [b.groups for b in cc.pack(w, alpha, gamma, block, window).blocks] == expected
+
+
+def test_conflict_pruning_keeps_the_largest_magnitude_and_the_lowest_column_on_ties():
+    w = np.array([[3, -5, 0, 2, -128],
+                  [-3, 5, 0, 0, 7],
+                  [4, 5, 0, -2, 0]], np.int16)
+    packed, select, keep = cc.conflict_prune(w, [(0, 1, 2)])
+    assert packed.tolist() == [[4, -5, 0, 2, -128]]
+    assert select.tolist() == [[2, 0, 0, 0, 0]]
+    assert keep.tolist() == [[False, True, False, True, True], [False] * 5,
+                             [True, False, False, False, False]]
+    # groups of different sizes side by side (unused lanes never win)
+    packed, select, _ = cc.conflict_prune(w, [(1,), (0, 2)])
+    assert packed.tolist() == [[-3, 5, 0, 0, 7], [4, -5, 0, 2, -128]]
+    assert select.tolist() == [[0, 0, 0, 0, 0], [1, 0, 0, 0, 0]]
+
+
 def test_block_grouping_groups_each_block_of_output_channels_on_its_own():
     w = sparse_matrix(48, 20, 0.25, seed=3)
     p = cc.pack(w, 4, 0.5, block=8)
@@ -248,6 +286,21 @@ def test_shape_only_network_packs_random_pruned_matrices():
     rep = sc.simulate_network(wl, cfg)
     assert any("random int8 matrix pruned iid to 75.0%" in n for n in rep.notes)
     assert rep.summary["column_reduction"] > 1
+
+
+def test_shape_only_weight_draws_do_not_depend_on_the_chunk_size():
+    """The chunked in-place draws give the matrix of one whole-matrix ``rng.random`` call."""
+    k, n, p = 37, 29, 0.75
+    rng = np.random.default_rng(5)
+    w0 = rng.integers(1, 128, (k, n), dtype=np.int16)
+    expected = np.where(rng.random((k, n), dtype=np.float32) < 0.5, -w0, w0)
+    expected[rng.random((k, n), dtype=np.float32) < p] = 0
+    rng = np.random.default_rng(5)
+    w = rng.integers(1, 128, (k, n), dtype=np.int16)
+    sc._draw_where(rng, w, 0.5, lambda part, m: np.multiply(part, 1 - 2 * m.view(np.int8),
+                                                            out=part), chunk=100)
+    sc._draw_where(rng, w, p, lambda part, m: np.multiply(part, ~m, out=part), chunk=7)
+    assert (w == expected).all()
 
 
 # --- the joint optimisation on the digits CNN ---------------------------------------------------
