@@ -152,9 +152,10 @@ def _greedy(occ: np.ndarray, hits: np.ndarray, alpha: int, limit: np.ndarray) ->
     """
     nb, g, _ = occ.shape
     is_open = hits > 0
+    slot = np.broadcast_to(np.arange(g), (nb, g))  # current position -> original slot
     order = np.argsort(-hits, axis=1, kind="stable")  # seed order: most non-zeros, lowest
-    owner = np.full((nb, g), -1, np.int64)
-    seed = np.full(nb, -1, np.int64)
+    owner = np.full((nb, g), -1, np.int64)  # by original slot
+    seed = np.full(nb, -1, np.int64)  # original slot of the seed
     rows = np.zeros(occ.shape[::2], np.uint64)  # the seed's occupied rows
     nnz = np.zeros(nb, np.int64)
     rows_hit = np.zeros(nb, np.int64)
@@ -168,7 +169,8 @@ def _greedy(occ: np.ndarray, hits: np.ndarray, alpha: int, limit: np.ndarray) ->
             live[pick[~has]] = False
             pick = pick[has]
             s = order[pick, avail[has].argmax(axis=1)]
-            seed[pick], is_open[pick, s], owner[pick, s] = s, False, s
+            is_open[pick, s] = False
+            seed[pick] = owner[pick, slot[pick, s]] = slot[pick, s]
             rows[pick] = occ[pick, s]
             nnz[pick] = rows_hit[pick] = hits[pick, s]
             size[pick] = 1
@@ -178,10 +180,13 @@ def _greedy(occ: np.ndarray, hits: np.ndarray, alpha: int, limit: np.ndarray) ->
         act = act[~full]
         if not act.size:
             continue
-        inter = np.bitwise_count(occ[act] & rows[act, None, :]).sum(axis=2, dtype=np.int64)
-        ok = is_open[act] & (inter <= (limit[act] - nnz[act] + rows_hit[act])[:, None])
-        gain = np.where(ok, hits[act] - inter, -1)  # new rows; -1: infeasible
-        h = gain.argmax(axis=1)  # ties: the lowest column
+        everyone = act.size == nb  # no copies while every entry is still grouping
+        o, r = (occ, rows) if everyone else (occ[act], rows[act])
+        inter = np.bitwise_count(o & r[:, None, :]).sum(axis=2, dtype=np.int64)
+        ok = (is_open if everyone else is_open[act]) & (
+            inter <= (limit[act] - nnz[act] + rows_hit[act])[:, None])
+        gain = np.where(ok, (hits if everyone else hits[act]) - inter, -1)  # -1: infeasible
+        h = gain.argmax(axis=1)  # most new rows = fewest empty; ties: the lowest column
         merge = gain[np.arange(act.size), h] >= 0
         seed[act[~merge]] = -1
         m, h = act[merge], h[merge]
@@ -190,7 +195,16 @@ def _greedy(occ: np.ndarray, hits: np.ndarray, alpha: int, limit: np.ndarray) ->
         nnz[m] += hits[m, h]
         size[m] += 1
         is_open[m, h] = False
-        owner[m, h] = seed[m]
+        owner[m, slot[m, h]] = seed[m]
+        # drop the columns that are no longer open once they are a quarter of the width
+        # (stable: the open columns keep their column order, so the tie-breaks hold)
+        width = int(is_open.sum(axis=1).max())
+        if 0 < width <= occ.shape[1] * 3 // 4:
+            keep = np.argsort(~is_open, axis=1, kind="stable")[:, :width]
+            occ = np.take_along_axis(occ, keep[:, :, None], axis=1)
+            hits, is_open, slot = (np.take_along_axis(x, keep, axis=1)
+                                   for x in (hits, is_open, slot))
+            order = np.argsort(np.where(is_open, -hits, 1), axis=1, kind="stable")
     return owner
 
 
