@@ -313,8 +313,12 @@ class Packing:
         """Original columns with at least one surviving weight."""
         used = np.zeros(self.k, bool)
         for bi, b in enumerate(self.blocks):
-            src = np.take_along_axis(self.lanes(bi), b.select, axis=1)
-            used[src[b.weight != 0]] = True
+            lanes = self.lanes(bi)  # [G, alpha]
+            # surviving weights per (group, lane); zero cells counted in a spare last bin
+            cell = np.arange(b.rows)[:, None] * self.alpha + b.select
+            hits = np.bincount(np.where(b.weight != 0, cell, lanes.size).ravel(),
+                               minlength=lanes.size + 1)
+            used[lanes.ravel()[hits[:-1] > 0]] = True
         return int(used.sum())
 
     def dense(self) -> np.ndarray:
