@@ -238,29 +238,27 @@ def _prune_groups(w: np.ndarray, groups):
         return packed, select, select
     lanes = _lane_matrix(groups, -1)  # [G, width], -1 on unused lanes
     src = np.zeros((len(groups), n), np.int64)
-    # running argmax over the lanes; strict ">" keeps the lowest position on ties (np.argmax's
-    # rule); an unused lane reads 0 and so never wins a row where a weight survives. Blocks of
-    # groups that stay in cache, arithmetic instead of masked writes (the masks are random).
-    exact_sub = np.issubdtype(w.dtype, np.integer)  # wrap-around a - b + b == a
+    cols = np.arange(n)
+    # running max of |w| over the lanes; strict ">" keeps the lowest position on ties
+    # (np.argmax's rule); an unused lane reads 0 and so never wins a row where a weight
+    # survives. Blocks of groups that stay in cache, arithmetic instead of masked writes (the
+    # masks are random).
     step = max(1, (1 << 16) // max(1, n))
     for g0 in range(0, len(groups), step):
         ln = lanes[g0:g0 + step]
-        val = w[ln[:, 0]]  # a group is never empty
-        best = np.abs(val)
-        pos = np.zeros(val.shape, np.int8)  # alpha <= 64
-        col = np.repeat(ln[:, :1].astype(np.int32), n, axis=1)
+        best = np.abs(w[ln[:, 0]])  # a group is never empty
+        pos = np.zeros(best.shape, np.int8)  # alpha <= 64
         for j in range(1, ln.shape[1]):
-            wj = w[ln[:, j]]
-            wj *= (ln[:, j] >= 0)[:, None]
-            v = np.abs(wj)
+            v = np.abs(w[ln[:, j]])
+            v *= (ln[:, j] >= 0)[:, None]
             upd = v > best
             np.maximum(best, v, out=best)
             pos += upd * (j - pos)
-            col += upd * (ln[:, j:j + 1].astype(np.int32) - col)
-            val = val + upd * (wj - val) if exact_sub else np.where(upd, wj, val)
         nzrow = best > 0
+        pos = pos.astype(np.int64)
+        col = np.maximum(np.take_along_axis(ln, pos, axis=1), 0)
         select[g0:g0 + step] = pos * nzrow
-        packed[g0:g0 + step] = val * nzrow
+        packed[g0:g0 + step] = w[col, cols] * nzrow
         src[g0:g0 + step] = col
     return packed, select, src
 
@@ -312,13 +310,18 @@ class Packing:
     def nonempty_columns(self) -> int:
         """Original columns with at least one surviving weight."""
         used = np.zeros(self.k, bool)
+        one = np.uint64(1)
         for bi, b in enumerate(self.blocks):
-            lanes = self.lanes(bi)  # [G, alpha]
-            # surviving weights per (group, lane); zero cells counted in a spare last bin
-            cell = np.arange(b.rows)[:, None] * self.alpha + b.select
-            hits = np.bincount(np.where(b.weight != 0, cell, lanes.size).ravel(),
-                               minlength=lanes.size + 1)
-            used[lanes.ravel()[hits[:-1] > 0]] = True
+            # per group, a bitmask of the lanes holding a surviving weight (alpha <= 64),
+            # a few groups at a time so the temporaries stay in cache
+            lane_bits = np.zeros(b.rows, np.uint64)
+            step = max(1, (1 << 16) // max(1, b.n1 - b.n0))
+            for g0 in range(0, b.rows, step):
+                bits = np.left_shift(one, b.select[g0:g0 + step].astype(np.uint64))
+                bits *= b.weight[g0:g0 + step] != 0
+                lane_bits[g0:g0 + step] = np.bitwise_or.reduce(bits, axis=1)
+            hit = (lane_bits[:, None] >> np.arange(self.alpha, dtype=np.uint64)) & one
+            used[self.lanes(bi)[hit.astype(bool)]] = True
         return int(used.sum())
 
     def dense(self) -> np.ndarray:
