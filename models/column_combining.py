@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -131,10 +132,12 @@ def _group_blocks(nz: np.ndarray, bounds, alpha: int, gamma: float,
     key = ent * g + owner[ent, pos]
     order = np.lexsort((cols, key))
     key, members = key[order], cols[order]
-    cut = np.flatnonzero(np.diff(key)) + 1
+    start = np.r_[0, np.flatnonzero(np.diff(key)) + 1] if key.size else np.zeros(0, np.int64)
+    end = np.r_[start[1:], key.size]
+    members = members.tolist()  # (one Python list: per-group slices of it are cheap)
     out = [[] for _ in bounds]
-    for grp, e in zip(np.split(members, cut), key[np.r_[0, cut]] if key.size else []):
-        out[int(e) // g // wins].append(tuple(grp.tolist()))
+    for s, e, b in zip(start.tolist(), end.tolist(), (key[start] // g // wins).tolist()):
+        out[b].append(tuple(members[s:e]))
     return [sorted(o) for o in out]
 
 
@@ -265,11 +268,11 @@ def _prune_groups(w: np.ndarray, groups):
 
 def _lane_matrix(groups, fill: int) -> np.ndarray:
     """``[G, max group size]`` columns of each group, ``fill`` on unused lanes."""
-    sizes = np.fromiter((len(g) for g in groups), np.int64, len(groups))
+    sizes = np.fromiter(map(len, groups), np.int64, len(groups))
     out = np.full((len(groups), int(sizes.max(initial=0))), fill, np.int64)
     row = np.repeat(np.arange(len(groups)), sizes)
     out[row, np.arange(row.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)] = \
-        np.fromiter((c for g in groups for c in g), np.int64, row.size)
+        np.fromiter(itertools.chain.from_iterable(groups), np.int64, row.size)
     return out
 
 
@@ -395,7 +398,7 @@ def pack_with_groups(w: np.ndarray, block_groups: list, alpha: int, gamma: float
         raise ValueError(f"{len(block_groups)} groupings for {len(bounds)} blocks")
     p = Packing(k, n, alpha, float(gamma), block)
     for (n0, n1), groups in zip(bounds, block_groups):
-        groups = [tuple(int(c) for c in g) for g in groups]
+        groups = [tuple(map(int, g)) for g in groups]
         if any(len(g) > alpha for g in groups):
             raise ValueError(f"a group has more than alpha={alpha} columns")
         if not groups:  # an all-zero block still needs one (zero) row to emit its bias
