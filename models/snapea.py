@@ -155,19 +155,20 @@ class Termination:
         return self.exact | self.predicted
 
 
-FEW_WINDOWS = 256
+FEW_WINDOWS = 16
 
 
 def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, order: KernelOrder,
                 check_every: int = 1, terminate: bool = True,
-                few_windows: int = FEW_WINDOWS) -> Termination:
+                few_windows: int = FEW_WINDOWS, method: str = "blocked") -> Termination:
     """Vectorised termination points of every window ([M, K] unsigned im2col rows ``a``) of
     every kernel (``weight_matrix`` [K, N]); no loop over windows or MACs.
 
     Exact checks only run from tap ``exact_from - 1`` on, where the partial sum can only fall,
-    so a window terminates at the first check position whose partial sum is negative; the
-    partial sums there are a cumulative sum over the remaining (non-positive) taps, computed
-    only for windows whose full sum is negative (the others never terminate).
+    so a window terminates at the first check position whose partial sum is negative (only
+    windows whose full sum is negative can). ``method="blocked"`` (default) locates it with
+    block-sum matmuls and a short gather (``_termination_blocked``); ``"walk"`` walks the
+    tail per kernel (``_termination_walk``, a second implementation kept as a cross-check).
     With at most ``few_windows`` windows (FC layers, single images) every partial sum of
     every kernel is computed at once instead (``_termination_by_cumsum``), in kernel chunks.
     """
@@ -175,6 +176,18 @@ def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, orde
     m, k = a.shape
     if m <= few_windows:
         return _termination_by_cumsum(a, bias, order, check_every, terminate)
+    if method == "blocked":
+        return _termination_blocked(a, weight_matrix, bias, order, check_every, terminate)
+    if method != "walk":
+        raise ValueError(f"method must be blocked or walk, not {method!r}")
+    return _termination_walk(a, weight_matrix, bias, order, check_every, terminate)
+
+
+def _termination_walk(a, weight_matrix, bias, order: KernelOrder, check_every: int,
+                      terminate: bool) -> Termination:
+    """Per kernel, walk the non-positive tail of the windows whose full sum is negative in
+    growing blocks of taps (an independent second implementation of the exact path)."""
+    m, k = a.shape
     n_k = order.kernels
     bias = np.asarray(bias, np.int64)
     full = _gemm(a, weight_matrix) + bias
@@ -229,6 +242,123 @@ def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, orde
     macs = np.where(pred, order.spec_n[None], macs)
     exact &= ~pred
     # reaching the last tap is not an early stop
+    exact &= macs < taps[None]
+    return Termination(macs, exact, pred, full)
+
+
+def _tail_blocks(order: KernelOrder, k: int, blocks: int):
+    """Split every kernel's non-positive tail (taps ``exact_from .. taps``) into ``blocks``
+    runs of ``length[n]`` consecutive taps. Returns ``(block [K, N], length [N])``: the run of
+    every weight (-1 outside the tail)."""
+    n_k, width = order.index.shape
+    e, taps = order.exact_from, order.taps
+    length = np.maximum(1, -(-(taps - e) // blocks))
+    j = np.arange(width)[None]
+    b = (j - e[:, None]) // length[:, None]
+    b = np.where((j >= e[:, None]) & (j < taps[:, None]) & (order.index >= 0), b, -1)
+    block = np.full((k, n_k), -1, np.int64)
+    kk, jj = np.nonzero(b >= 0)
+    block[order.index[kk, jj], kk] = b[kk, jj]
+    return block, length
+
+
+def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every: int,
+                         terminate: bool, blocks: int = 8, chunk_bytes: int = 1 << 28,
+                         gather_terms: int = 1 << 23) -> Termination:
+    """Exact termination points of every (window, kernel) pair with BLAS matmuls and a short
+    gather, no loop over windows, kernels or MACs.
+
+    One float64 matmul (exact: every partial sum is < 2**53) gives, per pair, the partial
+    sum ``p_e`` after the ``exact_from`` taps (the last positive one), the speculation prefix
+    sum, and the sums of ``blocks`` runs of consecutive taps of the non-positive tail (the
+    full sum is ``p_e`` plus the runs). After ``exact_from`` the partial sum can only fall, so the first
+    negative partial sum lies in the first run whose cumulative sum is negative; only that
+    run's (at most ``ceil(tail / blocks)``) terms are gathered and summed for the pairs that
+    terminate. The stop is the first check position (a multiple of ``check_every``, at or
+    after ``exact_from``, at least 1) at or after it, or none if that lies past the last tap.
+    Rows are processed in chunks of about ``chunk_bytes`` of matmul output.
+    """
+    m, k = a.shape
+    n_k = order.kernels
+    bias = np.asarray(bias, np.int64)
+    taps, e, ce = order.taps, order.exact_from, int(check_every)
+    wm = np.asarray(weight_matrix, np.int64)
+    spec_on = terminate and bool((order.spec_n > 0).any())
+    # terminating: the full sum is p_e plus the runs' sums, no column of its own
+    cols = [] if terminate else [wm]
+    if terminate:
+        cols.append(wm * kernel_masks(order, k, e))
+        if spec_on:
+            cols.append(wm * kernel_masks(order, k, order.spec_n))
+        block, length = _tail_blocks(order, k, blocks)
+        cols += [np.where(block == b, wm, 0) for b in range(blocks)]
+    wcat = torch.from_numpy(np.concatenate(cols, 1).astype(np.float64))
+    macs = np.broadcast_to(taps, (m, n_k)).copy()
+    exact = np.zeros((m, n_k), bool)
+    pred = np.zeros((m, n_k), bool)
+    full = np.empty((m, n_k), np.int64)
+    first_check = -(-np.maximum(e, 1) // ce) * ce  # MACs at the first check
+    if terminate:
+        # taps padded by one run of zero weights so a run's gather never leaves the row
+        lmax = int(length.max())
+        jj = np.arange(lmax)
+        wpad = order.index.shape[1] + lmax
+        idx_flat = np.pad(np.maximum(order.index, 0), ((0, 0), (0, lmax))).ravel()
+        w_flat = np.pad(order.weight.astype(np.int64), ((0, 0), (0, lmax))).ravel()
+        # partial sums fit int32 when |bias| + max(a) * sum|w| does (halves the traffic)
+        bound = int(np.abs(bias).max(initial=0)) + int(a.max(initial=0)) * int(
+            np.abs(order.weight).astype(np.int64).sum(1).max(initial=0))
+        dt = np.int32 if bound < (1 << 31) - 1 else np.int64
+        idx_flat = idx_flat.astype(dt if m * k < 1 << 31 else np.int64)
+        w_flat = w_flat.astype(dt)
+    rows = max(1, chunk_bytes // (8 * wcat.shape[1] + 8 * k))
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        xa = a[r0:r1]
+        s = (torch.from_numpy(np.ascontiguousarray(xa, np.float64)) @ wcat).round_().long()
+        s = s.numpy().reshape(r1 - r0, -1, n_k)
+        if not terminate:
+            full[r0:r1] = s[:, 0] + bias
+            continue
+        p_e = s[:, 0] + bias
+        if spec_on:
+            p_n = s[:, 1] + bias
+            pred[r0:r1] = (order.spec_n > 0)[None] & (p_n < order.threshold[None])
+        run_sums = s[:, 2 if spec_on else 1:]  # [rows, blocks, N]
+        # MACs when the partial sum first turns negative (exact_from if it already is)
+        t_neg = np.where(p_e < 0, e[None], taps[None])
+        cum = p_e[:, None] + np.cumsum(run_sums, axis=1)  # after each run
+        full[r0:r1] = cum[:, -1]
+        live = (full[r0:r1] < 0) & (p_e >= 0)
+        first_run = (cum < 0).argmax(1)  # [rows, N]; valid where live
+        ri, ni = np.nonzero(live)
+        if len(ri):
+            bi = first_run[ri, ni]
+            before = np.where(bi > 0, cum[ri, np.maximum(bi - 1, 0), ni], p_e[ri, ni])
+            xflat = xa.astype(dt).ravel()
+            step = max(1, gather_terms // lmax)
+            for p0 in range(0, len(ri), step):
+                sl = slice(p0, p0 + step)
+                r, n = ri[sl], ni[sl]
+                start = e[n] + bi[sl] * length[n]
+                # flat positions of the run's taps; running past the run's end (into the next
+                # run or the zero padding) cannot move the first negative partial sum: the
+                # run's own cumulative sum is already negative
+                pos = (n * wpad + start)[:, None] + jj[None]
+                xv = np.take(xflat, (r * k)[:, None] + np.take(idx_flat, pos))
+                xv *= np.take(w_flat, pos)
+                psum = np.cumsum(xv, axis=1, dtype=dt)
+                psum += before[sl].astype(dt)[:, None]
+                t_neg[r, n] = start + (psum < 0).argmax(1) + 1
+        stop = np.maximum(-(-t_neg // ce) * ce, first_check[None])
+        hit = (live | (p_e < 0)) & (stop <= taps[None])
+        macs[r0:r1] = np.where(hit, stop, taps[None])
+        exact[r0:r1] = hit
+    if not terminate:
+        return Termination(macs, exact, pred, full)
+    pred &= ~(exact & (macs < order.spec_n[None]))
+    macs = np.where(pred, order.spec_n[None], macs)
+    exact &= ~pred
     exact &= macs < taps[None]
     return Termination(macs, exact, pred, full)
 

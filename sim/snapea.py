@@ -9,7 +9,8 @@ Pieces, one schedule (``SnaPEAConfig.command_cycles``):
 - ``StepModel``: a step-per-cycle model of the block (FSM + lanes, tap by tap), an
   independent oracle of outputs, MAC counts and cycles for small cases;
 - ``simulate_layer`` / ``simulate_network``: the vectorised count: per-window termination
-  points from ``models.snapea.termination`` (cumulative sums, no loop over windows or MACs),
+  points from ``models.snapea.termination`` (block-sum matmuls + a short gather, every window,
+  no loop over windows or MACs),
   per-lane sums per (band, group), the slowest lane sets the group's time.
 
 Dispatch is static: lane ``l`` of a group owns output channel ``group * lanes + l`` and walks
@@ -291,11 +292,13 @@ class LayerRun:
     sample: int = 1  # every how many windows were evaluated (1: all, exact)
 
 
-# windows x kernels x taps above which a layer's windows are sampled (see ``run_layer``)
+# opt-in only (``run_layer(limit=...)``, ``simulate_network(sample_limit=...)``): windows x
+# kernels x taps above which a layer's windows are sampled, an estimate. Off by default: the
+# default simulation evaluates every window (exact).
 EXACT_LIMIT = 60_000_000
 
 
-def sample_stride(spec: ConvLayer, limit: int | None = EXACT_LIMIT) -> int:
+def sample_stride(spec: ConvLayer, limit: int | None = None) -> int:
     """Every how many windows ``run_layer`` evaluates (1 = all, exact)."""
     m, k, n = spec.gemm
     return 1 if limit is None else max(1, -(-m * k * n // limit))
@@ -303,13 +306,12 @@ def sample_stride(spec: ConvLayer, limit: int | None = EXACT_LIMIT) -> int:
 
 def run_layer(x: np.ndarray, spec: ConvLayer, w, bias, mult, shift, cfg: SnaPEAConfig,
               params: LayerParams | None = None, terminate: bool = True,
-              limit: int | None = EXACT_LIMIT) -> LayerRun:
-    """Vectorised run of one layer on one input ([C, H, W]).
+              limit: int | None = None) -> LayerRun:
+    """Vectorised run of one layer on one input ([C, H, W]): every window, exact (default).
 
-    Layers with more than ``limit`` window x kernel x tap terms (VGG-16's, not the digits
-    net's) evaluate every ``sample_stride``-th window only and scale the per-band lane sums,
-    MACs and events (an estimate: ``outputs`` then covers the sampled windows);
-    ``limit=None`` is always exact.
+    Opt-in estimate: with ``limit``, layers with more than ``limit`` window x kernel x tap
+    terms evaluate every ``sample_stride``-th window only and scale the per-band lane sums,
+    MACs and events (``outputs`` then covers the sampled windows only).
     """
     cfg.fxp.check_reduction(spec.name, spec.gemm[1], int(np.abs(bias).max(initial=0)))
     order = layer_order(w, spec, cfg, params)
@@ -388,12 +390,13 @@ def simulate_layer(spec: ConvLayer, datas: list, cfg: SnaPEAConfig, table=None,
 
 def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
                      mode: str = "exact", params: list | None = None,
-                     systolic: bool = True) -> NetworkReport:
+                     systolic: bool = True, sample_limit: int | None = None) -> NetworkReport:
     """Every layer of a ``sim.workload.Workload``. ``mode`` is ``exact`` or ``predictive``
     (``params``: per-layer ``LayerParams`` or None, e.g. from ``models.snapea_tune``);
     ``dense`` disables termination everywhere (the baseline). The first layer and layers
     without ReLU always run dense. For the digits net in predictive mode every layer's input
-    is the previous layer's SnaPEA output (mispredictions propagate)."""
+    is the previous layer's SnaPEA output (mispredictions propagate). Every window of every
+    layer is evaluated (exact) unless ``sample_limit`` opts in to the sampled estimate."""
     from models.snapea import snapea_network_forward
 
     if mode not in ("exact", "predictive", "dense"):
@@ -420,7 +423,7 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
                 d.x = inputs[i][img].numpy()
         term = ok[i] and mode != "dense"
         runs = [run_layer(d.x, spec, d.w, d.bias, d.mult, d.shift, cfg,
-                          params[i] if term else None, term) for d in datas]
+                          params[i] if term else None, term, sample_limit) for d in datas]
         sys_rep = None
         if systolic:
             from hw.config import PRESETS
@@ -436,7 +439,7 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
              "skipped in every mode (also in the no-termination baseline)"]
     sampled = [(l.name, l.extra["sampled_every"]) for l in reports if l.extra["sampled_every"] > 1]
     if sampled:
-        notes.append("estimated from a systematic sample of windows (every s-th in raster "
+        notes.append("ESTIMATE (opt-in sampling): from a systematic sample of windows (every s-th in raster "
                      "order, per-band lane sums scaled): " + ", ".join(f"{n} s={k}"
                                                                       for n, k in sampled))
     rep = NetworkReport("snapea", cfg.to_dict(), reports, notes)

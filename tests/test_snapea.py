@@ -72,7 +72,7 @@ def test_snapea_reordering_is_a_permutation_of_the_nonzero_weights():
             assert (np.diff(ws[o.exact_from[0]:]) >= 0).all()
 
 
-@pytest.mark.parametrize("path", ["tail-walk", "cumsum"])
+@pytest.mark.parametrize("path", ["blocked", "tail-walk", "cumsum"])
 @pytest.mark.parametrize("check_every", [1, 3])
 @pytest.mark.parametrize("mode", ["exact", "predictive"])
 def test_snapea_termination_point_matches_slow_oracle(mode, check_every, path):
@@ -91,7 +91,8 @@ def test_snapea_termination_point_matches_slow_oracle(mode, check_every, path):
     if mode == "predictive":
         params = LayerParams(rng.integers(0, 8, len(w)), rng.integers(-5000, 5000, len(w)))
     o = reorder(w, params)
-    t = termination(a, w.T, bias, o, check_every, few_windows=0 if path == "tail-walk" else 10**6)
+    t = termination(a, w.T, bias, o, check_every, few_windows=10**6 if path == "cumsum" else 0,
+                    method="walk" if path == "tail-walk" else "blocked")
     for n in range(len(w)):
         for i in range(len(a)):
             sn = 0 if params is None else int(params.spec_n[n])
@@ -100,6 +101,60 @@ def test_snapea_termination_point_matches_slow_oracle(mode, check_every, path):
             assert t.macs[i, n] == macs, (n, i)
             assert t.exact[i, n] == (how == "exact"), (n, i)
             assert t.predicted[i, n] == (how == "predicted"), (n, i)
+
+
+@pytest.mark.parametrize("check_every", [1, 2, 5])
+@pytest.mark.parametrize("mode", ["exact", "predictive"])
+def test_snapea_blocked_termination_equals_full_partial_sums(mode, check_every):
+    """The block-sum path (default for many windows) against every partial sum computed at
+    once (``_termination_by_cumsum``) on random layers with negative biases, zero weights,
+    all-positive/all-negative/all-zero kernels, and run counts below and above the tail
+    length; the tail walk as a third implementation."""
+    from models.snapea import _termination_blocked
+
+    for seed in range(3):
+        rng = np.random.default_rng(100 + seed)
+        k = int(rng.integers(5, 60))
+        w = kernel_set(rng, k)
+        a = rng.integers(0, 256, (300, k))
+        a[rng.random(a.shape) < 0.5] = 0
+        bias = rng.integers(-30000, 30000, len(w))
+        bias[5], bias[6] = -1, -10**6
+        params = None
+        if mode == "predictive":
+            params = LayerParams(rng.integers(0, 8, len(w)), rng.integers(-5000, 5000, len(w)))
+        o = reorder(w, params)
+        ref = termination(a, w.T, bias, o, check_every, few_windows=10**6)
+        walk = termination(a, w.T, bias, o, check_every, few_windows=0, method="walk")
+        for blocks in (1, 3, 8, 64):
+            got = _termination_blocked(a, w.T, bias, o, check_every, True, blocks=blocks,
+                                       chunk_bytes=1 << 14, gather_terms=64)
+            for name in ("macs", "exact", "predicted", "acc"):
+                assert (getattr(got, name) == getattr(ref, name)).all(), (name, blocks)
+                assert (getattr(walk, name) == getattr(ref, name)).all(), name
+        assert ref.exact.any()
+
+
+def test_snapea_run_layer_counts_every_window_by_default():
+    """No sampling unless asked for: on a medium layer (more windows than the all-partial-
+    sums threshold) ``run_layer``'s per-window MAC counts equal a per-window, per-kernel
+    count from every partial sum, and the cycles follow from all of them."""
+    from models.reference import im2col
+    from sim.snapea import layer_cycles, run_layer
+
+    spec = ConvLayer("c", 16, 24, 24, 24, k=3, pad=1)
+    layer, x = random_layer(spec, seed=7, density=0.5)
+    cfg = SnaPEAConfig(lanes=8)
+    run = run_layer(x.numpy(), spec, layer.weight.numpy(), layer.bias.numpy(),
+                    layer.mult.numpy(), layer.shift.numpy(), cfg)
+    assert run.sample == 1 and run.t.macs.shape == (spec.out_h * spec.out_w, spec.out_ch)
+    o = reorder(layer.weight.numpy())
+    a = im2col(x, spec).numpy()
+    ref = termination(a, layer.weight_matrix.numpy(), layer.bias.numpy(), o, cfg.check_every,
+                      few_windows=10**6)
+    assert (run.t.macs == ref.macs).all() and run.t.exact.sum() > 0
+    assert run.cyc == layer_cycles(spec, cfg, ref.macs, o.taps)
+    assert run.events["mac"] == int(ref.macs.sum())
 
 
 def test_snapea_exact_mode_never_changes_an_output():
