@@ -77,9 +77,36 @@ class LayerParams:
         return {"spec_n": self.spec_n.tolist(), "threshold": self.threshold.tolist()}
 
 
-def reorder(weight: np.ndarray, params: LayerParams | None = None) -> KernelOrder:
-    """Reorder the kernels of ``weight`` ([N, K] or [N, C, k, k]) for early termination."""
+def reorder(weight: np.ndarray, params: LayerParams | None = None,
+            chunk_terms: int = 1 << 23) -> KernelOrder:
+    """Reorder the kernels of ``weight`` ([N, K] or [N, C, k, k]) for early termination.
+
+    Kernels are reordered in chunks of about ``chunk_terms`` weights (bounds the sort's
+    temporaries for VGG-16's fc6) and padded to the longest kernel."""
     w = np.asarray(weight).reshape(len(weight), -1)
+    n_k, k = w.shape
+    step = max(1, chunk_terms // max(1, k))
+    if n_k <= step:
+        return _reorder(w, params)
+    if params is not None and len(params.spec_n) != n_k:
+        raise ValueError(f"{len(params.spec_n)} prediction parameters for {n_k} kernels")
+    parts = [_reorder(w[i:i + step], None if params is None else LayerParams(
+        params.spec_n[i:i + step], params.threshold[i:i + step])) for i in range(0, n_k, step)]
+    width = max(p.index.shape[1] for p in parts)
+
+    def cat(name, fill):
+        return np.concatenate([np.pad(getattr(p, name), ((0, 0), (0, width - p.index.shape[1])),
+                                      constant_values=fill) for p in parts])
+
+    exact_from = np.concatenate([p.exact_from for p in parts])
+    # exact_from counts from the start; the padding after the last tap changes nothing
+    return KernelOrder(cat("index", -1), cat("weight", 0),
+                       np.concatenate([p.taps for p in parts]), exact_from,
+                       np.concatenate([p.spec_n for p in parts]),
+                       np.concatenate([p.threshold for p in parts]))
+
+
+def _reorder(w: np.ndarray, params: LayerParams | None) -> KernelOrder:
     # narrow integers: the big FC layers' reordering is memory-bound
     w = w.astype(np.int16 if np.abs(w).max(initial=0) < 1 << 13 else np.int64)
     n_k, k = w.shape

@@ -64,6 +64,10 @@ def test_snapea_reordering_is_a_permutation_of_the_nonzero_weights():
             assert (o.weight[n, :o.taps[n]] == w[n, idx]).all()
             # after exact_from every weight is <= 0, and the tap before it is positive
             assert (o.weight[n, o.exact_from[n]:o.taps[n]] <= 0).all()
+        # reordering in chunks of kernels (as for large FC layers) gives the same order
+        c = reorder(w, params, chunk_terms=3 * w.shape[1])
+        for name in ("index", "weight", "taps", "exact_from", "spec_n", "threshold"):
+            assert (getattr(c, name) == getattr(o, name)).all(), name
         if params is None:
             # exact order: positives (descending) then negatives (most negative first)
             ws = o.weight[0, :o.taps[0]]
