@@ -95,8 +95,12 @@ def reorder(weight: np.ndarray, params: LayerParams | None = None,
     width = max(p.index.shape[1] for p in parts)
 
     def cat(name, fill):
-        return np.concatenate([np.pad(getattr(p, name), ((0, 0), (0, width - p.index.shape[1])),
-                                      constant_values=fill) for p in parts])
+        dtype = np.result_type(*(getattr(p, name).dtype for p in parts))
+        out = np.full((n_k, width), fill, dtype)
+        for i, p in zip(range(0, n_k, step), parts):
+            v = getattr(p, name)
+            out[i:i + len(v), :v.shape[1]] = v
+        return out
 
     exact_from = np.concatenate([p.exact_from for p in parts])
     # exact_from counts from the start; the padding after the last tap changes nothing
