@@ -294,8 +294,8 @@ def _tail_blocks(order: KernelOrder, k: int, blocks: int):
 
 
 def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every: int,
-                         terminate: bool, blocks: int = 8, chunk_bytes: int = 1 << 28,
-                         gather_terms: int = 1 << 23) -> Termination:
+                         terminate: bool, blocks: int = 8, chunk_bytes: int = 1 << 24,
+                         gather_terms: int = 1 << 21) -> Termination:
     """Exact termination points of every (window, kernel) pair with BLAS matmuls and a short
     gather, no loop over windows, kernels or MACs.
 
