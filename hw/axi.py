@@ -276,30 +276,10 @@ def generate_axi(cfg, out_dir, max_bytes: int = DEFAULT_MAX_BYTES,
     """Write the AXI4-Stream top ``<name>.v`` and ``<name>.json`` (config, ports and the
     per-port packing) into ``out_dir``; returns the Verilog path. Skipped when the same
     config and width were already written there."""
-    from amaranth.back import verilog
-    from amaranth.hdl import Value
-
-    from .gen import _ports, path_name
+    from .gen import write_top
 
     _check_max_bytes(max_bytes)
     name = name or axi_top_name(cfg)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    vpath, jpath = out / f"{name}.v", out / f"{name}.json"
-    cfg_json = json.loads(config_to_json(cfg))
-    if vpath.exists() and jpath.exists():
-        try:
-            old = json.loads(jpath.read_text())
-            if old.get("config") == cfg_json and old.get("max_bytes") == max_bytes:
-                return vpath
-        except json.JSONDecodeError:
-            pass
-    top = AxiTop(cfg, max_bytes)
-    text = verilog.convert(top, name=name, emit_src=False)
-    ports = {path_name(path): {"dir": flow.name, "width": len(Value.cast(port))}
-             for path, flow, port in _ports(top)}
-    vpath.write_text(text)
-    jpath.write_text(json.dumps({"top": name, "config": cfg_json, "max_bytes": max_bytes,
-                                 "axis": [asdict(p) for p in top.ports], "ports": ports},
-                                indent=2))
-    return vpath
+    return write_top(lambda: AxiTop(cfg, max_bytes), name, out_dir,
+                     {"config": json.loads(config_to_json(cfg)), "max_bytes": max_bytes},
+                     extra=lambda top: {"axis": [asdict(p) for p in top.ports]})

@@ -41,22 +41,29 @@ def generate(cfg, out_dir, name: str | None = None) -> Path:
     Regeneration is skipped when the same config was already written there.
     """
     name = name or f"zeroskip_{cfg.block}"
+    return write_top(lambda: block_component(cfg), name, out_dir,
+                     {"config": json.loads(config_to_json(cfg))})
+
+
+def write_top(make_top, name: str, out_dir, key: dict, extra=lambda top: {}) -> Path:
+    """Convert ``make_top()`` to ``<name>.v`` and write ``<name>.json`` (``key``, the top's
+    ports and ``extra(top)``), unless a JSON with the same ``key`` entries is already there."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vpath, jpath = out / f"{name}.v", out / f"{name}.json"
-    cfg_json = json.loads(config_to_json(cfg))
     if vpath.exists() and jpath.exists():
         try:
-            if json.loads(jpath.read_text()).get("config") == cfg_json:
+            old = json.loads(jpath.read_text())
+            if all(old.get(k) == v for k, v in key.items()):
                 return vpath
         except json.JSONDecodeError:
             pass
-    top = block_component(cfg)
+    top = make_top()
     text = verilog.convert(top, name=name, emit_src=False)
     ports = {path_name(path): {"dir": flow.name, "width": len(Value.cast(port))}
              for path, flow, port in _ports(top)}
     vpath.write_text(text)
-    jpath.write_text(json.dumps({"top": name, "config": cfg_json, "ports": ports}, indent=2))
+    jpath.write_text(json.dumps({"top": name, **key, **extra(top), "ports": ports}, indent=2))
     return vpath
 
 
