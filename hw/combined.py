@@ -23,9 +23,10 @@ from amaranth import Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import multiply_accumulate
 from .config import CombinedConfig
 from .layouts import acc_shape, act_shape, combined_layouts, weight_shape
-from .systolic import SystolicBlock
+from .systolic import SystolicArray, SystolicBlock
 
 
 def _lanes(cfg: CombinedConfig) -> data.ArrayLayout:
@@ -36,7 +37,7 @@ class CombinedColumnCell(wiring.Component):
     """A processing element with an input multiplexer.
 
     Ports: ``load``/``w_in`` shift a ``{weight, sel}`` cell in (``w_out`` passes it down the
-    column); ``en`` advances the compute pipeline: ``a <= a_in`` (all ``alpha`` lanes move
+    column); every cycle ``a <= a_in`` (all ``alpha`` lanes move
     right), ``psum_out <= psum_in + a[sel] * weight``. One cycle of latency on the lanes and
     on the partial sum, like ``hw.systolic.ProcessingElement``.
     """
@@ -45,7 +46,6 @@ class CombinedColumnCell(wiring.Component):
         self._cfg = cfg
         cell = combined_layouts(cfg).weight_row.elem_shape
         super().__init__({
-            "en": In(1),
             "load": In(1),
             "w_in": In(cell),
             "w_out": Out(cell),
@@ -57,73 +57,40 @@ class CombinedColumnCell(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        selected = Signal(act_shape(self._cfg.fxp))
+        lane = Signal(act_shape(self._cfg.fxp))  # a_in[sel]
         if self._cfg.alpha == 1:
-            m.d.comb += selected.eq(self.a_out[0])
+            m.d.comb += lane.eq(self.a_in[0])
         else:
             with m.Switch(self.w_out.sel):
                 for j in range(self._cfg.alpha):
                     with m.Case(j):
-                        m.d.comb += selected.eq(self.a_out[j])
+                        m.d.comb += lane.eq(self.a_in[j])
+        selected = Signal.like(lane)
         with m.If(self.load):
             m.d.sync += self.w_out.eq(self.w_in)
-        with m.If(self.en):
-            m.d.sync += [
-                self.a_out.eq(self.a_in),
-                self.psum_out.eq(self.psum_in + selected * self.w_out.weight),
-            ]
+        m.d.sync += [self.a_out.eq(self.a_in), selected.eq(lane)]
+        multiply_accumulate(m, selected, self.w_out.weight, self.psum_in, self.psum_out)
         return m
 
 
-class CombinedArray(wiring.Component):
+class CombinedArray(SystolicArray):
     """``rows x cols`` combined-column cells with input skew and output de-skew registers:
     ``hw.systolic.SystolicArray`` with ``alpha`` lanes per row and a select per cell.
 
     Ports: ``a_in[r]`` the ``alpha`` lanes of packed row ``r``; ``w_in[c]`` the cell entering
     the top of column ``c`` on ``load`` (rows shift down, so after ``rows`` loads row ``r``
     holds the ``rows-1-r``-th row sent); ``psum_out[c]`` the column sums. A vector presented
-    in cycle t has its column sums on ``psum_out`` in cycle ``t + rows + cols``.
+    in cycle t has its column sums on ``psum_out`` in cycle ``t + rows + cols + 1``.
     """
 
-    def __init__(self, cfg: CombinedConfig):
-        self._cfg = cfg
-        cell = combined_layouts(cfg).weight_row.elem_shape
-        super().__init__({
-            "en": In(1),
-            "load": In(1),
-            "w_in": In(cell).array(cfg.cols),
-            "a_in": In(_lanes(cfg)).array(cfg.rows),
-            "psum_out": Out(acc_shape(cfg.fxp)).array(cfg.cols),
-        })
+    def _cell(self):
+        return CombinedColumnCell(self._cfg)
 
-    def elaborate(self, platform):
-        cfg = self._cfg
-        m = Module()
-        cells = [[CombinedColumnCell(cfg) for _ in range(cfg.cols)] for _ in range(cfg.rows)]
-        for r, row in enumerate(cells):
-            for c, pe in enumerate(row):
-                m.submodules[f"pe_{r}_{c}"] = pe
-                m.d.comb += [pe.en.eq(self.en), pe.load.eq(self.load)]
-                m.d.comb += pe.w_in.eq(self.w_in[c] if r == 0 else cells[r - 1][c].w_out)
-                m.d.comb += pe.psum_in.eq(0 if r == 0 else cells[r - 1][c].psum_out)
-                if c > 0:
-                    m.d.comb += pe.a_in.eq(row[c - 1].a_out)
-        for r in range(cfg.rows):  # input skew: row r waits r cycles
-            m.d.comb += cells[r][0].a_in.eq(self._delay(m, self.a_in[r], r, _lanes(cfg),
-                                                        f"skew_{r}"))
-        for c in range(cfg.cols):  # output de-skew: column c waits cols-1-c cycles
-            m.d.comb += self.psum_out[c].eq(
-                self._delay(m, cells[-1][c].psum_out, cfg.cols - 1 - c, acc_shape(cfg.fxp),
-                            f"deskew_{c}"))
-        return m
+    def _weight_shape(self):
+        return combined_layouts(self._cfg).weight_row.elem_shape
 
-    def _delay(self, m, value, cycles, shape, name):
-        for i in range(cycles):
-            reg = Signal(shape, name=f"{name}_{i}")
-            with m.If(self.en):
-                m.d.sync += reg.eq(value)
-            value = reg
-        return value
+    def _row_shape(self):
+        return _lanes(self._cfg)
 
 
 class CombinedBlock(SystolicBlock):
@@ -141,10 +108,11 @@ class CombinedBlock(SystolicBlock):
       ``out``     out: ``count`` beats on emit passes, each ``cols`` output activations.
 
     Cycle schedule of one pass (``CombinedConfig.pass_cycles``, mirrored by
-    ``sim.combined``): command in cycle 0, weight+select rows in cycles 1..rows, activation
-    vectors in cycles rows+1..rows+count, the output beat of the vector accepted in cycle t
-    in cycle ``t + rows + cols + 2``; back in IDLE after ``1 + rows + count + rows + cols + 1``
-    cycles. Backpressure on ``out`` stalls everything; missing input beats insert bubbles.
+    ``sim.combined``): command in cycle 0, weight+select rows in cycles 1..rows (each
+    entering the array a cycle later), activation vectors in cycles rows+2..rows+count+1,
+    the output beat of the vector accepted in cycle t in cycle ``t + pipeline_latency``;
+    back in IDLE after ``1 + rows + 1 + count + rows + cols + 2`` cycles. Flow control as in
+    the dense block: the output FIFO's free places gate ``acts.ready``.
     """
 
     def _layouts(self):

@@ -21,6 +21,12 @@ def ceil_div(a: int, b: int) -> int:
     return -(-int(a) // int(b))
 
 
+# Register stages of the shared output stage (``hw.requantize.Requantizer``): bias add,
+# partial-product group sums, product, rounding add, coarse shift, fine shift, clip. Every
+# block's cycle formulas count it; the RTL asserts it.
+REQUANT_LATENCY = 7
+
+
 def _check_int(name: str, value, lo: int, hi: int | None = None, hint: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, not {value!r}")
@@ -61,6 +67,12 @@ class FixedPointConfig:
                    " (the bias is added into the accumulator)")
         _check_int("mult_bits", self.mult_bits, 2, 32)
         _check_int("shift_bits", self.shift_bits, 1, 7)
+
+    @property
+    def requant_latency(self) -> int:
+        """Clock edges from the requantiser's inputs to its registered output
+        (``REQUANT_LATENCY``)."""
+        return REQUANT_LATENCY
 
     @property
     def act_max(self) -> int:
@@ -140,15 +152,30 @@ class SystolicConfig:
     def pipeline_latency(self) -> int:
         """Cycles from accepting an activation beat to its output beat being valid.
 
-        ``rows`` skew/array stages, ``cols`` array/de-skew stages, one partial-sum memory
-        read stage and one requantisation register.
+        ``rows`` skew/array stages, ``cols`` array/de-skew stages, the PEs' product
+        register, one partial-sum accumulate stage, the ``requant_latency`` stages of the
+        requantiser and the output FIFO's write.
         """
-        return self.rows + self.cols + 2
+        return 1 + self.rows + self.cols + 1 + self.fxp.requant_latency + 1
+
+    @property
+    def out_fifo_depth(self) -> int:
+        """Output FIFO entries: every vector in flight has a place reserved, so the FIFO
+        must cover the pipeline for the array never to wait with ``out`` ready."""
+        return 1 << (self.pipeline_latency + 2).bit_length()
 
     def pass_cycles(self, pixels: int) -> int:
-        """Cycles one pass occupies: 1 command + ``rows`` weight beats + ``pixels``
-        activation beats + the pipeline drain until the last partial sum is written."""
-        return 1 + self.rows + pixels + self.rows + self.cols + 1
+        """Cycles one pass occupies: 1 command + ``rows`` weight beats + 1 cycle for the
+        last weight row to enter the array + ``pixels`` activation beats + the pipeline
+        drain until the last partial sum is written (rows + cols array stages, the product
+        register, the accumulate stage)."""
+        return 1 + self.rows + 1 + pixels + self.rows + self.cols + 2
+
+    def layer_cycles(self, passes: int, pixels: int) -> int:
+        """First command beat to last output beat, inclusive, of ``passes`` passes that
+        stream ``pixels`` activation vectors in all, back to back: the passes, then the
+        requantiser's stages and the output FIFO after the last one."""
+        return self.fxp.requant_latency + 1 + passes * self.pass_cycles(0) + pixels
 
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}

@@ -19,7 +19,6 @@ from amaranth.lib.wiring import In, Out
 
 from .config import NullHopConfig, ceil_log2
 from .layouts import acc_shape, act_shape, requant_layout, weight_shape
-from .requantize import Requantizer
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,16 @@ def nullhop_layouts(cfg: NullHopConfig) -> NullHopLayouts:
     })
     word = data.StructLayout({"data": unsigned(cfg.word_bits), "first": 1, "last": 1})
     return NullHopLayouts(command, data.ArrayLayout(weight_shape(fxp), cfg.lanes), word)
+
+
+def _requantize_now(fxp, biased, mult, shift, relu):
+    """``hw.fixedpoint.requantize`` in one cycle (combinational), for the output stage."""
+    rounding = (Const(1, 1) << shift) >> 1
+    shifted = (biased * mult + rounding) >> shift  # signed: a floor shift
+    hi_u, hi_s, lo_s = fxp.act_max, (1 << (fxp.act_bits - 1)) - 1, -(1 << (fxp.act_bits - 1))
+    clipped_u = Mux(shifted < 0, 0, Mux(shifted > hi_u, hi_u, shifted))
+    clipped_s = Mux(shifted < lo_s, lo_s, Mux(shifted > hi_s, hi_s, shifted))
+    return Mux(relu, clipped_u, clipped_s)
 
 
 def _lowest_set(m: Module, value, width: int, name: str):
@@ -103,8 +112,8 @@ class NullHopBlock(wiring.Component):
         the M products into the one partial sum per output channel. A pass then computes
         ``lanes = macs / M`` output channels;
       - output phase (if ``emit``), for each output pixel after pooling in row-major order:
-        ``1`` (or ``4`` with pooling) psum reads, 1 fold cycle (bias + requantise + ReLU in
-        ``Requantizer``, then max over the window; each psum is cleared as it is read, so
+        ``1`` (or ``4`` with pooling) psum reads, 1 fold cycle (bias + requantise + ReLU,
+        then max over the window; each psum is cleared as it is read, so
         the memory is all-zero for the next pass), then ``macs / min(macs, S)`` fill cycles
         moving ``min(macs, S)`` values into the S-value chunk register. A complete chunk
         (``S`` positions, or the end of a row) is sent as 1 SM word cycle + 1 cycle per
@@ -286,11 +295,11 @@ class NullHopBlock(wiring.Component):
         m.d.comb += [prd.en.eq(1), prd.addr.eq(op_addr)]
         qs = []
         for n in range(L):
-            rq = m.submodules[f"requant_{n}"] = Requantizer(fxp)
-            m.d.comb += [rq.acc.eq(prd.data[n]), rq.relu.eq(cmd.relu),
-                         rq.bias.eq(cmd.requant.bias[n]), rq.mult.eq(cmd.requant.mult[n]),
-                         rq.shift.eq(cmd.requant.shift[n])]
-            qs.append(rq.out)
+            q = Signal(act_shape(fxp), name=f"requant_{n}")
+            m.d.comb += q.eq(_requantize_now(fxp, prd.data[n] + cmd.requant.bias[n],
+                                             cmd.requant.mult[n], cmd.requant.shift[n],
+                                             cmd.relu))
+            qs.append(q)
         with m.If(s1_valid):
             m.d.comb += [pwr.en.eq(1), pwr.addr.eq(s1_addr)]
             for n in range(L):

@@ -26,15 +26,20 @@ Per fold (one ``rows x cols`` weight tile; ``folds = ceil(K/rows) * ceil(N/cols)
   ``rows`` weight-load lines + ``T`` ifmap lines + ``cols - 1`` drain lines, skewed by
   ``rows - 1``: ``2*rows + cols + T - 2`` cycles, folds back to back, nothing overlapped;
   it reports the 0-based index of the last cycle, i.e. the total minus 1.
-- zeroskip (``SystolicConfig.pass_cycles``): 1 command beat + ``rows`` weight beats + ``T``
-  activation beats + ``rows + cols + 1`` pipeline drain = ``2*rows + cols + T + 2``, passes
-  back to back, plus 1 because the count is inclusive (first command to last output).
-Difference per fold: +4 = command beat (+1), array latency ``rows + cols`` against
-SCALE-Sim's ``rows + cols - 2`` (+2), partial-sum memory read-add-write stage (+1); per
-layer +2 (zeroskip's count includes the cycle the last output beat leaves its output
-register; SCALE-Sim reports the 0-based index of its last cycle). Neither overlaps the next
-fold's weight load with the current fold's drain; SCALE-Sim charges nothing for reading
-partial sums back between row folds, zeroskip hides that read in the pipeline above.
+- zeroskip (``SystolicConfig.pass_cycles``): 1 command beat + ``rows`` weight beats + 1
+  cycle for the last weight row to enter the array + ``T`` activation beats + the
+  ``rows + cols + 2`` pipeline drain = ``2*rows + cols + T + 4``, passes back to back, plus
+  ``requant_latency + 1`` (= 8) after the last pass: the pipelined requantiser and the
+  output FIFO (``SystolicConfig.layer_cycles``; the count is inclusive, first command to last
+  output).
+Difference per fold: +6 = command beat (+1), the weight row register (+1: the load enable of
+every weight register comes from a register, for timing), array latency ``rows + cols + 1``
+(the PEs' product register) against SCALE-Sim's ``rows + cols - 2`` (+3), partial-sum
+memory read-add-write stage (+1); per layer +9 = the requantiser's 7 stages and the output
+FIFO's 1 that follow the last fold (+8), and SCALE-Sim reporting the 0-based index of its
+last cycle (+1). Neither overlaps the next fold's weight load with the current fold's
+drain; SCALE-Sim charges nothing for reading partial sums back between row folds, zeroskip
+hides that read in the pipeline above.
 """
 
 from __future__ import annotations
@@ -122,15 +127,20 @@ print(json.dumps({"cycles": int(total), "cycles_incl_prefetch": int(overall),
 """
 
 
-DIFFERENCE = """Every term of the difference (zeroskip - SCALE-Sim = folds * 4 + 2 when one pass
+DIFFERENCE = """Every term of the difference (zeroskip - SCALE-Sim = folds * 6 + 9 when one pass
 holds all M pixels):
   per fold +1  zeroskip's command beat (cycle 0 of a pass); SCALE-Sim has no command;
-  per fold +2  array latency: zeroskip's vector reaches the de-skewed array output rows + cols
-               cycles after it is accepted (``SystolicArray``: the activation is registered
-               into the first PE column and the sum out of the last PE row), SCALE-Sim's
-               wavefront needs rows + cols - 2 (skew rows - 1, drain cols - 1);
+  per fold +1  zeroskip's weight rows enter the array a cycle after their beat (the load
+               enable of every weight register comes from a register), so the first
+               activation waits one cycle after the last weight beat;
+  per fold +3  array latency: zeroskip's vector reaches the de-skewed array output
+               rows + cols + 1 cycles after it is accepted (``SystolicArray``: the activation
+               is registered into the first PE column, each PE's product is registered
+               before its add, the sum leaves the last PE row), SCALE-Sim's wavefront needs
+               rows + cols - 2 (skew rows - 1, drain cols - 1);
   per fold +1  zeroskip's partial-sum memory read-add-write stage before the pass may end;
-  per layer +1 zeroskip counts the cycle its last output beat leaves the output register;
+  per layer +8 after the last pass zeroskip's last outputs go through the requantiser's 7
+               pipeline stages and the output FIFO (1), which passes overlap otherwise;
   per layer +1 SCALE-Sim reports the 0-based index of its last cycle (cycles - 1).
 Equal in both: rows weight-load cycles per fold, not overlapped with the previous fold's
 drain; T = M activation vectors per fold; no stalls (SCALE-Sim CALC mode, zeroskip streams
@@ -264,14 +274,15 @@ def explain(name: str, spec: ConvLayer, ss: dict | None, zs: dict) -> list[str]:
                  + f"), stalls {ss['stall_cycles']}, incl. DRAM prefetch "
                  f"{ss['cycles_incl_prefetch']:,}")
     lines.append(line)
-    zs_formula = 1 + f * (chunks * cfg.pass_cycles(0) + m)
-    lines.append(f"  zeroskip:     1 + folds * (chunks * (1 + {ROWS} + {ROWS} + {COLS} + 1) + T) ="
-                 f" 1 + {f} * ({chunks} * {cfg.pass_cycles(0)} + {m}) = {zs_formula:,}; "
-                 f"measured {zs['cycles']:,}")
+    tail = cfg.layer_cycles(0, 0)  # the requantiser and the output FIFO after the last pass
+    zs_formula = tail + f * (chunks * cfg.pass_cycles(0) + m)
+    lines.append(f"  zeroskip:     {tail} + folds * (chunks * (1 + {ROWS} + 1 + {ROWS} + {COLS} + 2)"
+                 f" + T) = {tail} + {f} * ({chunks} * {cfg.pass_cycles(0)} + {m}) = "
+                 f"{zs_formula:,}; measured {zs['cycles']:,}")
     if ss:
         d = zs["cycles"] - ss["cycles"]
-        per = (zs_formula - ss_formula - 2) / f
-        lines.append(f"  difference zeroskip - SCALE-Sim = {d:+,} = folds * {per:+g} + 2"
+        per = (zs_formula - ss_formula - tail - 1) / f
+        lines.append(f"  difference zeroskip - SCALE-Sim = {d:+,} = folds * {per:+g} + {tail + 1}"
                      + ("" if chunks == 1 else
                         f" (zeroskip pays its per-pass overhead once per {cfg.acc_depth}-pixel "
                         f"chunk: {chunks} chunks)"))

@@ -127,7 +127,7 @@ def layer_cycles(m: int, packing: cc.Packing, cfg: CombinedConfig) -> int:
     chunks = ceil_div(m, cfg.acc_depth)
     per_chunk = sum(ceil_div(max(1, b.rows), cfg.rows) * ceil_div(b.n1 - b.n0, cfg.cols)
                     for b in packing.blocks)
-    return 1 + per_chunk * (chunks * cfg.pass_cycles(0) + m)
+    return cfg.layer_cycles(chunks * per_chunk, per_chunk * m)
 
 
 class CombinedStepModel(StepModel):

@@ -9,6 +9,7 @@ Three pieces, one schedule:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,13 +108,13 @@ def layer_cycles(m: int, k: int, n: int, cfg: SystolicConfig) -> int:
     input offered at once and ``out.ready`` always high (``SystolicConfig.pass_cycles``)."""
     chunks = ceil_div(m, cfg.acc_depth)
     passes_per_chunk = ceil_div(n, cfg.cols) * ceil_div(k, cfg.rows)
-    overhead = cfg.pass_cycles(0)
-    return 1 + passes_per_chunk * (chunks * overhead + m)
+    return cfg.layer_cycles(chunks * passes_per_chunk, passes_per_chunk * m)
 
 
 class StepModel:
-    """Step-per-cycle model of ``SystolicBlock``: FSM, valid pipeline, partial-sum memory and
-    output register, advanced one clock at a time. The array itself is a delay line carrying
+    """Step-per-cycle model of ``SystolicBlock``: FSM, valid pipeline, partial-sum memory,
+    the requantiser's stages, the output FIFO and its reservations, advanced one clock at a
+    time. The array itself is a delay line carrying
     each vector's column sums (its arithmetic is the GEMM; its timing is the delay)."""
 
     def __init__(self, cfg: SystolicConfig):
@@ -161,9 +162,13 @@ class StepModel:
                 out_rows += [(i, j) for j in range(p.count)]
 
         mem = np.zeros((cfg.acc_depth, c), np.int64)
-        pipe = [(False, None)] * (r + c)  # valid + column sums, oldest last
+        pipe = [(False, None)] * (1 + r + c)  # valid + column sums, oldest last
         stage_b, row_b, rd_data = False, None, np.zeros(c, np.int64)
-        out_valid, out_payload = False, None
+        # the requantiser's stages, newest first; the last one is its output register
+        rq_pipe = [(False, None)] * cfg.fxp.requant_latency
+        fifo = deque()  # the output FIFO; its head is the out beat on offer
+        free = cfg.out_fifo_depth  # FIFO places not promised to a vector in flight
+        credit = True  # free >= 2 a cycle ago
         state, cmd, loaded, accepted, rd_addr, wr_addr = "IDLE", None, 0, 0, 0, 0
         weights = self.empty_weights()
         trace = {"cmd": [], "weights": [], "acts": [], "out": [], "out_payload": []}
@@ -173,8 +178,9 @@ class StepModel:
         while emitted < len(out_rows):
             if t >= max_cycles:
                 raise RuntimeError("step model did not finish: the schedule deadlocked")
-            step = (not out_valid) or out_pattern(t)
-            if out_valid and out_pattern(t):
+            left = bool(fifo) and out_pattern(t)
+            if left:
+                out_payload = fifo.popleft()
                 pi, j = out_rows[emitted]
                 p = passes[pi]
                 nn = self.pass_width(g, p)
@@ -183,25 +189,29 @@ class StepModel:
                 trace["out_payload"].append(list(out_payload))
                 emitted += 1
             cmd_v, w_v, a_v = cmd_src.valid(t), w_src.valid(t), a_src.valid(t)
-            injected = state == "COMPUTE" and step and accepted != cmd["count"] and a_v
+            injected = (state == "COMPUTE" and accepted != cmd["count"] and a_v
+                        and (credit or not cmd["emit"]))
             stage_a, row_a = pipe[-1]
             sums = row_b + (rd_data if cmd["accumulate"] else 0) if stage_b else None
-            finished = state == "COMPUTE" and step and stage_b and wr_addr == cmd["count"] - 1
+            finished = state == "COMPUTE" and stage_b and wr_addr == cmd["count"] - 1
             # --- clock edge: registers take their next values ---
-            if step:
-                if stage_a and cmd["accumulate"]:
-                    rd_data = mem[rd_addr].copy()
-                if stage_b and not cmd["emit"]:
-                    mem[wr_addr] = sums
-                out_valid = stage_b and bool(cmd["emit"])
-                if out_valid:
-                    out_payload = requantize(sums + q["bias"], q["mult"], q["shift"], cfg.fxp,
-                                             bool(cmd["relu"])) & cfg.fxp.act_max
-                sums_in = self.column_sums(a_src.payload(), weights) if injected else None
-                pipe = [(injected, sums_in)] + pipe[:-1]
-                rd_addr += int(stage_a)
-                wr_addr += int(stage_b)
-                stage_b, row_b = stage_a, row_a
+            if stage_a and cmd["accumulate"]:
+                rd_data = mem[rd_addr].copy()
+            if stage_b and not cmd["emit"]:
+                mem[wr_addr] = sums
+            if rq_pipe[-1][0]:
+                fifo.append(rq_pipe[-1][1])
+            emit = stage_b and bool(cmd["emit"])
+            rq_pipe = [(emit, requantize(sums + q["bias"], q["mult"], q["shift"], cfg.fxp,
+                                         bool(cmd["relu"])) & cfg.fxp.act_max
+                        if emit else None)] + rq_pipe[:-1]
+            credit = free >= 2
+            free += int(left) - int(injected and bool(cmd["emit"]))
+            sums_in = self.column_sums(a_src.payload(), weights) if injected else None
+            pipe = [(injected, sums_in)] + pipe[:-1]
+            rd_addr += int(stage_a)
+            wr_addr += int(stage_b)
+            stage_b, row_b = stage_a, row_a
             if injected:
                 trace["acts"].append(t)
                 a_src.advance()
@@ -222,7 +232,9 @@ class StepModel:
                     w_src.advance()
                     loaded += 1
                     if loaded == r:
-                        state = "COMPUTE"
+                        state = "SETTLE"
+            elif state == "SETTLE":
+                state = "COMPUTE"
             elif state == "COMPUTE" and finished:
                 state = "IDLE"
             t += 1
