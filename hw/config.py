@@ -259,17 +259,23 @@ PRESETS["combined"] = {
 class SnaPEAConfig:
     """Early-termination block (``hw.snapea.SnaPEABlock``, Akhlaghi et al., ISCA 2018).
 
-    ``lanes`` time-folded MAC lanes, each walking whole windows of its own output channel
-    through that kernel's reordered non-zero weights, one MAC per cycle. ``max_taps`` is the
-    depth of each lane's weight/index buffer (the most non-zero weights a kernel may have),
-    ``act_depth`` the input buffer (one band of the zero-padded input feature map),
-    ``max_windows`` each lane's output bank (output pixels per band), ``check_every`` how
-    often the sign check runs (every k-th MAC, k = 1 checks every cycle).
+    ``lanes`` time-folded MAC lanes, each walking the windows of a tile through its own
+    output channel's reordered non-zero weights, one tap per cycle. ``max_taps`` is the
+    depth of each lane's weight/index buffer: longer kernels run in *segments* of
+    ``max_taps`` taps whose partial sums wait in the lane's bank; ``act_depth`` the input
+    buffer (one tile of the zero-padded input feature map, all its channels),
+    ``max_windows`` each lane's bank (output pixels per tile), ``check_every`` how often
+    the sign check runs (every k-th tap, k = 1 checks every tap).
+
+    The defaults fit an ECP5 LFE5U-85F (DP16KD block RAMs): every conv layer of VGG-16,
+    ResNet-18 and AlexNet has kernels of at most 4608 taps, and a tile of at most 32768
+    input activations covers a row of output windows of each (wider rows are split into
+    column tiles); FC layers with longer kernels (VGG-16's fc6: 25088) run in segments.
     """
 
     lanes: int = 8
-    max_taps: int = 25088  # VGG-16's fc6 (512 x 7 x 7 inputs)
-    act_depth: int = 65536
+    max_taps: int = 4608  # 3 x 3 x 512, the longest conv kernel of VGG-16 / ResNet-18
+    act_depth: int = 32768
     max_windows: int = 1024
     check_every: int = 1
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
@@ -292,20 +298,46 @@ class SnaPEAConfig:
 
     @property
     def tap_bits(self) -> int:
-        """Width of a tap count (holds 0..max_taps)."""
-        return max(1, self.max_taps.bit_length())
+        """Width of a tap count (holds 0..max_taps + 1: ``exact_from`` past a segment)."""
+        return max(1, (self.max_taps + 1).bit_length())
 
     @property
     def window_bits(self) -> int:
         """Width of a window count (holds 0..max_windows)."""
         return max(1, self.max_windows.bit_length())
 
-    def command_cycles(self, act_beats: int, taps: int, lane_cycles: int, windows: int) -> int:
-        """Cycles of one command (band x lane group), first command beat to last output beat
-        inclusive, with inputs always valid and ``out.ready`` high: 1 command + ``act_beats``
-        input beats + ``taps`` weight beats + 1 launch + the slowest lane's ``lane_cycles``
-        (one per MAC it performs) + 1 write-back + ``windows`` output beats."""
-        return 3 + act_beats + taps + lane_cycles + windows
+    # --- the cycle schedule (mirrored by sim.snapea and checked against the RTL) ---------
+    @property
+    def lane_squash(self) -> int:
+        """Taps a lane issues after the one that ends its window early, before the decision
+        reaches the issue stage (and which it then discards): the lane pipeline's five
+        stages after issue (buffer read, address add, input read, multiply, accumulate)."""
+        return 5
+
+    @property
+    def compute_tail(self) -> int:
+        """Cycles of a command's COMPUTE phase after the slowest lane's last useful issue:
+        the five pipeline stages, the requantiser (whose output register is written to the
+        bank) and the cycle that sees every lane idle."""
+        return self.lane_squash + self.fxp.requant_latency + 1
+
+    def window_cycles(self, taps, performed, early):
+        """Issue cycles of one window: ``taps`` (the lane's taps in this segment) when it
+        runs to the end, else the ``performed`` taps plus up to ``lane_squash`` discarded
+        ones (never more than ``taps``). Works on numpy arrays."""
+        import numpy as np
+
+        return np.where(early, np.minimum(taps, performed + self.lane_squash), taps)
+
+    def command_cycles(self, act_beats: int, taps: int, lane_cycles: int, windows: int,
+                       readout: bool = True) -> int:
+        """Cycles of one command (tile x lane group x segment), first command beat to last
+        output beat (or to the end of COMPUTE without read-out) inclusive, with inputs
+        always valid and ``out.ready`` high: 1 command + ``act_beats`` input beats +
+        ``taps`` weight beats + 1 launch + the slowest lane's ``lane_cycles`` issue cycles +
+        ``compute_tail`` + (on the last segment) 1 bank read + ``windows`` output beats."""
+        return (2 + act_beats + taps + lane_cycles + self.compute_tail
+                + readout * (1 + windows))
 
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}

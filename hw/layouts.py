@@ -12,7 +12,7 @@ from amaranth import signed, unsigned
 from amaranth.hdl import Const
 from amaranth.lib import data
 
-from .config import FixedPointConfig, SystolicConfig
+from .config import FixedPointConfig, SystolicConfig, ceil_log2
 
 
 def act_shape(fxp: FixedPointConfig):
@@ -95,8 +95,10 @@ def combined_layouts(cfg) -> SystolicLayouts:
 @dataclass(frozen=True)
 class SnaPEALayouts:
     lane: data.StructLayout
+    tile: data.StructLayout
     command: data.StructLayout
     tap: data.StructLayout
+    bank: data.StructLayout
     weight_row: data.ArrayLayout
     act: data.ArrayLayout
     out_vector: data.ArrayLayout
@@ -105,29 +107,40 @@ class SnaPEALayouts:
 def snapea_layouts(cfg) -> SnaPEALayouts:
     """Stream payloads of ``hw.snapea.SnaPEABlock`` (``cfg``: ``SnaPEAConfig``)."""
     fxp = cfg.fxp
+    taps = unsigned(cfg.tap_bits)
     lane = data.StructLayout({
-        "taps": unsigned(cfg.tap_bits),  # non-zero weights of the lane's kernel; 0 = lane idle
-        "exact_from": unsigned(cfg.tap_bits),  # taps after which every weight is <= 0
-        "spec_n": unsigned(cfg.tap_bits),  # speculation taps (0: exact mode only)
+        "taps": taps,  # the kernel's non-zero weights in this segment; 0 = lane idle
+        "exact_from": taps,  # taps of the segment after which every weight is <= 0
+        "spec_n": taps,  # speculation taps in this segment (0: none)
         "threshold": signed(fxp.acc_bits),  # predicted zero if psum < threshold after spec_n
         "bias": signed(fxp.bias_bits),
         "mult": unsigned(fxp.mult_bits),
         "shift": unsigned(fxp.shift_bits),
+        "last": 1,  # the kernel's last segment: write outputs (else partial sums)
     })
-    command = data.StructLayout({
-        "load_acts": 1,  # first lane group of a band: load the band's input first
-        "act_count": unsigned(max(1, cfg.act_depth.bit_length())),
-        "windows": unsigned(cfg.window_bits),  # output pixels of the band
-        "out_w": unsigned(cfg.window_bits),  # windows per output row
+    tile = data.StructLayout({
+        "windows": unsigned(cfg.window_bits),  # output pixels of the tile
+        "out_w": unsigned(cfg.window_bits),  # windows per row of the tile
         "col_step": unsigned(cfg.addr_bits),  # input address step to the next window (stride)
-        "row_step": unsigned(cfg.addr_bits),  # ... to the next output row (stride x padded W)
-        "taps": unsigned(cfg.tap_bits),  # weight beats that follow (the longest kernel)
+        "row_step": unsigned(cfg.addr_bits),  # ... to the next row (stride x tile input width)
+        "first": 1,  # first segment: start from the bias (else from the bank's partial sum)
+        "check_phase": unsigned(max(1, ceil_log2(cfg.check_every))),  # segment start % k
         "terminate": 1,  # exact early termination on (ReLU layers fed by ReLU layers)
         "relu": 1,
+    })
+    command = data.StructLayout({
+        "load_acts": 1,  # first command of a tile: load the tile's input first
+        "act_count": unsigned(max(1, cfg.act_depth.bit_length())),
+        "taps": taps,  # weight beats that follow (the longest kernel's taps in the segment)
+        "readout": 1,  # last segment: send the tile's outputs
+        "tile": tile,
         "lane": data.ArrayLayout(lane, cfg.lanes),
     })
     tap = data.StructLayout({"weight": weight_shape(fxp), "offset": unsigned(cfg.addr_bits)})
-    return SnaPEALayouts(lane=lane, command=command, tap=tap,
+    # a lane's bank entry per window: the partial sum between segments (dead: the window
+    # stopped early), the output activation in the low bits after the last segment
+    bank = data.StructLayout({"value": signed(fxp.acc_bits), "dead": 1})
+    return SnaPEALayouts(lane=lane, tile=tile, command=command, tap=tap, bank=bank,
                          weight_row=data.ArrayLayout(tap, cfg.lanes),
                          act=data.ArrayLayout(act_shape(fxp), 1),
                          out_vector=data.ArrayLayout(unsigned(fxp.act_bits), cfg.lanes))

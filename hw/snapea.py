@@ -4,7 +4,9 @@ soon as its output is known (exact) or predicted (speculative) to be zero after 
 
 The host reorders each kernel offline (``models.snapea.reorder``) and sends the weights with
 an index buffer of input offsets; ``sim.snapea.layer_commands`` is the driver. The rule the
-lanes implement is written out in ``models.snapea``.
+lanes implement is written out in ``models.snapea``. Every buffer is a synchronous
+``memory.Memory`` (block RAM on an FPGA) and every lane is a six-stage pipeline, so the
+block runs at 100 MHz on an ECP5 (``docs/fpga.md``).
 """
 
 from __future__ import annotations
@@ -13,35 +15,85 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import SnaPEAConfig
+from .arith import partial_product_groups, tree_sum
+from .config import SnaPEAConfig, ceil_div
 from .layouts import snapea_layouts
 from .requantize import Requantizer
 
 
-class EarlyTerminationLane(wiring.Component):
-    """One MAC lane with its weight/index buffer and output bank.
+class InputBuffer(wiring.Component):
+    """The tile's input activations, one synchronous read port per lane.
 
-    Ports: ``w_we``/``w_addr``/``w_data`` write the weight/index buffer; ``start`` (one cycle)
-    begins a command with the lane's ``params`` and the band geometry (``windows``, ``out_w``,
-    ``col_step``, ``row_step``, ``terminate``, ``relu``), all held stable by the block until
-    the lane is idle again; ``act_addr``/``act_data`` is the lane's asynchronous read port on
-    the input buffer; ``rd_addr``/``rd_data`` reads the output bank asynchronously; ``busy``
-    is high while windows remain.
+    Ports: ``wr_en``/``wr_addr``/``wr_data`` write one activation (the same address and
+    data go to every copy); ``rd_addr[l]`` -> ``rd_data[l]`` one cycle later. ``loading``
+    selects the write address for the first read port of each copy.
 
-    Schedule: the cycle after ``start`` the lane performs tap 0 of window 0; every cycle one
-    tap: the weight/offset buffer and the input buffer are read asynchronously,
-    ``acc' = (tap == 0 ? bias : acc) + act * w``, and the window ends when it was its last tap,
-    or the exact check fires (``terminate``, ``tap + 1 >= exact_from``, a ``check_every``-th
-    tap, ``acc' < 0``), or the prediction fires (``tap + 1 == spec_n``, ``acc' < threshold``).
-    The next window's tap 0 follows in the next cycle, so a window costs exactly as many
-    cycles as MACs it performs. A finished window's ``acc'`` is registered, requantised (or
-    forced to 0 if it stopped early) and written to the bank one cycle later; ``busy`` falls
-    the cycle after the last window's last MAC.
+    Storage: ``ceil(lanes / 2)`` copies of ``act_depth`` activations, each serving two
+    lanes (a block RAM has two ports: the first one writes while the tile loads and reads
+    for its lane during compute, so it shares the write address).
     """
 
     def __init__(self, cfg: SnaPEAConfig):
         self._cfg = cfg
-        fxp = cfg.fxp
+        act = unsigned(cfg.fxp.act_bits)
+        super().__init__({
+            "loading": In(1),
+            "wr_en": In(1),
+            "wr_addr": In(unsigned(cfg.addr_bits)),
+            "wr_data": In(act),
+            "rd_addr": In(unsigned(cfg.addr_bits)).array(cfg.lanes),
+            "rd_data": Out(act).array(cfg.lanes),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
+        for i in range(ceil_div(cfg.lanes, 2)):
+            mem = memory.Memory(shape=unsigned(cfg.fxp.act_bits), depth=cfg.act_depth, init=[])
+            m.submodules[f"copy_{i}"] = mem
+            wr, rd = mem.write_port(), mem.read_port()
+            shared = Signal(unsigned(cfg.addr_bits), name=f"port_a_{i}")
+            m.d.comb += [shared.eq(Mux(self.loading, self.wr_addr, self.rd_addr[2 * i])),
+                         wr.addr.eq(shared), wr.en.eq(self.wr_en), wr.data.eq(self.wr_data),
+                         rd.addr.eq(shared), self.rd_data[2 * i].eq(rd.data)]
+            if 2 * i + 1 < cfg.lanes:
+                rd2 = mem.read_port()
+                m.d.comb += [rd2.addr.eq(self.rd_addr[2 * i + 1]),
+                             self.rd_data[2 * i + 1].eq(rd2.data)]
+        return m
+
+
+class EarlyTerminationLane(wiring.Component):
+    """One MAC lane: a weight/index buffer, a six-stage tap pipeline, a requantiser and a
+    bank of one entry per window of the tile.
+
+    Ports: ``w_we``/``w_addr``/``w_data`` write the weight/index buffer; ``start`` (one cycle)
+    begins a command with the lane's ``params`` and the ``tile`` geometry, both held stable
+    by the block until the lane is idle; ``act_addr`` -> ``act_data`` (one cycle later) is the
+    lane's read port on the input buffer; with ``readout`` high, ``ro_addr``/``ro_en`` read
+    the bank (``ro_data`` one cycle later); ``busy`` is high while windows remain or taps
+    are in flight.
+
+    Pipeline, one tap per cycle: I (issue: the tap counter addresses the weight/index buffer
+    and the window number the bank) -> F (weight, offset and the window's bank entry
+    registered) -> A (input address = window base + offset) -> R (input activation
+    registered) -> M (partial products of activation x weight) -> C (accumulate: the first
+    tap of a window starts from the bias in the first segment, else from the bank's partial
+    sum; the exact check ``acc < 0`` and the prediction ``acc < threshold`` run here).
+
+    Schedule: the cycle after ``start`` the lane issues tap 0 of window 0, then one tap per
+    cycle; a window's last tap is followed by the next window's tap 0. When C ends a window
+    early (a check fires, or the bank says the window stopped in an earlier segment) it
+    tells I one cycle later: I has issued up to ``lane_squash`` (= 5) more taps of that
+    window, which are discarded, and issues the next window's tap 0 in that cycle
+    (``SnaPEAConfig.window_cycles``). A finished window's sum goes through the requantiser
+    (``requant_latency`` stages) and is written to the bank: the output (0 if the window
+    stopped early) on the kernel's last segment, else the partial sum and the stop flag.
+    ``busy`` falls the cycle after the last write.
+    """
+
+    def __init__(self, cfg: SnaPEAConfig):
+        self._cfg = cfg
         lay = snapea_layouts(cfg)
         super().__init__({
             "w_we": In(1),
@@ -49,16 +101,13 @@ class EarlyTerminationLane(wiring.Component):
             "w_data": In(lay.tap),
             "start": In(1),
             "params": In(lay.lane),
-            "windows": In(unsigned(cfg.window_bits)),
-            "out_w": In(unsigned(cfg.window_bits)),
-            "col_step": In(unsigned(cfg.addr_bits)),
-            "row_step": In(unsigned(cfg.addr_bits)),
-            "terminate": In(1),
-            "relu": In(1),
+            "tile": In(lay.tile),
             "act_addr": Out(unsigned(cfg.addr_bits)),
-            "act_data": In(unsigned(fxp.act_bits)),
-            "rd_addr": In(range(cfg.max_windows)),
-            "rd_data": Out(unsigned(fxp.act_bits)),
+            "act_data": In(unsigned(cfg.fxp.act_bits)),
+            "readout": In(1),
+            "ro_en": In(1),
+            "ro_addr": In(range(cfg.max_windows)),
+            "ro_data": Out(unsigned(cfg.fxp.act_bits)),
             "busy": Out(1),
         })
 
@@ -67,87 +116,150 @@ class EarlyTerminationLane(wiring.Component):
         lay = snapea_layouts(cfg)
         m = Module()
         m.submodules.wbuf = wbuf = memory.Memory(shape=lay.tap, depth=cfg.max_taps, init=[])
-        m.submodules.bank = bank = memory.Memory(shape=unsigned(fxp.act_bits),
-                                                 depth=cfg.max_windows, init=[])
-        w_wr = wbuf.write_port()
-        w_rd = wbuf.read_port(domain="comb")
-        b_wr = bank.write_port()
-        b_rd = bank.read_port(domain="comb")
+        m.submodules.bank = bank = memory.Memory(shape=lay.bank, depth=cfg.max_windows, init=[])
+        w_wr, w_rd = wbuf.write_port(), wbuf.read_port()
+        b_wr, b_rd = bank.write_port(), bank.read_port()
         m.d.comb += [w_wr.en.eq(self.w_we), w_wr.addr.eq(self.w_addr),
-                     w_wr.data.eq(self.w_data)]
-        m.d.comb += [b_rd.addr.eq(self.rd_addr), self.rd_data.eq(b_rd.data)]
+                     w_wr.data.eq(self.w_data), self.ro_data.eq(b_rd.data.value)]
 
-        p = self.params
-        running = Signal()
+        kill, kill_win = Signal(), Signal(range(cfg.max_windows))
+        issue = self._issue(m, kill, kill_win)
+        m.d.comb += [w_rd.addr.eq(issue["tap"]),
+                     b_rd.addr.eq(Mux(self.readout, self.ro_addr, issue["win"])),
+                     b_rd.en.eq(Mux(self.readout, self.ro_en, 1))]
+
+        def squashed(win):
+            return kill & (kill_win == win)
+
+        def stage(name, prev, values):
+            """Pipeline registers: the previous stage's fields plus ``values``; a tap of the
+            window C just ended early is dropped."""
+            regs = {k: Signal.like(v, name=f"{name}_{k}") for k, v in {**prev, **values}.items()}
+            m.d.sync += [regs[k].eq(v) for k, v in {**prev, **values}.items()]
+            m.d.sync += regs["valid"].eq(prev["valid"] & ~squashed(prev["win"]))
+            return regs
+
+        p, tile = self.params, self.tile
+        keep = ("valid", "win", "first", "last", "exact_ok", "spec_here")
+        f = stage("f", {k: issue[k] for k in (*keep, "base")}, {})
+        init = Signal(signed(fxp.acc_bits))
+        m.d.comb += init.eq(Mux(tile.first, p.bias, b_rd.data.value))
+        a = stage("a", {k: f[k] for k in keep},
+                  {"base": f["base"], "offset": w_rd.data.offset, "weight": w_rd.data.weight,
+                   "init": init, "dead": ~tile.first & b_rd.data.dead})
+        m.d.comb += self.act_addr.eq(a["base"] + a["offset"])
+        carry = ("weight", "init", "dead")
+        r = stage("r", {k: a[k] for k in (*keep, *carry)},
+                  {"init_th": a["init"] - p.threshold})
+        mm = stage("m", {k: r[k] for k in (*keep, *carry, "init_th")}, {"act": self.act_data})
+        groups = partial_product_groups(mm["weight"], mm["act"], 4)
+        c = stage("c", {k: mm[k] for k in (*keep, "init", "init_th", "dead")},
+                  {f"product_{j}": g for j, g in enumerate(groups)})
+
+        # C: accumulate and decide
+        product = tree_sum(c[f"product_{j}"] << (4 * j) for j in range(len(groups)))
+        acc = Signal(signed(fxp.acc_bits))
+        acc_th = Signal(signed(fxp.acc_bits + 2))  # acc - threshold
+        acc_new, acc_th_new = Signal.like(acc), Signal.like(acc_th)
+        m.d.comb += [acc_new.eq(Mux(c["first"], c["init"], acc) + product),
+                     acc_th_new.eq(Mux(c["first"], c["init_th"], acc_th) + product)]
+        live = Signal()
+        m.d.comb += live.eq(c["valid"] & ~squashed(c["win"]))
+        dead = c["first"] & c["dead"]
+        zero = Signal()
+        m.d.comb += zero.eq((c["exact_ok"] & acc_new[-1]) | (c["spec_here"] & acc_th_new[-1])
+                            | dead)
+        end = Signal()
+        m.d.comb += end.eq(live & (c["last"] | zero))
+        with m.If(live):
+            m.d.sync += [acc.eq(acc_new), acc_th.eq(acc_th_new)]
+        m.d.sync += [kill.eq(end & ~c["last"]), kill_win.eq(c["win"])]
+
+        # write-back: requantise (or keep the partial sum) and write the bank
+        m.submodules.requant = rq = Requantizer(fxp)
+        m.d.comb += [rq.en.eq(1), rq.acc.eq(acc_new), rq.bias.eq(0), rq.mult.eq(p.mult),
+                     rq.shift.eq(p.shift), rq.relu.eq(tile.relu)]
+        wb = {"valid": end, "win": c["win"], "zero": zero, "sum": acc_new}
+        in_flight = [issue["valid"], f["valid"], a["valid"], r["valid"], mm["valid"], c["valid"]]
+        for i in range(fxp.requant_latency):  # beside the requantiser's stages
+            nxt = {k: Signal.like(v, name=f"wb{i}_{k}") for k, v in wb.items()}
+            m.d.sync += [nxt[k].eq(v) for k, v in wb.items()]
+            wb = nxt
+            in_flight.append(wb["valid"])
+        m.d.comb += [b_wr.en.eq(wb["valid"]), b_wr.addr.eq(wb["win"]),
+                     b_wr.data.dead.eq(wb["zero"]),
+                     b_wr.data.value.eq(Mux(p.last, Mux(wb["zero"], 0, rq.out), wb["sum"]))]
+        busy = Signal()
+        m.d.comb += busy.eq(sum(in_flight[1:]) != 0)
+        m.d.comb += self.busy.eq(busy | self._running)
+        return m
+
+    def _issue(self, m, kill, kill_win):
+        """Stage I: which tap of which window to issue this cycle. ``kill`` (a window ended
+        early, registered in C) moves the lane to the next window in the same cycle."""
+        cfg, p, tile = self._cfg, self.params, self.tile
+        self._running = running = Signal()
         tap = Signal(range(cfg.max_taps))
         chk = Signal(range(cfg.check_every))
-        acc = Signal(signed(fxp.acc_bits))
         win = Signal(range(cfg.max_windows))
-        ox = Signal(unsigned(cfg.window_bits))
-        base = Signal(unsigned(cfg.addr_bits))
-        row_base = Signal(unsigned(cfg.addr_bits))
-        m.d.comb += self.busy.eq(running)
+        ox = Signal(range(cfg.max_windows))
+        base, row_base = Signal(unsigned(cfg.addr_bits)), Signal(unsigned(cfg.addr_bits))
 
-        m.d.comb += [w_rd.addr.eq(tap), self.act_addr.eq(base + w_rd.data.offset)]
-        acc_new = Signal(signed(fxp.acc_bits))
-        m.d.comb += acc_new.eq(Mux(tap == 0, p.bias, acc) + self.act_data * w_rd.data.weight)
-        checked = (chk == cfg.check_every - 1)
-        term_exact = Signal()
-        term_pred = Signal()
-        m.d.comb += [
-            term_exact.eq(self.terminate & (tap + 1 >= p.exact_from) & checked & (acc_new < 0)),
-            term_pred.eq((p.spec_n != 0) & (tap + 1 == p.spec_n) & (acc_new < p.threshold)),
-        ]
-        done = Signal()
-        m.d.comb += done.eq(running & ((tap == p.taps - 1) | term_exact | term_pred))
+        def next_window(pt):
+            """The first tap of the window after ``pt``'s (raster order within the tile)."""
+            wrap = pt["ox"] == tile.out_w - 1
+            nrow = pt["row_base"] + tile.row_step
+            return {"run": pt["win"] != tile.windows - 1, "tap": 0, "chk": tile.check_phase,
+                    "win": pt["win"] + 1, "ox": Mux(wrap, 0, pt["ox"] + 1),
+                    "base": Mux(wrap, nrow, pt["base"] + tile.col_step),
+                    "row_base": Mux(wrap, nrow, pt["row_base"])}
 
-        # write-back stage: requantise (or zero) and write the output bank
-        wb_valid = Signal()
-        wb_win = Signal.like(win)
-        wb_acc = Signal(signed(fxp.acc_bits))
-        wb_zero = Signal()
-        m.d.sync += wb_valid.eq(done)
-        with m.If(done):
-            m.d.sync += [wb_win.eq(win), wb_acc.eq(acc_new), wb_zero.eq(term_exact | term_pred)]
-        m.submodules.requant = rq = Requantizer(fxp)
-        m.d.comb += [rq.acc.eq(wb_acc), rq.bias.eq(0), rq.mult.eq(p.mult),
-                     rq.shift.eq(p.shift), rq.relu.eq(self.relu)]
-        m.d.comb += [b_wr.en.eq(wb_valid), b_wr.addr.eq(wb_win),
-                     b_wr.data.eq(Mux(wb_zero, 0, rq.out))]
+        def select(cond, a, b):
+            return {k: Mux(cond, a[k], b[k]) for k in a}
 
+        here = {"run": running, "tap": tap, "chk": chk, "win": win, "ox": ox, "base": base,
+                "row_base": row_base}
+        redirect = Signal()
+        m.d.comb += redirect.eq(running & kill & (kill_win == win))
+        q = {k: Signal.like(v, name=f"issue_{k}") for k, v in here.items()}
+        m.d.comb += [q[k].eq(v) for k, v in select(redirect, next_window(here), here).items()]
+        last = Signal()
+        m.d.comb += last.eq(q["tap"] == p.taps - 1)
+        checked = q["chk"] == cfg.check_every - 1
+        after = select(last, next_window(q),
+                       {**q, "tap": q["tap"] + 1, "chk": Mux(checked, 0, q["chk"] + 1)})
         with m.If(self.start):
-            m.d.sync += [running.eq((p.taps != 0) & (self.windows != 0)), tap.eq(0), chk.eq(0),
-                         win.eq(0), ox.eq(0), base.eq(0), row_base.eq(0)]
-        with m.Elif(running):
-            with m.If(done):
-                m.d.sync += [tap.eq(0), chk.eq(0), win.eq(win + 1)]
-                with m.If(win == self.windows - 1):
-                    m.d.sync += running.eq(0)
-                with m.If(ox == self.out_w - 1):
-                    m.d.sync += [ox.eq(0), base.eq(row_base + self.row_step),
-                                 row_base.eq(row_base + self.row_step)]
-                with m.Else():
-                    m.d.sync += [ox.eq(ox + 1), base.eq(base + self.col_step)]
-            with m.Else():
-                m.d.sync += [tap.eq(tap + 1), acc.eq(acc_new),
-                             chk.eq(Mux(checked, 0, chk + 1))]
-        return m
+            m.d.sync += [running.eq((p.taps != 0) & (tile.windows != 0)), tap.eq(0),
+                         chk.eq(tile.check_phase), win.eq(0), ox.eq(0), base.eq(0),
+                         row_base.eq(0)]
+        with m.Elif(q["run"]):
+            m.d.sync += [here[k].eq(v) for k, v in after.items()]
+        with m.Else():
+            m.d.sync += running.eq(0)
+        info = {k: Signal(name=f"issue_{k}") for k in ("valid", "first", "exact_ok",
+                                                       "spec_here")}
+        m.d.comb += [info["valid"].eq(q["run"]), info["first"].eq(q["tap"] == 0),
+                     info["exact_ok"].eq(tile.terminate & (q["tap"] + 1 >= p.exact_from)
+                                         & checked),
+                     info["spec_here"].eq((p.spec_n != 0) & (q["tap"] + 1 == p.spec_n))]
+        return {**info, "last": last, "tap": q["tap"], "win": q["win"], "base": q["base"]}
 
 
 class SnaPEABlock(wiring.Component):
-    """Early-termination convolution block: input buffer, ``lanes`` EarlyTerminationLanes, a
-    read-out of the lanes' output banks.
+    """Early-termination convolution block: an input buffer, ``lanes`` EarlyTerminationLanes
+    and a read-out of the lanes' banks.
 
     Ports (``amaranth.lib.stream``, payloads in ``hw.layouts.snapea_layouts``):
-      ``cmd``     in:  one beat per (band, lane group): geometry, ``taps``, ``terminate``,
-                       ``relu`` and per lane its kernel's ``taps``, ``exact_from``, ``spec_n``,
-                       ``threshold``, bias, multiplier, shift (``taps == 0``: lane unused).
-      ``acts``    in:  ``act_count`` beats when ``load_acts``: the band's zero-padded input,
+      ``cmd``     in:  one beat per (tile, lane group, segment): ``load_acts``, the weight
+                       beat count ``taps``, ``readout``, the tile geometry, and per lane its
+                       kernel segment's ``taps`` (0: lane unused), ``exact_from``, ``spec_n``,
+                       ``threshold``, bias, multiplier, shift and ``last``.
+      ``acts``    in:  ``act_count`` beats when ``load_acts``: the tile's zero-padded input,
                        channel-major then row-major, one activation per beat.
       ``weights`` in:  ``taps`` beats, beat ``j`` holding tap ``j`` (weight, input offset) of
-                       every lane's reordered kernel.
-      ``out``     out: ``windows`` beats, beat ``w`` holding window ``w``'s output of every
-                       lane (output channel ``group * lanes + lane``).
+                       every lane's reordered kernel segment.
+      ``out``     out: on ``readout`` commands, ``windows`` beats, beat ``w`` holding window
+                       ``w``'s output of every lane (output channel ``group * lanes + lane``).
 
     Cycle schedule of one command (``SnaPEAConfig.command_cycles``; ``sim.snapea`` mirrors
     it), every input valid and ``out.ready`` high:
@@ -155,12 +267,14 @@ class SnaPEABlock(wiring.Component):
       - the next ``act_count`` cycles (if ``load_acts``): one input beat each (ACTS);
       - the next ``taps`` cycles: one weight/index beat each, written to every lane (WEIGHTS);
       - 1 cycle: the lanes are started (LAUNCH);
-      - COMPUTE: each lane performs one MAC per cycle over its windows, ``S_l`` cycles in all;
-        the block waits for the slowest lane, ``S = max S_l``, plus 1 cycle for its last
-        write-back;
-      - READOUT: ``windows`` cycles, one output beat each; then IDLE takes the next command.
-    A command takes ``3 + act_count + taps + S + windows`` cycles. Backpressure on ``out``
-    holds the read-out; a missing input beat stalls the load. Neither changes results.
+      - COMPUTE: each lane issues one tap per cycle over its windows (``S_l`` cycles up to
+        its last useful tap); the block waits for the slowest lane, ``S = max S_l``, plus
+        ``compute_tail`` cycles (pipeline, requantiser, bank write, the idle check);
+      - READOUT (``readout`` only): 1 cycle reads the banks, then ``windows`` output beats;
+        then IDLE takes the next command.
+    A command takes ``2 + act_count + taps + S + compute_tail (+ 1 + windows)`` cycles.
+    Backpressure on ``out`` holds the read-out; a missing input beat stalls the load.
+    Neither changes results.
     """
 
     def __init__(self, cfg: SnaPEAConfig):
@@ -178,32 +292,27 @@ class SnaPEABlock(wiring.Component):
         return self._cfg
 
     def elaborate(self, platform):
-        cfg, fxp = self._cfg, self._cfg.fxp
+        cfg = self._cfg
         lay = snapea_layouts(cfg)
         m = Module()
-        m.submodules.ibuf = ibuf = memory.Memory(shape=unsigned(fxp.act_bits),
-                                                 depth=cfg.act_depth, init=[])
-        i_wr = ibuf.write_port()
+        m.submodules.ibuf = ibuf = InputBuffer(cfg)
         command = Signal(lay.command)
         cnt = Signal(range(max(cfg.act_depth, cfg.max_taps, cfg.max_windows) + 1))
+        readout, have = Signal(), Signal()  # READOUT: a bank word is on the output
         lanes = []
         for i in range(cfg.lanes):
-            lane = EarlyTerminationLane(cfg)
-            m.submodules[f"lane_{i}"] = lane
-            rd = ibuf.read_port(domain="comb")
-            m.d.comb += [rd.addr.eq(lane.act_addr), lane.act_data.eq(rd.data)]
+            lane = m.submodules[f"lane_{i}"] = EarlyTerminationLane(cfg)
             m.d.comb += [
-                lane.params.eq(command.lane[i]), lane.windows.eq(command.windows),
-                lane.out_w.eq(command.out_w), lane.col_step.eq(command.col_step),
-                lane.row_step.eq(command.row_step), lane.terminate.eq(command.terminate),
-                lane.relu.eq(command.relu),
+                ibuf.rd_addr[i].eq(lane.act_addr), lane.act_data.eq(ibuf.rd_data[i]),
+                lane.params.eq(command.lane[i]), lane.tile.eq(command.tile),
                 lane.w_addr.eq(cnt), lane.w_data.eq(self.weights.payload[i]),
-                lane.rd_addr.eq(cnt), self.out.payload[i].eq(lane.rd_data),
+                lane.readout.eq(readout), lane.ro_addr.eq(cnt),
+                self.out.payload[i].eq(lane.ro_data),
             ]
             lanes.append(lane)
         any_busy = Signal()
         m.d.comb += any_busy.eq(sum(lane.busy for lane in lanes) != 0)
-        m.d.comb += [i_wr.addr.eq(cnt), i_wr.data.eq(self.acts.payload[0])]
+        m.d.comb += [ibuf.wr_addr.eq(cnt), ibuf.wr_data.eq(self.acts.payload[0])]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -215,7 +324,8 @@ class SnaPEABlock(wiring.Component):
                     with m.Else():
                         m.next = "WEIGHTS"
             with m.State("ACTS"):
-                m.d.comb += [self.acts.ready.eq(1), i_wr.en.eq(self.acts.valid)]
+                m.d.comb += [self.acts.ready.eq(1), ibuf.loading.eq(1),
+                             ibuf.wr_en.eq(self.acts.valid)]
                 with m.If(self.acts.valid):
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == command.act_count - 1):
@@ -236,12 +346,22 @@ class SnaPEABlock(wiring.Component):
                 m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 with m.If(~any_busy):
-                    m.d.sync += cnt.eq(0)
-                    m.next = "READOUT"
-            with m.State("READOUT"):
-                m.d.comb += self.out.valid.eq(1)
-                with m.If(self.out.ready):
-                    m.d.sync += cnt.eq(cnt + 1)
-                    with m.If(cnt == command.windows - 1):
+                    m.d.sync += [cnt.eq(0), have.eq(0)]
+                    with m.If(command.readout):
+                        m.next = "READOUT"
+                    with m.Else():
                         m.next = "IDLE"
+            with m.State("READOUT"):
+                # the banks' read data is the output payload: a word is fetched when none is
+                # shown or the shown one is taken; the read port holds it otherwise
+                take = have & self.out.ready
+                fetch = (cnt != command.tile.windows) & (~have | take)
+                m.d.comb += [readout.eq(1), self.out.valid.eq(have)]
+                for lane in lanes:
+                    m.d.comb += lane.ro_en.eq(fetch)
+                with m.If(fetch):
+                    m.d.sync += [cnt.eq(cnt + 1), have.eq(1)]
+                with m.Elif(take):
+                    m.d.sync += have.eq(0)
+                    m.next = "IDLE"
         return m

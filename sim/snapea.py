@@ -1,22 +1,25 @@
 """Cycle-level simulator of the early-termination block (``hw.snapea.SnaPEABlock``).
 
 Pieces, one schedule (``SnaPEAConfig.command_cycles``):
-- ``plan_layer``: the host driver's tiling: output-row *bands* (the band's zero-padded input
-  rows must fit the input buffer and its windows the output banks) x *lane groups*
-  (``lanes`` consecutive output channels, one kernel per lane);
+- ``plan_layer``: the host driver's tiling: *tiles* of output windows (whole output rows
+  where they fit; the tile's zero-padded input, all channels, must fit the input buffer and
+  its windows the banks) x *lane groups* (``lanes`` consecutive output channels, one kernel
+  per lane) x *segments* (``max_taps`` taps of the reordered kernels each; one for every conv
+  layer of the bundled networks, several for long FC kernels);
 - ``layer_commands``: the stream beats of every command (command, input, weight/index beats)
   and where each output beat goes; shared by the step model and the cocotb testbench;
-- ``StepModel``: a step-per-cycle model of the block (FSM + lanes, tap by tap), an
-  independent oracle of outputs, MAC counts and cycles for small cases;
+- ``StepModel``: a step-per-cycle model of the block (FSM phases + each lane's issue stage,
+  tap by tap), an independent oracle of outputs, MAC counts and cycles for small cases;
 - ``simulate_layer`` / ``simulate_network``: the vectorised count: per-window termination
   points from ``models.snapea.termination`` (block-sum matmuls + a short gather, every window,
-  no loop over windows or MACs),
-  per-lane sums per (band, group), the slowest lane sets the group's time.
+  no loop over windows or MACs), per-lane sums per (tile, group, segment), the slowest lane
+  sets the command's time.
 
 Dispatch is static: lane ``l`` of a group owns output channel ``group * lanes + l`` and walks
-all the band's windows in raster order; a lane that terminates a window early starts the next
-window in the next cycle. The group waits for its slowest lane (the balance cost, reported
-as ``lane_balance``: mean lane busy time / slowest lane).
+all the tile's windows in raster order, one tap per cycle. A window that stops early has
+issued up to ``lane_squash`` more of its taps by the time the decision reaches the lane's
+issue stage; those are discarded and the next window starts. The group waits for its slowest
+lane (the balance cost, reported as ``lane_balance``: mean lane busy time / slowest lane).
 """
 
 from __future__ import annotations
@@ -35,45 +38,73 @@ from .report import LayerReport, NetworkReport
 
 
 @dataclass(frozen=True)
-class Band:
+class Tile:
+    """A rectangle of output windows whose zero-padded input fits the input buffer."""
+
     r0: int  # first output row
     r1: int  # one past the last output row
-    in_rows: int  # padded input rows the band needs, from padded row r0 * stride
+    c0: int  # first output column
+    c1: int  # one past the last output column
+    in_rows: int  # padded input rows the tile needs, from padded row r0 * stride
+    in_cols: int  # padded input columns, from padded column c0 * stride
 
-    def windows(self, out_w: int) -> int:
-        return (self.r1 - self.r0) * out_w
+    @property
+    def windows(self) -> int:
+        return (self.r1 - self.r0) * (self.c1 - self.c0)
+
+    @property
+    def width(self) -> int:
+        return self.c1 - self.c0
+
+    def pixels(self, out_w: int) -> np.ndarray:
+        """Row-major output pixel index of every window, in the lanes' (raster) order."""
+        r, c = np.mgrid[self.r0:self.r1, self.c0:self.c1]
+        return (r * out_w + c).ravel()
 
 
-def plan_layer(spec: ConvLayer, cfg: SnaPEAConfig) -> list[Band]:
-    """Output-row bands whose padded input fits ``act_depth`` and windows ``max_windows``."""
-    wp = spec.in_w + 2 * spec.pad
-    if spec.out_w > cfg.max_windows:
-        raise ValueError(f"layer {spec.name!r}: an output row has {spec.out_w} windows but the "
-                         f"output banks hold max_windows={cfg.max_windows}; use "
-                         f"--max-windows {spec.out_w} or more")
-    fit_rows = cfg.act_depth // (spec.in_ch * wp)
-    rows = min(cfg.max_windows // spec.out_w, (fit_rows - spec.k) // spec.stride + 1
-               if fit_rows >= spec.k else 0)
-    if rows < 1:
-        need = spec.in_ch * spec.k * wp
-        raise ValueError(f"layer {spec.name!r}: one output row needs {need} input activations "
-                         f"({spec.in_ch} channels x {spec.k} rows x {wp}) but act_depth is "
-                         f"{cfg.act_depth}; use --act-depth {need} or more")
-    bands = []
+def _balanced(n: int, most: int) -> int:
+    """The smallest tile size that splits ``n`` into as few tiles of at most ``most``."""
+    return -(-n // -(-n // most))
+
+
+def plan_layer(spec: ConvLayer, cfg: SnaPEAConfig) -> list[Tile]:
+    """Tiles of output windows in raster order: as many whole output rows as fit the input
+    buffer (``act_depth``, all input channels) and the banks (``max_windows``); rows whose
+    input does not fit are split into column tiles of equal width."""
+    s, k, c = spec.stride, spec.k, spec.in_ch
+
+    def extent(n):  # padded input rows (or columns) that n output rows (columns) need
+        return (n - 1) * s + k
+
+    if c * k * k > cfg.act_depth:
+        raise ValueError(f"layer {spec.name!r}: one window needs {c * k * k} input activations "
+                         f"({c} channels x {k} x {k}) but act_depth is {cfg.act_depth}; use "
+                         f"--act-depth {c * k * k} or more")
+    width = min(spec.out_w, cfg.max_windows)
+    while c * k * extent(width) > cfg.act_depth:
+        width -= 1
+    width = _balanced(spec.out_w, width)
+    rows = min(spec.out_h, cfg.max_windows // width)
+    while c * extent(rows) * extent(width) > cfg.act_depth:
+        rows -= 1
+    rows = _balanced(spec.out_h, rows)
+    tiles = []
     for r0 in range(0, spec.out_h, rows):
         r1 = min(spec.out_h, r0 + rows)
-        bands.append(Band(r0, r1, (r1 - 1 - r0) * spec.stride + spec.k))
-    return bands
+        for c0 in range(0, spec.out_w, width):
+            c1 = min(spec.out_w, c0 + width)
+            tiles.append(Tile(r0, r1, c0, c1, extent(r1 - r0), extent(c1 - c0)))
+    return tiles
+
+
+def segments(taps: int, cfg: SnaPEAConfig) -> range:
+    """First tap of every segment of a kernel group whose longest kernel has ``taps``."""
+    return range(0, max(1, taps), cfg.max_taps)
 
 
 def layer_order(w: np.ndarray, spec: ConvLayer, cfg: SnaPEAConfig,
                 params: LayerParams | None) -> KernelOrder:
-    order = reorder(w, params)
-    if int(order.taps.max()) > cfg.max_taps:
-        raise ValueError(f"layer {spec.name!r}: a kernel has {int(order.taps.max())} non-zero "
-                         f"weights but the weight buffers hold max_taps={cfg.max_taps}; use "
-                         f"--max-taps {int(order.taps.max())} or more")
-    return order
+    return reorder(w, params)
 
 
 def im2col_np(x: np.ndarray, spec: ConvLayer) -> np.ndarray:
@@ -93,66 +124,83 @@ class Command:
     acts: list  # input beats (one activation each)
     weights: list  # weight/index beats (one {weight, offset} per lane)
     windows: int
-    pixel0: int  # first output pixel (row-major) of the band
+    pixels: np.ndarray  # output pixel (row-major) of each of the tile's windows
     channel0: int  # first output channel of the group
     lanes_used: int
+    tap0: int  # the segment's first tap (of the reordered kernels)
+
+
+IDLE_LANE = {"taps": 0, "exact_from": 0, "spec_n": 0, "threshold": 0, "bias": 0, "mult": 0,
+             "shift": 0, "last": 0}
+
+
+def _segment_lane(order: KernelOrder, k: int, t0: int, cfg: SnaPEAConfig, bias, mult,
+                  shift) -> dict:
+    """Kernel ``k``'s lane parameters for the segment starting at tap ``t0``."""
+    n = min(cfg.max_taps, int(order.taps[k]) - t0)
+    if n <= 0:
+        return dict(IDLE_LANE)  # the kernel ended in an earlier segment
+    spec_n = int(order.spec_n[k]) - t0
+    return {"taps": n, "exact_from": min(max(0, int(order.exact_from[k]) - t0), n + 1),
+            "spec_n": spec_n if 0 < spec_n <= n else 0, "threshold": int(order.threshold[k]),
+            "bias": int(bias[k]), "mult": int(mult[k]), "shift": int(shift[k]),
+            "last": int(int(order.taps[k]) <= t0 + cfg.max_taps)}
 
 
 def layer_commands(x: np.ndarray, spec: ConvLayer, w: np.ndarray, bias, mult, shift,
                    cfg: SnaPEAConfig, params: LayerParams | None = None,
                    terminate: bool = True) -> list[Command]:
-    """Every command of one layer in issue order (band by band, lane group by lane group)."""
+    """Every command of one layer in issue order: tile by tile, lane group by lane group,
+    segment by segment."""
     order = layer_order(w, spec, cfg, params)
     xp = np.pad(np.asarray(x, np.int64), ((0, 0), (spec.pad, spec.pad), (spec.pad, spec.pad)))
-    wp = xp.shape[2]
     kk = spec.k * spec.k
     cmds = []
-    for b in plan_layer(spec, cfg):
-        band_in = xp[:, b.r0 * spec.stride:b.r0 * spec.stride + b.in_rows, :]
-        acts = band_in.reshape(-1).tolist()
+    for t in plan_layer(spec, cfg):
+        y0, x0 = t.r0 * spec.stride, t.c0 * spec.stride
+        acts = xp[:, y0:y0 + t.in_rows, x0:x0 + t.in_cols].reshape(-1).tolist()
+        pixels = t.pixels(spec.out_w)
         for g0 in range(0, spec.out_ch, cfg.lanes):
             ks = list(range(g0, min(spec.out_ch, g0 + cfg.lanes)))
-            taps = int(max(order.taps[k] for k in ks))
-            lanes = []
-            for lane in range(cfg.lanes):
-                if lane < len(ks):
-                    k = ks[lane]
-                    lanes.append({"taps": int(order.taps[k]),
-                                  "exact_from": int(order.exact_from[k]),
-                                  "spec_n": int(order.spec_n[k]),
-                                  "threshold": int(order.threshold[k]),
-                                  "bias": int(bias[k]), "mult": int(mult[k]),
-                                  "shift": int(shift[k])})
-                else:
-                    lanes.append({"taps": 0, "exact_from": 0, "spec_n": 0, "threshold": 0,
-                                  "bias": 0, "mult": 0, "shift": 0})
-            beats = []
-            for j in range(taps):
-                row = []
-                for lane in range(cfg.lanes):
-                    if lane < len(ks) and j < order.taps[ks[lane]]:
-                        i = int(order.index[ks[lane], j])
-                        c, r = divmod(i, kk)
-                        ky, kx = divmod(r, spec.k)
-                        row.append({"weight": int(order.weight[ks[lane], j]),
-                                    "offset": c * b.in_rows * wp + ky * wp + kx})
-                    else:
-                        row.append({"weight": 0, "offset": 0})
-                beats.append(row)
-            cmd = {"load_acts": int(g0 == 0), "act_count": len(acts) if g0 == 0 else 0,
-                   "windows": b.windows(spec.out_w), "out_w": spec.out_w,
-                   "col_step": spec.stride, "row_step": spec.stride * wp, "taps": taps,
-                   "terminate": int(terminate), "relu": int(spec.relu), "lane": lanes}
-            cmds.append(Command(cmd, acts if g0 == 0 else [], beats, b.windows(spec.out_w),
-                                b.r0 * spec.out_w, g0, len(ks)))
+            taps_g = int(max(order.taps[k] for k in ks))
+            segs = segments(taps_g, cfg)
+            for t0 in segs:
+                lanes = [_segment_lane(order, ks[lane], t0, cfg, bias, mult, shift)
+                         if lane < len(ks) else dict(IDLE_LANE) for lane in range(cfg.lanes)]
+                n = min(cfg.max_taps, taps_g - t0)
+                beats = []
+                for j in range(t0, t0 + n):
+                    row = []
+                    for lane in range(cfg.lanes):
+                        if lane < len(ks) and j < order.taps[ks[lane]]:
+                            c, r = divmod(int(order.index[ks[lane], j]), kk)
+                            ky, kx = divmod(r, spec.k)
+                            row.append({"weight": int(order.weight[ks[lane], j]),
+                                        "offset": (c * t.in_rows + ky) * t.in_cols + kx})
+                        else:
+                            row.append({"weight": 0, "offset": 0})
+                    beats.append(row)
+                load = g0 == 0 and t0 == 0
+                readout = t0 == segs[-1]
+                cmd = {"load_acts": int(load), "act_count": len(acts) if load else 0,
+                       "taps": n, "readout": int(readout),
+                       "tile": {"windows": t.windows, "out_w": t.width,
+                                "col_step": spec.stride, "row_step": spec.stride * t.in_cols,
+                                "first": int(t0 == 0), "check_phase": t0 % cfg.check_every,
+                                "terminate": int(terminate), "relu": int(spec.relu)},
+                       "lane": lanes}
+                cmds.append(Command(cmd, acts if load else [], beats, t.windows, pixels, g0,
+                                    len(ks), t0))
     return cmds
 
 
 class StepModel:
     """Step-per-cycle model of ``SnaPEABlock`` with every input valid and ``out.ready`` high:
-    the FSM (command, input load, weight load, launch, compute, write-back, read-out) and each
-    lane tap by tap. Returns ``(outputs [M, N], stats)`` with ``stats["cycles"]`` counted from
-    the first command beat to the last output beat, inclusive, and ``stats["macs"]``."""
+    the FSM phases (command, input load, weight load, launch, compute, read-out) and each
+    lane's issue stage cycle by cycle, tap by tap, with the lane's bank of partial sums
+    between segments. Returns ``(outputs [M, N], stats)`` with ``stats["cycles"]`` counted
+    from the first command beat to the last output beat, inclusive, and ``stats["macs"]``
+    (useful MACs; taps issued and discarded after an early stop are ``stats["squashed"]``)."""
 
     def __init__(self, cfg: SnaPEAConfig):
         self.cfg = cfg
@@ -160,107 +208,157 @@ class StepModel:
     def run(self, cmds: list[Command], m: int, n: int):
         cfg, fxp = self.cfg, self.cfg.fxp
         out = np.zeros((m, n), np.int64)
-        t = 0
-        macs = 0
+        t = macs = squashed = 0
         imem = np.zeros(cfg.act_depth, np.int64)
+        banks = [[(0, False)] * cfg.max_windows for _ in range(cfg.lanes)]
         for c in cmds:
-            cmd = c.cmd
-            t += 1  # command beat
-            for i, v in enumerate(c.acts):  # one input beat per cycle
-                imem[i] = v
-                t += 1
-            t += len(c.weights)  # one weight/index row per cycle
-            t += 1  # launch
+            cmd, tile = c.cmd, c.cmd["tile"]
+            imem[:len(c.acts)] = c.acts
             lane_cycles = []
             for lane in range(cfg.lanes):
                 p = cmd["lane"][lane]
-                if p["taps"] == 0:
-                    lane_cycles.append(0)
-                    continue
-                ws = [row[lane]["weight"] for row in c.weights[:p["taps"]]]
-                offs = [row[lane]["offset"] for row in c.weights[:p["taps"]]]
                 cyc = 0
                 ox = oy = 0
-                for w_i in range(c.windows):
-                    base = oy * cmd["row_step"] + ox * cmd["col_step"]
-                    acc = p["bias"]
-                    stopped = False
-                    for j in range(p["taps"]):
-                        cyc += 1  # one MAC per cycle
+                for w_i in range(c.windows if p["taps"] else 0):
+                    base = oy * tile["row_step"] + ox * tile["col_step"]
+                    acc, dead = (p["bias"], False) if tile["first"] else banks[lane][w_i]
+                    # a window that stopped in an earlier segment costs the tap that finds
+                    # its flag in the bank
+                    issued = 1 if dead else 0
+                    for j in range(0 if dead else p["taps"]):
+                        issued += 1
                         macs += 1
-                        acc += int(imem[base + offs[j]]) * ws[j]
-                        exact = (cmd["terminate"] and j + 1 >= p["exact_from"]
-                                 and (j + 1) % cfg.check_every == 0 and acc < 0)
+                        row = c.weights[j][lane]
+                        acc += int(imem[base + row["offset"]]) * row["weight"]
+                        exact = (tile["terminate"] and j + 1 >= p["exact_from"]
+                                 and (c.tap0 + j + 1) % cfg.check_every == 0 and acc < 0)
                         pred = p["spec_n"] > 0 and j + 1 == p["spec_n"] and acc < p["threshold"]
                         if exact or pred:
-                            stopped = True
+                            dead = True
                             break
-                    y = 0 if stopped else int(requantize(acc, p["mult"], p["shift"], fxp,
-                                                         bool(cmd["relu"])))
-                    out[c.pixel0 + w_i, c.channel0 + lane] = y
+                    early = dead and issued < p["taps"]
+                    last_window = w_i == c.windows - 1
+                    # after an early stop the lane issues up to lane_squash more taps of the
+                    # window, discarded when the decision arrives (not after its last window)
+                    extra = (min(p["taps"] - issued, cfg.lane_squash)
+                             if early and not last_window else 0)
+                    cyc += issued + extra
+                    squashed += extra
+                    if p["last"]:
+                        y = 0 if dead else int(requantize(acc, p["mult"], p["shift"], fxp,
+                                                          bool(tile["relu"])))
+                        banks[lane][w_i] = (y, dead)
+                    else:
+                        banks[lane][w_i] = (acc, dead)
                     ox += 1
-                    if ox == cmd["out_w"]:
+                    if ox == tile["out_w"]:
                         ox, oy = 0, oy + 1
                 lane_cycles.append(cyc)
-            t += max(lane_cycles)  # the slowest lane
-            t += 1  # write-back of the last result
-            t += c.windows  # read-out, one beat per window
-        return out, {"cycles": t, "macs": macs}
+            t += cfg.command_cycles(len(c.acts), len(c.weights), max(lane_cycles), c.windows,
+                                    bool(cmd["readout"]))
+            if cmd["readout"]:
+                for lane in range(c.lanes_used):
+                    out[c.pixels, c.channel0 + lane] = [v for v, _ in banks[lane][:c.windows]]
+        return out, {"cycles": t, "macs": macs, "squashed": squashed}
 
 
 # --- the vectorised simulator --------------------------------------------------------------
 
-def layer_cycles(spec: ConvLayer, cfg: SnaPEAConfig, macs: np.ndarray,
+def layer_cycles(spec: ConvLayer, cfg: SnaPEAConfig, macs: np.ndarray, stopped: np.ndarray,
                  taps: np.ndarray, sample: int = 1) -> dict:
-    """Cycles of a layer from per-window MAC counts ``macs`` [M, N] (closed form over bands
-    and lane groups of ``SnaPEAConfig.command_cycles``) and the lanes' busy cycles.
+    """Cycles of a layer (closed form over tiles, lane groups and segments of
+    ``SnaPEAConfig.command_cycles``) from every window's outcome: ``macs`` [M, N] the MACs it
+    performs (of the reordered kernel, all segments), ``stopped`` [M, N] whether it ended
+    early (output forced to 0), ``taps`` [N] the kernels' lengths.
+
+    A lane's issue cycles in a segment are the sum of its windows' ``window_cycles``: a
+    window that stops early also pays the taps issued before the decision arrived, except
+    the tile's last window (nothing waits for those); a window that stopped in an earlier
+    segment costs its flag lookup (one tap) the same way.
 
     ``sample > 1``: ``macs`` holds only every ``sample``-th window (raster order); each
-    band's per-lane sums are scaled up from its sampled windows (an estimate)."""
-    bands = plan_layer(spec, cfg)
-    wp = spec.in_w + 2 * spec.pad
-    starts = np.array([b.r0 * spec.out_w for b in bands])
-    if sample == 1:
-        per_band = np.add.reduceat(macs, starts, axis=0)  # [B, N]
-    else:
-        win = np.arange(len(macs)) * sample
-        band_of = np.searchsorted(starts, win, side="right") - 1
-        per_band = np.zeros((len(bands), macs.shape[1]), np.float64)
-        np.add.at(per_band, band_of, macs)
-        counts = np.bincount(band_of, minlength=len(bands))
-        sizes = np.array([b.windows(spec.out_w) for b in bands])
-        per_band = np.rint(per_band * (sizes / np.maximum(counts, 1))[:, None]).astype(np.int64)
+    tile's per-lane sums are scaled up from its sampled windows (an estimate)."""
+    tiles = plan_layer(spec, cfg)
     n = spec.out_ch
     groups = ceil_div(n, cfg.lanes)
     pad = groups * cfg.lanes - n
-    lane_busy = np.pad(per_band, ((0, 0), (0, pad))).reshape(len(bands), groups, cfg.lanes)
-    slowest = lane_busy.max(2)  # [B, G]
+    taps = np.asarray(taps, np.int64)
     taps_g = np.pad(taps, (0, pad)).reshape(groups, cfg.lanes).max(1)  # [G]
-    act_beats = np.array([spec.in_ch * b.in_rows * wp for b in bands])
-    windows = np.array([b.windows(spec.out_w) for b in bands])
-    cycles = (3 * len(bands) * groups + act_beats.sum() + len(bands) * taps_g.sum()
-              + slowest.sum() + groups * windows.sum())
-    used = np.pad(np.ones(n, bool), (0, pad)).reshape(groups, cfg.lanes)
-    busy_mean = (lane_busy.sum(2) / used.sum(1)[None]).sum()
+    nseg = np.maximum(1, ceil_div_np(taps_g, cfg.max_taps))  # [G]
+    windows = np.array([t.windows for t in tiles])
+    pixels = np.concatenate([t.pixels(spec.out_w) for t in tiles])
+    starts = np.concatenate([[0], np.cumsum(windows)[:-1]])
+    if sample == 1:
+        rows = pixels  # the windows in tile order
+        tile_of = None
+    else:
+        sampled = np.arange(len(macs)) * sample
+        tile_of = np.repeat(np.arange(len(tiles)), windows)[np.argsort(pixels)][sampled]
+        rows = np.arange(len(macs))
+    mac_t, stop_t = np.asarray(macs)[rows], np.asarray(stopped)[rows]
+    last = starts + windows - 1  # each tile's last window
+    slowest = np.zeros((len(tiles), groups), np.int64)
+    busy_mean = squashed = 0.0
+    cycles = 0
+    for s in range(int(nseg.max())):
+        t0 = s * cfg.max_taps
+        seg = np.clip(taps - t0, 0, cfg.max_taps)[None]  # [1, N] the kernels' taps here
+        dead = stop_t & (mac_t <= t0) & (seg > 0) if s else np.zeros_like(stop_t)
+        performed = np.where(dead, 1, np.clip(mac_t - t0, 0, seg))
+        early = dead | (stop_t & (mac_t > t0) & (mac_t < t0 + seg))
+        cost = cfg.window_cycles(seg, performed, early)
+        extra = cost - performed  # squashed taps (0 unless early)
+        if sample == 1:
+            per_tile = np.add.reduceat(extra, starts, axis=0) - extra[last]
+            squashed += float(per_tile.sum())
+            per_tile += np.add.reduceat(performed, starts, axis=0)
+        else:
+            per_tile = np.zeros((len(tiles), n), np.float64)
+            np.add.at(per_tile, tile_of, cost)
+            counts = np.bincount(tile_of, minlength=len(tiles))
+            per_tile = np.rint(per_tile * (windows / np.maximum(counts, 1))[:, None])
+            squashed += float(extra.sum() * sample)
+        lane_busy = np.pad(per_tile, ((0, 0), (0, pad))).reshape(len(tiles), groups, cfg.lanes)
+        active = s < nseg  # [G]: groups that have a segment s
+        slow = lane_busy.max(2).astype(np.int64) * active[None]
+        slowest += slow
+        used = np.pad(seg[0] > 0, (0, pad)).reshape(groups, cfg.lanes).sum(1)  # [G]
+        busy_mean += float((lane_busy.sum(2) / np.maximum(used, 1)[None]).sum())
+        seg_beats = np.clip(taps_g - t0, 0, cfg.max_taps) * active
+        readout = active & (s == nseg - 1)
+        cycles += int(len(tiles) * (active.sum() * (2 + cfg.compute_tail) + seg_beats.sum())
+                      + slow.sum() + readout.sum() * (1 + windows).sum())
+    act_beats = np.array([spec.in_ch * t.in_rows * t.in_cols for t in tiles])
+    cycles += int(act_beats.sum())
     return {"cycles": int(cycles), "compute_cycles": int(slowest.sum()),
-            "lane_balance": float(busy_mean / max(1, slowest.sum())), "bands": len(bands),
-            "groups": groups, "act_beats": int(act_beats.sum()),
-            "weight_beats": int(len(bands) * taps_g.sum())}
+            "lane_balance": busy_mean / max(1, slowest.sum()), "tiles": len(tiles),
+            "groups": groups, "segments": int(nseg.sum()), "act_beats": int(act_beats.sum()),
+            "weight_beats": int(len(tiles) * taps_g.sum()), "squashed": int(round(squashed))}
+
+
+def ceil_div_np(a, b):
+    return -(-np.asarray(a) // b)
 
 
 def _events(spec, cfg, macs, taps, checks, full_windows, cyc, nnz) -> dict:
     idx_bytes = ceil_div(cfg.addr_bits, 8)
+    psum_bytes = ceil_div(cfg.fxp.acc_bits + 1, 8)
     m, _, n = spec.gemm
+    # taps issued and discarded after an early stop read the buffers and multiply too
+    issued = int(macs.sum()) + cyc["squashed"]
+    # partial sums between segments: each window of each kernel, written then read back
+    between = m * int(np.maximum(0, ceil_div_np(taps, cfg.max_taps) - 1).sum())
     return {
-        "mac": int(macs.sum()),
+        "mac": issued,
         "compare": int(checks),  # sign / threshold checks
         "requant": int(full_windows),  # terminated windows skip the requantiser
-        "sram_read_byte": int(macs.sum()),  # input buffer, one activation per MAC
+        "sram_read_byte": issued,  # input buffer, one activation per tap
         "sram_write_byte": cyc["act_beats"],  # input buffer fill
-        # per-lane weight + index buffers: read per MAC, written per weight beat
-        "small_sram_byte": int(macs.sum()) * (1 + idx_bytes)
+        # per-lane weight + index buffers: read per tap, written per weight beat
+        "small_sram_byte": issued * (1 + idx_bytes)
         + cyc["weight_beats"] * cfg.lanes * (1 + idx_bytes)
-        + 2 * m * n,  # output bank write + read-out
+        + 2 * m * n  # output bank write + read-out
+        + 2 * between * psum_bytes,
         "dram_byte": spec.input_size + nnz * (1 + idx_bytes) + 4 * n + spec.output_size,
     }
 
@@ -310,7 +408,7 @@ def run_layer(x: np.ndarray, spec: ConvLayer, w, bias, mult, shift, cfg: SnaPEAC
     """Vectorised run of one layer on one input ([C, H, W]): every window, exact (default).
 
     Opt-in estimate: with ``limit``, layers with more than ``limit`` window x kernel x tap
-    terms evaluate every ``sample_stride``-th window only and scale the per-band lane sums,
+    terms evaluate every ``sample_stride``-th window only and scale the per-tile lane sums,
     MACs and events (``outputs`` then covers the sampled windows only).
     """
     cfg.fxp.check_reduction(spec.name, spec.gemm[1], int(np.abs(bias).max(initial=0)))
@@ -320,8 +418,9 @@ def run_layer(x: np.ndarray, spec: ConvLayer, w, bias, mult, shift, cfg: SnaPEAC
     wm = np.asarray(w, np.int64).reshape(spec.out_ch, -1).T
     t = termination(a, wm, bias, order, cfg.check_every, terminate)
     dense_macs = np.broadcast_to(order.taps, t.macs.shape)
-    cyc = layer_cycles(spec, cfg, t.macs, order.taps, s)
-    base_cyc = layer_cycles(spec, cfg, dense_macs, order.taps, s)
+    cyc = layer_cycles(spec, cfg, t.macs, t.zeroed, order.taps, s)
+    base_cyc = layer_cycles(spec, cfg, dense_macs, np.zeros(t.macs.shape, bool), order.taps,
+                            s)
     nnz = int((np.asarray(w) != 0).sum())
     checks = _checks(t, order, cfg, terminate)
     scale = spec.gemm[0] / len(a)
@@ -362,7 +461,8 @@ def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode:
                              "zero_weight_fraction": 1 - macs_block_dense / (spec.macs * len(runs)),
                              "lane_utilization": events["mac"] / max(1, compute * cfg.lanes),
                              "lane_balance": balance,
-                             "bands": runs[0].cyc["bands"],
+                             "tiles": runs[0].cyc["tiles"],
+                             "segments": runs[0].cyc["segments"],
                              "sampled_every": runs[0].sample,
                              "baseline_cycles": base_cycles,
                              "baseline_energy_pj": base_energy,

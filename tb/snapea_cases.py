@@ -34,7 +34,11 @@ def snapea_case(cfg, layer, x, params=None, terminate=True, ready_p=1.0, seed=0)
             "relu": spec.relu, "terminate": terminate, "expected": expected,
             "spec_n": np.zeros(0, np.int64) if params is None else params.spec_n,
             "threshold": np.zeros(0, np.int64) if params is None else params.threshold,
-            "cycles": stats["cycles"], "ready_p": ready_p, "seed": seed}
+            "cycles": stats["cycles"], "ready_p": ready_p, "seed": seed,
+            "segments": run.cyc["segments"], "tiles": run.cyc["tiles"],
+            # windows that stopped before their kernel's last segment (flags in the bank)
+            "carried_stops": int((run.t.zeroed & (run.t.macs <= (
+                -(-run.order.taps // cfg.max_taps) - 1)[None] * cfg.max_taps)).sum())}
 
 
 def verify_snapea_layer(cfg, layer, x, build_dir) -> dict:

@@ -30,7 +30,8 @@ async def snapea_layer(dut):
     spec, params = case_layer(case)
     cmds = layer_commands(case["x"], spec, case["w"], case["bias"], case["mult"], case["shift"],
                           cfg, params, bool(case["terminate"]))
-    n_out = sum(c.windows for c in cmds)
+    reads = [c for c in cmds if c.cmd["readout"]]
+    n_out = sum(c.windows for c in reads)
     pat = handshake_patterns(1.0, float(case["ready_p"]), int(case["seed"]))
 
     await start_clock_and_reset(dut)
@@ -44,10 +45,10 @@ async def snapea_layer(dut):
     m, n = spec.out_h * spec.out_w, spec.out_ch
     got = np.zeros((m, n), np.int64)
     beat = iter(tr["out"])
-    for c in cmds:
+    for c in reads:
         for w in range(c.windows):
             _, bits = next(beat)
-            got[c.pixel0 + w, c.channel0:c.channel0 + c.lanes_used] = unpack_array(
+            got[c.pixels[w], c.channel0:c.channel0 + c.lanes_used] = unpack_array(
                 lay.out_vector, bits)[:c.lanes_used]
     expected = case["expected"] & cfg.fxp.act_max
     bad = np.argwhere(got != expected)

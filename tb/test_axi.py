@@ -110,9 +110,9 @@ def snapea_streams(cfg, layer, x):
               "weights": [pack(lay.weight_row, r) for c in cmds for r in c.weights]}
     bits = cfg.fxp.act_bits
     expected, masks = [], []
-    for c in cmds:
+    for c in (c for c in cmds if c.cmd["readout"]):
         for j in range(c.windows):
-            row = [int(v) for v in ref[c.pixel0 + j, c.channel0:c.channel0 + c.lanes_used]]
+            row = [int(v) for v in ref[c.pixels[j], c.channel0:c.channel0 + c.lanes_used]]
             expected.append(pack(lay.out_vector, row + [0] * (lay.out_vector.length - len(row))))
             masks.append((1 << (bits * c.lanes_used)) - 1)
     _, stats = StepModel(cfg).run(cmds, *ref.shape)

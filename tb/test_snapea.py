@@ -21,6 +21,10 @@ CONFIGS = {
                                 check_every=3),
     "3lanes": SnaPEAConfig(lanes=3, max_taps=512, act_depth=2048, max_windows=64),
     "4lanes": SnaPEAConfig(lanes=4, max_taps=512, act_depth=2048, max_windows=64),
+    # short weight buffers (kernels in several segments, partial sums and stop flags kept in
+    # the banks) and a small input buffer (rows split into column tiles)
+    "3lanes-segments": SnaPEAConfig(lanes=3, max_taps=7, act_depth=60, max_windows=6,
+                                    check_every=2),
 }
 
 
@@ -65,6 +69,8 @@ RANDOM = {
     "conv-stride2-bands": (ConvLayer("c", 2, 3, 9, 8, k=3, stride=2, pad=1), "1lane"),
     "conv-negbias-chk3": (ConvLayer("c", 3, 3, 6, 5, k=3, pad=1), "2lanes-chk3"),
     "fc-norelu-dense": (fc("f", 20, 4, relu=False), "3lanes"),
+    "conv-segments-tiles": (ConvLayer("c", 4, 4, 7, 8, k=3, pad=1), "3lanes-segments"),
+    "fc-segments": (fc("f", 30, 5), "3lanes-segments"),
 }
 
 
@@ -75,6 +81,18 @@ def test_snapea_rtl_random_layers(name, tmp_path):
     cfg = CONFIGS[size]
     layer, x = random_layer(spec, seed=5, fxp=cfg.fxp, density=0.5)
     run_rtl(cfg, "tb.snapea_tb", snapea_case(cfg, layer, x, terminate=spec.relu), tmp_path)
+
+
+@pytest.mark.rtl
+def test_snapea_rtl_segments_in_predictive_mode(tmp_path):
+    """Predictions that fall in a later segment than the first, windows that stopped in an
+    earlier segment (their flag is in the bank), several column tiles."""
+    cfg = CONFIGS["3lanes-segments"]
+    layer, x = random_layer(ConvLayer("c", 3, 4, 6, 7, k=3, pad=1), seed=11, density=0.6)
+    params = some_params(layer, 3, frac=0.15)
+    case = snapea_case(cfg, layer, x, params)
+    assert case["segments"] > 1 and case["tiles"] > 1 and case["carried_stops"] > 0
+    run_rtl(cfg, "tb.snapea_tb", case, tmp_path)
 
 
 @pytest.mark.rtl

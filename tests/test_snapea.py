@@ -157,8 +157,9 @@ def test_snapea_run_layer_counts_every_window_by_default():
     ref = termination(a, layer.weight_matrix.numpy(), layer.bias.numpy(), o, cfg.check_every,
                       few_windows=10**6)
     assert (run.t.macs == ref.macs).all() and run.t.exact.sum() > 0
-    assert run.cyc == layer_cycles(spec, cfg, ref.macs, o.taps)
-    assert run.events["mac"] == int(ref.macs.sum())
+    assert run.cyc == layer_cycles(spec, cfg, ref.macs, ref.zeroed, o.taps)
+    # taps issued and discarded after an early stop count as multiplier work
+    assert run.events["mac"] == int(ref.macs.sum()) + run.cyc["squashed"]
 
 
 def test_snapea_exact_mode_never_changes_an_output():
@@ -181,14 +182,17 @@ def test_snapea_exact_mode_never_changes_an_output():
 
 SIM_CONFIGS = [SnaPEAConfig(lanes=1, max_taps=64, act_depth=128, max_windows=8),
                SnaPEAConfig(lanes=3, max_taps=64, act_depth=200, max_windows=12, check_every=2),
-               SnaPEAConfig(lanes=4, max_taps=512, act_depth=4096, max_windows=64)]
+               SnaPEAConfig(lanes=4, max_taps=512, act_depth=4096, max_windows=64),
+               # kernels in segments, rows in column tiles
+               SnaPEAConfig(lanes=3, max_taps=7, act_depth=60, max_windows=5, check_every=3)]
 SIM_SHAPES = [ConvLayer("c", 4, 5, 7, 6, k=3, pad=1), ConvLayer("s", 2, 4, 9, 9, k=3, stride=2),
               fc("f", 30, 7), ConvLayer("p", 3, 2, 3, 3, k=1)]
 
 
 @pytest.mark.parametrize("mode", ["exact", "predictive", "dense"])
 @pytest.mark.parametrize("cfg", SIM_CONFIGS,
-                         ids=lambda c: f"l{c.lanes}a{c.act_depth}w{c.max_windows}k{c.check_every}")
+                         ids=lambda c: f"l{c.lanes}t{c.max_taps}a{c.act_depth}w{c.max_windows}"
+                         f"k{c.check_every}")
 @pytest.mark.parametrize("spec", SIM_SHAPES, ids=lambda s: s.name)
 def test_snapea_vectorised_simulator_matches_step_model_and_reference(spec, cfg, mode):
     from sim.snapea import StepModel, layer_commands, run_layer
@@ -253,12 +257,43 @@ def test_snapea_config_and_driver_errors_name_the_fix():
 
     with pytest.raises(ValueError, match="lanes must be"):
         SnaPEAConfig(lanes=0)
-    with pytest.raises(ValueError, match="--act-depth"):
-        plan_layer(ConvLayer("big", 64, 8, 30, 30, k=3, pad=1), SnaPEAConfig(act_depth=1000))
-    with pytest.raises(ValueError, match="--max-taps"):
-        from sim.snapea import layer_order
-        spec = ConvLayer("c", 16, 2, 4, 4, k=3)
-        layer_order(np.ones((2, 16, 3, 3), int), spec, SnaPEAConfig(max_taps=100), None)
+    with pytest.raises(ValueError, match="--act-depth 576 or more"):
+        plan_layer(ConvLayer("big", 64, 8, 30, 30, k=3, pad=1), SnaPEAConfig(act_depth=500))
+
+
+def test_snapea_tiles_cover_every_window_once_and_fit_the_buffers():
+    """Whole rows where they fit, equal column tiles where a row's input does not; every
+    tile's input fits the input buffer and its windows the banks."""
+    from sim.snapea import plan_layer
+
+    for spec, cfg in [(ConvLayer("c", 64, 8, 224, 224, k=3, pad=1), SnaPEAConfig()),
+                      (ConvLayer("s", 3, 8, 227, 227, k=11, stride=4), SnaPEAConfig()),
+                      (ConvLayer("t", 4, 4, 7, 8, k=3, pad=1),
+                       SnaPEAConfig(act_depth=60, max_windows=5))]:
+        tiles = plan_layer(spec, cfg)
+        seen = np.zeros(spec.out_h * spec.out_w, int)
+        for t in tiles:
+            seen[t.pixels(spec.out_w)] += 1
+            assert spec.in_ch * t.in_rows * t.in_cols <= cfg.act_depth
+            assert t.windows <= cfg.max_windows
+        assert (seen == 1).all()
+    wide = plan_layer(ConvLayer("c", 64, 8, 224, 224, k=3, pad=1), SnaPEAConfig())
+    assert {t.width for t in wide} == {112}  # 64 x 3 x 226 inputs do not fit 32768
+
+
+def test_snapea_default_runs_vgg16_fc6_in_segments():
+    """VGG-16's fc6 kernels (25088 taps) exceed the default weight buffers (4608): the
+    driver splits them into segments and the simulator counts them."""
+    from models.workloads import vgg16
+    from sim.snapea import layer_cycles, segments
+
+    cfg = SnaPEAConfig()
+    fc6 = next(l for l in vgg16() if l.name == "fc6")
+    assert len(segments(fc6.gemm[1], cfg)) == 6
+    taps = np.full(fc6.out_ch, fc6.gemm[1])
+    cyc = layer_cycles(fc6, cfg, taps[None], np.zeros((1, fc6.out_ch), bool), taps)
+    assert cyc["segments"] == 6 * fc6.out_ch // cfg.lanes
+    assert cyc["compute_cycles"] == taps.sum() // cfg.lanes
 
 
 def test_snapea_tuner_respects_the_budget_on_validation(digits):
