@@ -418,30 +418,59 @@ class NullHopConfig:
         return self.lanes // self.group
 
     # --- the cycle schedule (mirrored by sim.nullhop and checked against the RTL) ----------
-    def pass_cycles(self, *, weight_beats: int, load: bool, mac_cycles: int, sm_words: int,
-                    dead_values: int, last_no_mac: bool, emit: bool, out_pixels: int = 0,
-                    pool: bool = False, out_chunks: int = 0, out_nnz: int = 0,
-                    collected: int = 0) -> int:
-        """Cycles of one pass, command beat to its last output beat (or to its last input
+    prime_cycles = 3  # after the command: pass constants, the first row's kernel rows
+    decode_cycles = 2  # after each SM word: the chunk's kernel boxes and addresses
+    drain_cycles = 1  # after the input, before the output phase: the last update lands
+    part_fill = 2  # walker start -> fill buffer complete, a pixel's further chunks
+
+    @property
+    def fill_latency(self) -> int:
+        """A chunk's last partial-sum read -> its fill buffer complete: the read, its
+        register, the requantiser, the max-pool, the fill."""
+        return 2 + self.fxp.requant_latency + 2
+
+    def chunk_fills(self, pixels, pool: bool, part):
+        """Cycles from the walker's start to a complete fill buffer, per chunk: ``pixels``
+        pooled pixels read (1 or 4 reads each), or ``part_fill`` for a pixel's further
+        chunks (``part > 0``). Works on numpy arrays."""
+        import numpy as np
+
+        return np.where(np.asarray(part) > 0, self.part_fill,
+                        np.asarray(pixels) * (4 if pool else 1) + self.fill_latency)
+
+    @staticmethod
+    def output_cycles(nnz, fills) -> int:
+        """The output phase of a pass (first walker cycle to the final output word,
+        inclusive) from its chunks in order: ``nnz[j]`` non-zero values, ``fills[j]`` fill
+        time (``chunk_fills``). Chunk j leaves ``max(1 + nnz[j-1], fills[j])`` cycles after
+        chunk j - 1; the first leaves ``fills[0]`` cycles after the walker starts, and the
+        last needs ``1 + nnz`` cycles for its SM word and values."""
+        import numpy as np
+
+        nnz, fills = np.asarray(nnz), np.asarray(fills)
+        return int(fills[0] + np.maximum(1 + nnz[:-1], fills[1:]).sum() + nnz[-1] + 1)
+
+    def pass_cycles(self, *, weight_beats, load, mac_cycles, sm_words, dead_values,
+                    last_no_mac, emit, output=0, collected=0):
+        """Cycles of one pass, command beat to its last output word (or to its end-of-input
         cycle when it does not emit), inclusive, with inputs always valid and ``out`` ready:
 
-        1 command + ``weight_beats`` (if ``load``) + input phase + output phase. The input
-        phase is ``mac_cycles`` (each non-zero value spends one cycle per kernel offset that
-        takes it to an output of the pass) + one cycle per input word not taken in the last
-        MAC cycle of a value: ``sm_words + dead_values + 1 - last_no_mac`` (``dead_values``
-        are non-zeros that reach no output, ``last_no_mac`` whether the final word is an SM
-        word or such a value) + 1 end-of-input cycle. The output phase per output pixel is
-        ``(4 if pool else 1)`` psum reads + 1 fold + ``parts`` fills, plus 1 cycle per
-        output SM word and 1 per output non-zero value. With ``macs_per_channel`` M > 1 a
-        value starts a *group* of up to M consecutive non-zeros of one pixel (one block of
-        ``min(Cp, S)`` positions); each further value of a group costs one cycle
-        (``collected``), ``mac_cycles`` counts groups' offsets and ``dead_values`` dead groups.
+        1 command + ``prime_cycles`` + ``weight_beats`` (if ``load``) + input phase (+
+        ``drain_cycles`` + ``output`` (``output_cycles``) if ``emit``). The input phase is
+        ``mac_cycles`` (each non-zero value spends one cycle per kernel offset that takes it
+        to an output of the pass) + one cycle per input word not taken in the last MAC cycle
+        of a value: ``sm_words + dead_values + 1 - last_no_mac`` (``dead_values`` are
+        non-zeros that reach no output, ``last_no_mac`` whether the final word is an SM word
+        or such a value) + ``decode_cycles`` per SM word + 1 end-of-input cycle. With
+        ``macs_per_channel`` M > 1 a value starts a *group* of up to M consecutive non-zeros
+        of one pixel (one block of ``min(Cp, S)`` positions); each further value of a group
+        costs one cycle (``collected``), ``mac_cycles`` counts groups' offsets and
+        ``dead_values`` dead groups.
         """
         # written with * and + only, so numpy arrays of passes work as well as ints
-        cycles = (1 + weight_beats * load + mac_cycles + sm_words + dead_values + collected
-                  + 2 - last_no_mac * 1)
-        return cycles + emit * (out_pixels * (1 + 3 * pool + 1 + self.parts)
-                                + out_chunks + out_nnz)
+        return (1 + self.prime_cycles + weight_beats * load + mac_cycles
+                + sm_words * (1 + self.decode_cycles) + dead_values + collected
+                + 2 - last_no_mac * 1 + emit * (self.drain_cycles + output))
 
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}

@@ -7,18 +7,26 @@ The host-side driver (``sim.nullhop.plan_layer``) cuts a layer into *passes*: on
 ``lanes = macs / macs_per_channel`` output channels x one band of output rows x one tile of
 input channels; a pass's input is the band's input rows of the tile's slices, its output
 one slice of the band.
+
+Every path between registers is short enough for 100 MHz on an ECP5 (``docs/fpga.md``): the
+decoder works out a chunk's kernel offsets in the two cycles after its SM word, the MAC loop
+walks its addresses by increments, the partial-sum update is a read-modify-write pipeline
+with forwarding, and the output stage streams read-outs through the pipelined requantiser
+into a double-buffered encoder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import MAC_GROUP, partial_product_groups, tree_sum
 from .config import NullHopConfig, ceil_log2
 from .layouts import acc_shape, act_shape, requant_layout, weight_shape
+from .requantize import Requantizer
 
 
 @dataclass(frozen=True)
@@ -55,16 +63,6 @@ def nullhop_layouts(cfg: NullHopConfig) -> NullHopLayouts:
     return NullHopLayouts(command, data.ArrayLayout(weight_shape(fxp), cfg.lanes), word)
 
 
-def _requantize_now(fxp, biased, mult, shift, relu):
-    """``hw.fixedpoint.requantize`` in one cycle (combinational), for the output stage."""
-    rounding = (Const(1, 1) << shift) >> 1
-    shifted = (biased * mult + rounding) >> shift  # signed: a floor shift
-    hi_u, hi_s, lo_s = fxp.act_max, (1 << (fxp.act_bits - 1)) - 1, -(1 << (fxp.act_bits - 1))
-    clipped_u = Mux(shifted < 0, 0, Mux(shifted > hi_u, hi_u, shifted))
-    clipped_s = Mux(shifted < lo_s, lo_s, Mux(shifted > hi_s, hi_s, shifted))
-    return Mux(relu, clipped_u, clipped_s)
-
-
 def _lowest_set(m: Module, value, width: int, name: str):
     """Index of the lowest set bit of ``value`` (0 when none): a priority encoder."""
     idx = Signal(range(max(2, width)), name=name)
@@ -72,6 +70,29 @@ def _lowest_set(m: Module, value, width: int, name: str):
         with m.If(value[i]):
             m.d.comb += idx.eq(i)
     return idx
+
+
+def _only_one(value):
+    """``value`` has at most one bit set."""
+    return (value & (value - 1)) == 0
+
+
+def _range_start(a, top, k):
+    """First half of ``sim.nullhop.kernel_range`` for ``a = coord + pad`` and
+    ``top = (out_n - 1) * stride``: ``lo = max(0, a - top)``, ``am = min(a, top)``,
+    ``hi = min(a, k - 1)``."""
+    d = a - top
+    over = ~d[-1] & (d != 0)
+    return {"lo": Mux(over, d, 0), "am": Mux(over, top, a), "hi": Mux(a < k - 1, a, k - 1)}
+
+
+def _range_end(a, lo, hi, smask):
+    """Second half: the first and last kernel offset on the stride grid (first > last:
+    none). ``(a - lo) & smask`` only needs the low bits."""
+    lb = len(smask)
+    first = lo.as_signed() + ((a[:lb] - lo[:lb]) & smask)
+    last = hi.as_signed() - ((a[:lb] - hi[:lb]) & smask)
+    return first, last
 
 
 class NullHopBlock(wiring.Component):
@@ -91,34 +112,44 @@ class NullHopBlock(wiring.Component):
 
     Cycle schedule of one pass (``NullHopConfig.pass_cycles``; ``sim.nullhop`` mirrors it),
     every input valid and ``act_out`` ready:
-      - IDLE, 1 cycle: the command is accepted;
+      - IDLE, 1 cycle: the command is accepted; PRIME, ``prime_cycles`` (3): the pass's
+        constants and the first input row's kernel rows are worked out;
       - LOAD, one cycle per weight beat (skipped when ``load`` is 0);
-      - input phase: FETCH takes one word per cycle. A value word's kernel offsets that take
-        it to an output of the pass form a box ``ky_first..ky_last`` x ``kx_first..kx_last``
-        on the stride grid (computed when the word is taken); MAC walks that box, one
-        offset per cycle, all ``lanes`` output channels in parallel, and its last cycle
-        already takes the next word. So a non-zero costs ``ny * nx`` cycles (``k*k`` inside
-        the map, fewer at borders, band edges and for strides > 1; ``k*k/stride^2`` on
-        average), a non-zero whose box is empty ("dead") costs its fetch cycle only, every
-        SM word one cycle unless it directly follows a value with a non-empty box, and one
-        more FETCH cycle sees the end of the input. Zero activations cost no MAC cycle and
-        every MAC cycle is a useful multiply-accumulate.
-        The partial-sum memory is read in the MAC cycle and written (``psum + v * w``) in the
-        next; its read port is transparent, so back-to-back updates of one pixel are exact;
+      - input phase: FETCH takes one word per cycle. Each SM word is followed by
+        ``decode_cycles`` (2) DECODE cycles that work out, for each of its S positions, the box of kernel offsets
+        ``ky_first..ky_last`` x ``kx_first..kx_last`` (on the stride grid) that take a value
+        there to an output of the pass and the box's first partial-sum and kernel
+        addresses (the kernel rows of an input row are worked out in the background while
+        the previous row streams). MAC walks a value's box, one offset per cycle, all
+        ``lanes`` output channels in parallel, and its last cycle already takes the next
+        word. So a non-zero costs ``ny * nx`` cycles (``k*k`` inside the map, fewer at
+        borders, band edges and for strides > 1), a non-zero whose box is empty ("dead")
+        costs its fetch cycle only, every SM word 1 + 2 cycles, one less if it directly
+        follows a value with a non-empty box, and one more FETCH cycle sees the end of the
+        input. Zero activations cost no MAC cycle and every MAC cycle is a useful
+        multiply-accumulate. A MAC cycle reads the partial sums and the kernel row; the
+        products are formed and added two cycles later and written back at the end of the
+        fourth cycle (stages P1..P3); an update of the same pixel one or two cycles later
+        takes the newer sum from the pipeline (three or more: the transparent read port);
       - with ``macs_per_channel`` M > 1, a value word starts a *group*: the next non-zeros
         of the same block of ``min(Cp, S)`` positions (the same pixel, other input channels)
         join it, up to M, one COLLECT cycle each; the MAC cycles then multiply all M values
         (empty slots hold 0) with their own kernel rows (M kernel-memory read ports) and add
-        the M products into the one partial sum per output channel. A pass then computes
-        ``lanes = macs / M`` output channels;
-      - output phase (if ``emit``), for each output pixel after pooling in row-major order:
-        ``1`` (or ``4`` with pooling) psum reads, 1 fold cycle (bias + requantise + ReLU,
-        then max over the window; each psum is cleared as it is read, so
-        the memory is all-zero for the next pass), then ``macs / min(macs, S)`` fill cycles
-        moving ``min(macs, S)`` values into the S-value chunk register. A complete chunk
-        (``S`` positions, or the end of a row) is sent as 1 SM word cycle + 1 cycle per
-        non-zero value. The pass ends with its final output word; the next command is
-        accepted in the following cycle (passes never overlap).
+        the M products into the one partial sum per output channel;
+      - output phase (if ``emit``), after ``drain_cycles`` (1) DRAIN cycle: the output is
+        sent as chunks (S
+        positions of a row, or the row's end). A walker reads (and clears) the partial sums
+        of one chunk's pixels, one read per cycle (4 per pixel with pooling); they pass the
+        requantiser and the max-pool into the fill buffer, complete ``fill_latency`` (11)
+        cycles after the walker started plus one cycle per read (``part_fill`` (2) cycles
+        for the further chunks of a pixel wider than S, which need no read:
+        ``NullHopConfig.chunk_fills``). The send buffer offers the
+        chunk's SM word, then its non-zero values, one word per cycle. The fill buffer moves
+        to the send buffer in the cycle the send buffer's last word leaves (or when it is
+        empty) and the walker starts the next chunk in the cycle after, so chunk j leaves
+        ``max(1 + nnz(j - 1), fill(j))`` cycles after chunk j - 1
+        (``NullHopConfig.output_cycles``). The pass ends with its final output word; the next command is accepted in the following cycle (passes
+        never overlap).
     A non-emitting pass ends after its end-of-input cycle and keeps its partial sums, so the
     next pass (the next input-channel tile) accumulates onto them.
     Stalls (``valid`` low, ``ready`` low) only add cycles: every state waits for its beat.
@@ -139,347 +170,560 @@ class NullHopBlock(wiring.Component):
         return self._cfg
 
     def elaborate(self, platform):
+        m = Module()
+        cmd = Signal(nullhop_layouts(self._cfg).command)
+        self._memories(m)
+        k = self._pass_constants(m, cmd)
+        dec = self._decoder(m, cmd, k)
+        self._mac_loop(m, cmd, k)
+        self._output_stage(m, cmd, k)
+        self._control(m, cmd, k, dec)
+        return m
+
+    # ---- memories -------------------------------------------------------------------------
+    def _memories(self, m):
         cfg, fxp = self._cfg, self._cfg.fxp
         lay = nullhop_layouts(cfg)
-        S, L, M = cfg.sm_bits, cfg.lanes, cfg.macs_per_channel
-        G, parts = cfg.group, cfg.parts
-        slots = S // G
-        log2s = ceil_log2(S)
-        dim = _bits(cfg.max_dim)
-        p_bits = _bits(cfg.kernel_depth * cfg.max_dim + S)
-        m = Module()
-
         m.submodules.kmem = kmem = memory.Memory(
             shape=lay.weight_row, depth=cfg.kernel_depth, init=[])
         m.submodules.pmem = pmem = memory.Memory(
-            shape=data.ArrayLayout(acc_shape(fxp), L), depth=cfg.acc_depth, init=[])
-        kwr = kmem.write_port()
-        krds = [kmem.read_port() for _ in range(M)]  # one per MAC of a channel's group
-        pwr = pmem.write_port()
-        prd = pmem.read_port(transparent_for=(pwr,))
+            shape=data.ArrayLayout(acc_shape(fxp), cfg.lanes), depth=cfg.acc_depth, init=[])
+        self._kwr = kmem.write_port()
+        self._krds = [kmem.read_port() for _ in range(cfg.macs_per_channel)]
+        self._pwr = pmem.write_port()
+        self._prd = pmem.read_port(transparent_for=(self._pwr,))
 
-        cmd = Signal(lay.command)
-        kk = Signal(range(cfg.max_k * cfg.max_k + 1))
-        m.d.comb += kk.eq(cmd.k * cmd.k)
-        cp_mask = Signal(p_bits)
-        m.d.comb += cp_mask.eq((Const(1, p_bits) << cmd.slice_log2) - 1)
-        weight_beats = Signal(_bits(cfg.kernel_depth * cfg.max_k * cfg.max_k))
-        m.d.comb += weight_beats.eq((cmd.slices << cmd.slice_log2) * kk)
-        row_words = Signal(p_bits)  # R = ceil(Cp * in_w / S)
-        m.d.comb += row_words.eq(((cmd.in_w << cmd.slice_log2) + (S - 1)) >> log2s)
+    # ---- per-pass constants: registered from the command, ready from the pass's 3rd cycle --
+    def _pass_constants(self, m, cmd):
+        cfg = self._cfg
+        S = cfg.sm_bits
+        dim, kb = _bits(cfg.max_dim), _bits(cfg.max_k)
+        kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
+        p_bits = _bits(cfg.kernel_depth * cfg.max_dim + S)
+        values = {
+            "kk": (cmd.k * cmd.k, 2 * kb),
+            "stride": (Const(1, 4) << cmd.stride_log2, 4),
+            "smask": ((Const(1, 4) << cmd.stride_log2) - 1, 3),
+            "xtop": ((cmd.out_w - 1) << cmd.stride_log2, dim + 3),
+            "ytop": ((cmd.out_h - 1) << cmd.stride_log2, dim + 3),
+            "sk": (cmd.k << cmd.stride_log2, kb + 3),
+            "cp_mask": ((Const(1, p_bits) << cmd.slice_log2) - 1, p_bits),
+            "slices_cp": (cmd.slices << cmd.slice_log2, kdb),
+            "row_words": (((cmd.in_w << cmd.slice_log2) + (S - 1)) >> ceil_log2(S), p_bits),
+            "wpool": (cmd.out_w << cmd.pool, dim + 1),
+            "ho": (cmd.out_h >> cmd.pool, dim),
+            "wo": (cmd.out_w >> cmd.pool, dim),
+            "blk_log2": (Mux(cmd.slice_log2 < ceil_log2(S), cmd.slice_log2, ceil_log2(S)),
+                         max(1, ceil_log2(S + 1))),
+        }
+        k = {}
+        for name, (value, width) in values.items():
+            k[name] = Signal(width, name=f"k_{name}")
+            m.d.sync += k[name].eq(value)
+        # multiples of k*k: kernel-memory offsets of a chunk's channels and of a slice
+        k["jkk"] = [Signal(kdb, name=f"k_jkk_{j}") for j in range(min(cfg.lanes, S))]
+        m.d.sync += [r.eq(k["kk"] * j) for j, r in enumerate(k["jkk"])]
+        k["cpkk"] = Signal(kdb, name="k_cpkk")
+        m.d.sync += k["cpkk"].eq(k["kk"] << cmd.slice_log2)
+        return k
 
-        # ---- kernel load -----------------------------------------------------------------
-        wcount = Signal.like(weight_beats)
-        m.d.comb += [kwr.addr.eq(wcount), kwr.data.eq(self.weights.payload)]
+    # ---- input decoder ---------------------------------------------------------------------
+    def _decoder(self, m, cmd, k):
+        """SM words, the per-position kernel boxes of each chunk (two DECODE cycles), the
+        kernel rows of each input row (in the background) and the value take."""
+        cfg = self._cfg
+        S, M = cfg.sm_bits, cfg.macs_per_channel
+        log2s = ceil_log2(S)
+        dim, kb = _bits(cfg.max_dim), _bits(cfg.max_k)
+        kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
+        p_bits = _bits(cfg.kernel_depth * cfg.max_dim + S)
+        abits = _bits(cfg.acc_depth)
+        sw = dim + kb + 4  # coordinate + padding arithmetic
 
-        # ---- input decoder ---------------------------------------------------------------
-        mask = Signal(S)  # SM bits of the current chunk not yet matched with a value
+        d = {}  # registers, and what the rest of the block reads
+        d["mask"] = mask = Signal(S)
+        d["idx"] = idx = Signal(range(max(2, S)))
         cur_w, nxt_w = Signal(p_bits), Signal(p_bits)
         cur_iy, nxt_iy = Signal(dim), Signal(dim)
         cur_slice, nxt_slice = Signal.like(cmd.slices), Signal.like(cmd.slices)
-        sm_done = Signal()
-        end = Signal()
-        m.d.comb += end.eq((mask == 0) & sm_done)
-        take = Signal()
-        m.d.comb += take.eq(self.act_in.valid & self.act_in.ready)
-        word = self.act_in.payload.data
+        cur_sbase, nxt_sbase = Signal(kdb), Signal(kdb)  # kernel offset of the slice
+        d.update(cur_w=cur_w, nxt_w=nxt_w, cur_iy=cur_iy, nxt_iy=nxt_iy, cur_slice=cur_slice,
+                 nxt_slice=nxt_slice, cur_sbase=cur_sbase, nxt_sbase=nxt_sbase)
+        d["sm_done"] = Signal()
+        d["end"] = end = Signal()
+        m.d.comb += end.eq((mask == 0) & d["sm_done"])
 
-        idx = _lowest_set(m, mask, S, "in_idx")
-        pos = Signal(p_bits)
-        m.d.comb += pos.eq((cur_w << log2s) | idx)
-        x_new = Signal(p_bits)
-        m.d.comb += x_new.eq(pos >> cmd.slice_log2)
-        c_new = Signal(_bits(cfg.kernel_depth))
-        m.d.comb += c_new.eq((cur_slice << cmd.slice_log2) | (pos & cp_mask))
+        # kernel rows of input row nxt_iy, four stages (R1..R4), read at the second DECODE
+        # cycle of the row's chunks: by then nxt_iy has been the chunk's row for 4 cycles
+        ay = Signal(sw)
+        m.d.comb += ay.eq(nxt_iy + cmd.pad_top)
+        r1 = {n: Signal(sw, name=f"row1_{n}") for n in ("a", "lo", "am", "hi")}
+        m.d.sync += [r1["a"].eq(ay), *(r1[n].eq(v) for n, v in
+                                        _range_start(ay, k["ytop"], cmd.k).items())]
+        ky_f, ky_l = _range_end(r1["a"], r1["lo"], r1["hi"], k["smask"])
+        r2 = {n: Signal(sw, name=f"row2_{n}") for n in ("ky_f", "ky_l", "oy_f")}
+        m.d.sync += [r2["ky_f"].eq(ky_f), r2["ky_l"].eq(ky_l),
+                     r2["oy_f"].eq(r1["am"] >> cmd.stride_log2)]
+        groups = partial_product_groups(cmd.out_w, r2["oy_f"][:dim], MAC_GROUP)
+        r3 = {"g": [Signal(abits + 4, name=f"row3_g{j}") for j in range(len(groups))],
+              "ky_f": Signal(kb + 1, name="row3_ky_f"), "ky_l": Signal(kb + 1, name="row3_ky_l"),
+              "any": Signal(name="row3_any"), "krow": Signal(kdb, name="row3_krow")}
+        m.d.sync += [*(r.eq(g) for r, g in zip(r3["g"], groups)),
+                     r3["ky_f"].eq(r2["ky_f"]), r3["ky_l"].eq(r2["ky_l"]),
+                     r3["any"].eq(r2["ky_f"].as_signed() <= r2["ky_l"].as_signed()),
+                     r3["krow"].eq(r2["ky_f"][:kb + 1] * cmd.k)]
+        row = {n: Signal.like(v, name=f"row4_{n}") for n, v in r3.items() if n != "g"}
+        row["rowbase"] = Signal(abits + 4, name="row4_rowbase")
+        m.d.sync += [*(row[n].eq(r3[n]) for n in row if n != "rowbase"),
+                     row["rowbase"].eq(tree_sum(g << (MAC_GROUP * j)
+                                                for j, g in enumerate(r3["g"])))]
 
-        # ---- MAC loop state --------------------------------------------------------------
-        vals = [Signal(act_shape(fxp), name=f"val_{j}") for j in range(M)]
-        wbases = [Signal(_bits(cfg.kernel_depth * cfg.max_k * cfg.max_k), name=f"wbase_{j}")
-                  for j in range(M)]
-        gcount = Signal(range(M + 1))  # values in the group being collected
-        reach_reg = Signal()
-        x_reg = Signal(dim)
-        iy_reg = Signal(dim)
-        kb = _bits(cfg.max_k)
-        ky, kx = Signal(kb), Signal(kb)
-        kx_first, ky_last, kx_last = Signal(kb), Signal(kb), Signal(kb)
-        mac_last = Signal()
-        m.d.comb += mac_last.eq((ky == ky_last) & (kx == kx_last))
-        stride = Signal(4)
-        m.d.comb += stride.eq(Const(1, 4) << cmd.stride_log2)
+        # the chunk's kernel-memory base (channels above the chunk: pixels wider than S)
+        hm = Signal(p_bits)
+        m.d.comb += hm.eq(k["cp_mask"] >> log2s)
+        cb1 = Signal(p_bits)
+        m.d.sync += cb1.eq(cur_w & hm)
+        d["chunk_base"] = chunk_base = Signal(kdb)
+        m.d.sync += chunk_base.eq(cur_sbase + ((cb1 * k["kk"]) << log2s))
 
-        def kernel_range(coord, pad, out_n, name):
-            """First and last kernel offsets that map input ``coord`` onto an output in
-            ``0..out_n-1`` on the stride grid, and whether there is any."""
-            sw = signed(dim + kb + 6)
-            a = Signal(sw, name=f"{name}_a")
-            lo, hi = Signal(sw, name=f"{name}_lo"), Signal(sw, name=f"{name}_hi")
-            first, last = Signal(sw, name=f"{name}_first"), Signal(sw, name=f"{name}_last")
-            reach = Signal(sw, name=f"{name}_reach")
-            m.d.comb += [a.eq(coord + pad),
-                         reach.eq(a - ((out_n - 1) << cmd.stride_log2)),
-                         lo.eq(Mux(reach > 0, reach, 0)),
-                         hi.eq(Mux(a < cmd.k - 1, a, cmd.k - 1)),
-                         first.eq(lo + ((a - lo).as_unsigned() & (stride - 1))),
-                         last.eq(hi - ((a - hi).as_unsigned() & (stride - 1)))]
-            return first, last, first <= last
+        # DECODE 1 and 2: the kernel box of every position of the chunk
+        d1_en, d2_en = Signal(), Signal()
+        d.update(d1_en=d1_en, d2_en=d2_en)
+        pos_lay = data.StructLayout({"a": sw, "lo": sw, "am": sw, "hi": sw})
+        box_lay = data.StructLayout({"kx_f": kb + 1, "kx_l": kb + 1, "any": 1,
+                                     "op_first": abits + 4, "xk": kdb})
+        d1 = Signal(data.ArrayLayout(pos_lay, S))
+        box = Signal(data.ArrayLayout(box_lay, S))
+        d["box"] = box
+        for i in range(S):
+            x = Signal(sw, name=f"dec_x_{i}")
+            m.d.comb += x.eq(Cat(Const(i, log2s), cur_w) >> cmd.slice_log2)
+            a = Signal(sw, name=f"dec_a_{i}")
+            m.d.comb += a.eq(x + cmd.pad_left)
+            with m.If(d1_en):
+                m.d.sync += [d1[i].a.eq(a), *(getattr(d1[i], n).eq(v) for n, v in
+                                               _range_start(a, k["xtop"], cmd.k).items())]
+            first, last = _range_end(d1[i].a, d1[i].lo, d1[i].hi, k["smask"])
+            with m.If(d2_en):
+                m.d.sync += [box[i].kx_f.eq(first), box[i].kx_l.eq(last),
+                             box[i].any.eq(first.as_signed() <= last.as_signed()),
+                             box[i].op_first.eq(row["rowbase"]
+                                                + (d1[i].am >> cmd.stride_log2)),
+                             box[i].xk.eq(row["krow"] + first)]
+        chunk_row = {n: Signal.like(row[n], name=f"chunk_{n}") for n in ("ky_f", "ky_l", "any")}
+        d["chunk_row"] = chunk_row
+        with m.If(d2_en):
+            m.d.sync += [chunk_row[n].eq(row[n]) for n in chunk_row]
 
-        ky_f, ky_l, y_any = kernel_range(cur_iy, cmd.pad_top, cmd.out_h, "ry")
-        kx_f, kx_l, x_any = kernel_range(x_new, cmd.pad_left, cmd.out_w, "rx")
-        reaches = Signal()
-        m.d.comb += reaches.eq(y_any & x_any)
-        # grouping (M > 1): the next non-zero joins the group if it lies in the same block of
-        # min(Cp, S) positions (the same pixel) and the group is not full
+        # the next non-zero after the one at idx, and whether it joins the group (M > 1)
         mask_next = Signal(S)
         m.d.comb += mask_next.eq(mask & (mask - 1))
-        idx2 = _lowest_set(m, mask_next, S, "in_idx2")
-        blk_log2 = Signal(range(max(2, log2s + 1)))
-        m.d.comb += blk_log2.eq(Mux(cmd.slice_log2 < log2s, cmd.slice_log2, log2s))
-        more = Signal()
-        m.d.comb += more.eq(Const(int(M > 1), 1) & (mask_next != 0)
-                            & ((idx >> blk_log2) == (idx2 >> blk_log2)))
+        d["mask_next"] = mask_next
+        d["idx_next"] = idx_next = _lowest_set(m, mask_next, S, "in_idx_next")
+        d["more"] = more = Signal()
+        if M > 1:
+            m.d.comb += more.eq((mask_next != 0)
+                                & ((idx >> k["blk_log2"]) == (idx_next >> k["blk_log2"])))
+        jsel = Signal(range(max(2, min(cfg.lanes, S))))
+        m.d.comb += jsel.eq(idx & k["cp_mask"])
+        d["chan"] = chan = Signal(kdb)  # kernel offset of the value's channel
+        m.d.comb += chan.eq(chunk_base + Cat(*k["jkk"]).word_select(jsel, kdb)
+                            if len(k["jkk"]) > 1 else chunk_base + k["jkk"][0])
+        d["reaches"] = reaches = Signal()
+        m.d.comb += reaches.eq(chunk_row["any"] & box[idx].any)
+        return d
 
-        num_y, num_x = Signal(signed(dim + 3)), Signal(signed(dim + 3))
-        m.d.comb += [num_y.eq(iy_reg + cmd.pad_top - ky), num_x.eq(x_reg + cmd.pad_left - kx)]
-        smask = Signal(3)
-        m.d.comb += smask.eq((Const(1, 4) << cmd.stride_log2) - 1)
-        oy, ox = Signal(dim + 3), Signal(dim + 3)
-        m.d.comb += [oy.eq(num_y.as_unsigned() >> cmd.stride_log2),
-                     ox.eq(num_x.as_unsigned() >> cmd.stride_log2)]
-        op_valid = Signal()
-        m.d.comb += op_valid.eq((num_y >= 0) & (num_x >= 0)
-                                & ((num_y.as_unsigned() & smask) == 0)
-                                & ((num_x.as_unsigned() & smask) == 0)
-                                & (oy < cmd.out_h) & (ox < cmd.out_w))
-        op_addr = Signal(range(cfg.acc_depth))
-        m.d.comb += op_addr.eq(oy * cmd.out_w + ox)
+    # ---- MAC loop and partial-sum read-modify-write ---------------------------------------
+    def _mac_loop(self, m, cmd, k):
+        cfg, fxp = self._cfg, self._cfg.fxp
+        M, L = cfg.macs_per_channel, cfg.lanes
+        kb = _bits(cfg.max_k)
+        kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
+        abits = _bits(cfg.acc_depth)
+        r = {}
+        r["vals"] = vals = [Signal(act_shape(fxp), name=f"val_{j}") for j in range(M)]
+        r["chans"] = chans = [Signal(kdb, name=f"chan_{j}") for j in range(M)]
+        r["gcount"] = Signal(range(M + 1))
+        r["reach"] = Signal()
+        ky, kx = Signal(kb + 1), Signal(kb + 1)
+        kx_first, ky_last, kx_last = Signal(kb + 1), Signal(kb + 1), Signal(kb + 1)
+        op_addr, op_row = Signal(abits + 4), Signal(abits + 4)
+        k_off, k_row = Signal(kdb), Signal(kdb)
+        r.update(ky=ky, kx=kx, kx_first=kx_first, ky_last=ky_last, kx_last=kx_last,
+                 op_addr=op_addr, op_row=op_row, k_off=k_off, k_row=k_row)
+        r["mac_last"] = mac_last = Signal()
+        m.d.comb += mac_last.eq((ky == ky_last) & (kx == kx_last))
+        r["issue"] = issue = Signal()  # a MAC cycle: read, and start an update
+        self._mac = r
 
-        s1_valid = Signal()
-        s1_addr = Signal(range(cfg.acc_depth))
-        s1_vals = [Signal(act_shape(fxp), name=f"s1_val_{j}") for j in range(M)]
+        # walk the box by increments: kx += stride -> one output pixel left; ky += stride ->
+        # one output row up; kernel offset +stride / +stride*k
+        with m.If(issue):
+            with m.If(kx == kx_last):
+                m.d.sync += [kx.eq(kx_first), ky.eq(ky + k["stride"]),
+                             op_row.eq(op_row - cmd.out_w), op_addr.eq(op_row - cmd.out_w),
+                             k_row.eq(k_row + k["sk"]), k_off.eq(k_row + k["sk"])]
+            with m.Else():
+                m.d.sync += [kx.eq(kx + k["stride"]), op_addr.eq(op_addr - 1),
+                             k_off.eq(k_off + k["stride"])]
 
-        # ---- output stage state ----------------------------------------------------------
-        Ho, Wo = Signal(dim), Signal(dim)
-        m.d.comb += [Ho.eq(cmd.out_h >> cmd.pool), Wo.eq(cmd.out_w >> cmd.pool)]
-        py, px = Signal(dim), Signal(dim)
-        e = Signal(2)
+        prd, pwr = self._prd, self._pwr
+        for j in range(M):
+            m.d.comb += [self._krds[j].addr.eq(chans[j] + k_off), self._krds[j].en.eq(1)]
+        # P1: the reads are under way; P2: their data registered; P3: the products
+        p1 = {"valid": Signal(name="p1_valid"), "addr": Signal(abits, name="p1_addr"),
+              "vals": [Signal.like(v, name=f"p1_val_{j}") for j, v in enumerate(vals)]}
+        m.d.sync += [p1["valid"].eq(issue), p1["addr"].eq(op_addr),
+                     *(a.eq(b) for a, b in zip(p1["vals"], vals))]
+        row_shape = data.ArrayLayout(acc_shape(fxp), L)
+        p2 = {"valid": Signal(name="p2_valid"), "addr": Signal(abits, name="p2_addr"),
+              "psum": Signal(row_shape, name="p2_psum"),
+              "w": [Signal(nullhop_layouts(cfg).weight_row, name=f"p2_w_{j}") for j in range(M)],
+              "vals": [Signal.like(v, name=f"p2_val_{j}") for j, v in enumerate(vals)],
+              "hz1": Signal(name="p2_hz1"), "hz2": Signal(name="p2_hz2")}
+        p3 = {"valid": Signal(name="p3_valid"), "addr": Signal(abits, name="p3_addr"),
+              "psum": Signal(row_shape, name="p3_psum"),
+              "hz1": Signal(name="p3_hz1"), "hz2": Signal(name="p3_hz2")}
+        m.d.sync += [p2["valid"].eq(p1["valid"]), p2["addr"].eq(p1["addr"]),
+                     p2["psum"].eq(prd.data),
+                     *(w.eq(self._krds[j].data) for j, w in enumerate(p2["w"])),
+                     *(a.eq(b) for a, b in zip(p2["vals"], p1["vals"])),
+                     # the update one (two) cycle(s) ahead has not been written when this
+                     # read happened: take its sum from the pipeline
+                     p2["hz1"].eq(p2["valid"] & (p2["addr"] == p1["addr"])),
+                     p2["hz2"].eq(p3["valid"] & (p3["addr"] == p1["addr"]))]
+        groups = [[partial_product_groups(p2["w"][j][n], p2["vals"][j], MAC_GROUP)
+                   for j in range(M)] for n in range(L)]
+        p3_groups = [[[Signal.like(g, name=f"p3_pp_{n}_{j}_{q}") for q, g in enumerate(gs)]
+                      for j, gs in enumerate(lane)] for n, lane in enumerate(groups)]
+        m.d.sync += [p3["valid"].eq(p2["valid"]), p3["addr"].eq(p2["addr"]),
+                     p3["psum"].eq(p2["psum"]), p3["hz1"].eq(p2["hz1"]),
+                     p3["hz2"].eq(p2["hz2"])]
+        for n in range(L):
+            for j in range(M):
+                m.d.sync += [a.eq(b) for a, b in zip(p3_groups[n][j], groups[n][j])]
+        h1 = Signal(row_shape, name="sum_1ago")
+        h2 = Signal(row_shape, name="sum_2ago")
+        sums = Signal(row_shape, name="psum_sum")
+        for n in range(L):
+            base = Mux(p3["hz1"], h1[n], Mux(p3["hz2"], h2[n], p3["psum"][n]))
+            terms = [g << (MAC_GROUP * q) for j in range(M)
+                     for q, g in enumerate(p3_groups[n][j])]
+            m.d.comb += sums[n].eq(tree_sum([base, *terms]))
+        m.d.sync += [h1.eq(sums), h2.eq(h1)]
+        self._p3 = p3
+        self._sums = sums
+        r["busy"] = p1["valid"] | p2["valid"] | p3["valid"]
+
+    # ---- output stage: walker -> requantiser -> max-pool -> fill buffer -> send buffer ------
+    def _output_stage(self, m, cmd, k):
+        cfg, fxp = self._cfg, self._cfg.fxp
+        S, L, G, parts = cfg.sm_bits, cfg.lanes, cfg.group, cfg.parts
+        slots = S // G
+        dim = _bits(cfg.max_dim)
+        abits = _bits(cfg.acc_depth)
+        A = fxp.act_bits
+        o = {}
+        self._out = o
+        o["go"] = go = Signal()  # the walker starts the next chunk this cycle
+        o["active"] = Signal()  # in the output phase
+        # walker position: pooled pixel (wy, wx), its part (pixels wider than S), read e
+        wy, wx = Signal(dim), Signal(dim)
         part = Signal(range(max(2, parts)))
-        fpos = Signal(range(max(2, slots)))
-        f_valid, f_first = Signal(), Signal()
-        f_addr = Signal(range(cfg.acc_depth))
-        rd_addr = Signal(range(cfg.acc_depth))
-        dy, dx = Signal(), Signal()
-        m.d.comb += [dy.eq(e[1] & cmd.pool), dx.eq(e[0] & cmd.pool)]
-        m.d.comb += rd_addr.eq(((py << cmd.pool) + dy) * cmd.out_w + (px << cmd.pool) + dx)
+        slot = Signal(range(max(2, slots)))
+        e = Signal(2)
+        prow, pbase = Signal(abits + 4), Signal(abits + 4)  # psum address of (wy, 0), (wy, wx)
+        reading = Signal()
+        o.update(wy=wy, wx=wx, part=part, slot=slot, e=e, prow=prow, pbase=pbase,
+                 reading=reading)
         last_e = Signal()
         m.d.comb += last_e.eq(Mux(cmd.pool, e == 3, 1))
-        pix = Signal(data.ArrayLayout(act_shape(fxp), L))
-        chunk = Signal(data.ArrayLayout(act_shape(fxp), S))
-        chunk_first, chunk_final = Signal(), Signal()
-        rem = Signal(S)
-        nzmask = Signal(S)
-        m.d.comb += nzmask.eq(Cat(*(chunk[i] != 0 for i in range(S))))
-        last_px = Signal()
-        m.d.comb += last_px.eq((py == Ho - 1) & (px == Wo - 1))
         row_end = Signal()
-        m.d.comb += row_end.eq((px == Wo - 1) & (part == parts - 1))
-        complete = Signal()
-        m.d.comb += complete.eq((fpos == slots - 1) | row_end)
-        out_idx = _lowest_set(m, rem, S, "out_idx")
-        rem_next = Signal(S)
-        m.d.comb += rem_next.eq(rem & (rem - 1))
+        m.d.comb += row_end.eq(wx == k["wo"] - 1)
+        last_px = Signal()
+        m.d.comb += last_px.eq((wy == k["ho"] - 1) & row_end)
+        chunk_end = Signal()  # this pixel closes the chunk (slots full or the row ends)
+        m.d.comb += chunk_end.eq((slot == slots - 1) | row_end)
+        rd_now = Signal()  # a read this cycle
+        part_job = Signal()  # a further chunk of a wide pixel: no read, fill from pix
+        if parts > 1:
+            m.d.comb += part_job.eq(go & (part != 0))
+        m.d.comb += rd_now.eq(reading | (go & ~part_job))
+        rd_addr = Signal(abits + 4)
+        m.d.comb += rd_addr.eq(pbase + e[0] + Mux(e[1], cmd.out_w, 0))
+        o["rd_now"], o["rd_addr"] = rd_now, rd_addr
 
-        # ---- memories: the MAC path and the output stage share the psum ports -------------
-        for j in range(M):
-            m.d.comb += [krds[j].addr.eq(wbases[j] + ky * cmd.k + kx), krds[j].en.eq(1)]
-        m.d.comb += [prd.en.eq(1), prd.addr.eq(op_addr)]
+        def next_pixel():
+            with m.If(row_end):
+                m.d.sync += [wx.eq(0), wy.eq(wy + 1), prow.eq(prow + (cmd.out_w << cmd.pool)),
+                             pbase.eq(prow + (cmd.out_w << cmd.pool))]
+            with m.Else():
+                m.d.sync += [wx.eq(wx + 1), pbase.eq(pbase + (Const(1, 2) << cmd.pool))]
+
+        meta_first = Signal()  # the chunk is its row's first (chunks start at slot 0)
+        meta_final = Signal()  # the chunk is the pass's last
+        m.d.comb += [meta_first.eq((wx == slot) & (part == 0)),
+                     meta_final.eq(last_px & (part == parts - 1))]
+        # one read per cycle while reading; the job ends with the chunk's last read
+        job_last = Signal()
+        m.d.comb += job_last.eq(last_e & (chunk_end if parts == 1 else 1))
+        with m.If(rd_now):
+            m.d.sync += e.eq(e + 1)
+            with m.If(last_e):
+                m.d.sync += e.eq(0)
+                if parts == 1:
+                    m.d.sync += slot.eq(Mux(chunk_end, 0, slot + 1))
+                    next_pixel()
+                else:
+                    m.d.sync += part.eq(1)
+            m.d.sync += reading.eq(~job_last)
+        if parts > 1:
+            with m.If(part_job):
+                with m.If(part == parts - 1):
+                    m.d.sync += part.eq(0)
+                    next_pixel()
+                with m.Else():
+                    m.d.sync += part.eq(part + 1)
+
+        # the reads' flags, delayed to the requantiser's output (read -> data -> register ->
+        # requantiser): first/last read of the pixel, its slot, the chunk's end and flags
+        flags = {"valid": rd_now, "first": e == 0, "last": last_e, "slot": slot,
+                 "job_last": job_last, "meta_first": meta_first, "meta_final": meta_final}
+        delay = 2 + fxp.requant_latency  # read -> data -> register -> requantiser output
+        assert delay + 2 == cfg.fill_latency  # + the max-pool and the fill registers
+        for i in range(delay):
+            nxt = {n: Signal.like(v, name=f"outflag{i}_{n}") for n, v in flags.items()}
+            m.d.sync += [nxt[n].eq(v) for n, v in flags.items()]
+            flags = nxt
+        prd_r = Signal.like(self._prd.data)
+        m.d.sync += prd_r.eq(self._prd.data)
         qs = []
         for n in range(L):
-            q = Signal(act_shape(fxp), name=f"requant_{n}")
-            m.d.comb += q.eq(_requantize_now(fxp, prd.data[n] + cmd.requant.bias[n],
-                                             cmd.requant.mult[n], cmd.requant.shift[n],
-                                             cmd.relu))
-            qs.append(q)
-        with m.If(s1_valid):
-            m.d.comb += [pwr.en.eq(1), pwr.addr.eq(s1_addr)]
+            rq = m.submodules[f"requant_{n}"] = Requantizer(fxp)
+            m.d.comb += [rq.en.eq(1), rq.acc.eq(prd_r[n]), rq.relu.eq(cmd.relu),
+                         rq.bias.eq(cmd.requant.bias[n]), rq.mult.eq(cmd.requant.mult[n]),
+                         rq.shift.eq(cmd.requant.shift[n])]
+            qs.append(rq.out)
+        pix = Signal(data.ArrayLayout(act_shape(fxp), L))
+        with m.If(flags["valid"]):
             for n in range(L):
-                terms = [s1_vals[j] * krds[j].data[n] for j in range(M)]
-                total = prd.data[n]
-                for t in terms:
-                    total = total + t
-                m.d.comb += pwr.data[n].eq(total)
-        with m.Elif(f_valid):  # clear-on-read of the output stage
-            m.d.comb += [pwr.en.eq(1), pwr.addr.eq(f_addr)]
-        with m.If(f_valid):
-            for n in range(L):
-                with m.If(f_first | (qs[n] > pix[n])):
+                with m.If(flags["first"] | (qs[n] > pix[n])):
                     m.d.sync += pix[n].eq(qs[n])
+        # the fill one cycle after the pixel's last read came out
+        fill = {n: Signal.like(flags[n], name=f"fill_{n}")
+                for n in ("slot", "job_last", "meta_first", "meta_final")}
+        fill_valid = Signal()
+        m.d.sync += [fill_valid.eq(flags["valid"] & flags["last"]),
+                     *(fill[n].eq(flags[n]) for n in fill)]
+        b_vals = Signal(data.ArrayLayout(act_shape(fxp), S))
+        b_full, b_first, b_final = Signal(), Signal(), Signal()
+        o.update(b_vals=b_vals, b_full=b_full, b_first=b_first, b_final=b_final)
+        swap = Signal()
+        o["swap"] = swap
+        with m.If(swap):
+            m.d.sync += [b_vals.eq(0), b_full.eq(0)]
+        with m.If(fill_valid):
+            if parts == 1:
+                for s in range(slots):
+                    with m.If(fill["slot"] == s):
+                        m.d.sync += [b_vals[s * G + n].eq(pix[n]) for n in range(G)]
+            else:
+                m.d.sync += [b_vals[n].eq(pix[n]) for n in range(S)]
+            with m.If(fill["job_last"]):
+                m.d.sync += [b_full.eq(1), b_first.eq(fill["meta_first"]),
+                             b_final.eq(fill["meta_final"])]
+        if parts > 1:
+            with m.If(part_job):
+                with m.Switch(part):
+                    for p in range(1, parts):
+                        with m.Case(p):
+                            m.d.sync += [b_vals[n].eq(pix[p * S + n]) for n in range(S)]
+                m.d.sync += [b_full.eq(1), b_first.eq(0), b_final.eq(meta_final)]
 
-        m.d.sync += [s1_valid.eq(0), f_valid.eq(0)]
+        # the send buffer (A): SM word, then the non-zero values in position order
+        a_vals = Signal(data.ArrayLayout(act_shape(fxp), S))
+        a_mask, a_rem = Signal(S), Signal(S)
+        a_idx = Signal(range(max(2, S)))
+        a_one, a_first, a_final = Signal(), Signal(), Signal()
+        a_sm, a_val = Signal(), Signal()  # offering the SM word / a value
+        nz = Signal(S)
+        m.d.comb += nz.eq(Cat(*(b_vals[i] != 0 for i in range(S))))
+        nz_idx = _lowest_set(m, nz, S, "out_nz_idx")
+        rem_next = Signal(S)
+        m.d.comb += rem_next.eq(a_rem & (a_rem - 1))
+        rem_idx = _lowest_set(m, rem_next, S, "out_rem_idx")
+        take = Signal()
+        m.d.comb += take.eq(self.act_out.valid & self.act_out.ready)
+        a_done = Signal()  # the send buffer's last word leaves this cycle
+        m.d.comb += a_done.eq(take & ((a_sm & (a_mask == 0)) | (a_val & a_one)))
+        a_free = Signal()
+        m.d.comb += a_free.eq(~(a_sm | a_val) | a_done)
+        m.d.comb += swap.eq(o["active"] & b_full & a_free)
+        m.d.comb += [self.act_out.valid.eq(a_sm | a_val)]
+        with m.If(a_sm):
+            m.d.comb += [self.act_out.payload.data.eq(a_mask),
+                         self.act_out.payload.first.eq(a_first),
+                         self.act_out.payload.last.eq(a_final & (a_mask == 0))]
+        with m.Else():
+            m.d.comb += [self.act_out.payload.data.eq(a_vals[a_idx]),
+                         self.act_out.payload.last.eq(a_final & a_one)]
+        with m.If(take & a_sm & (a_mask != 0)):
+            m.d.sync += [a_sm.eq(0), a_val.eq(1)]
+        with m.If(take & a_val):
+            m.d.sync += [a_rem.eq(rem_next), a_idx.eq(rem_idx), a_one.eq(_only_one(rem_next))]
+        with m.If(a_done):
+            m.d.sync += [a_sm.eq(0), a_val.eq(0)]
+        with m.If(swap):
+            m.d.sync += [a_vals.eq(b_vals), a_mask.eq(nz), a_rem.eq(nz), a_idx.eq(nz_idx),
+                         a_one.eq(_only_one(nz)), a_first.eq(b_first), a_final.eq(b_final),
+                         a_sm.eq(1), a_val.eq(0)]
+        o["pass_done"] = a_done & a_final
+        m.d.sync += go.eq(swap & ~b_final)
+        o["reset"] = Signal()  # entering the output phase: the first chunk starts
+        with m.If(o["reset"]):
+            m.d.sync += [wy.eq(0), wx.eq(0), part.eq(0), slot.eq(0), e.eq(0), prow.eq(0),
+                         pbase.eq(0), reading.eq(0), go.eq(1), b_full.eq(0), b_vals.eq(0),
+                         a_sm.eq(0), a_val.eq(0)]
+
+    # ---- the pass FSM ----------------------------------------------------------------------
+    def _control(self, m, cmd, k, dec):
+        cfg, fxp = self._cfg, self._cfg.fxp
+        S, M = cfg.sm_bits, cfg.macs_per_channel
+        mac, o = self._mac, self._out
+        prd, pwr, kwr = self._prd, self._pwr, self._kwr
+        word = self.act_in.payload.data
+        take = Signal()
+        m.d.comb += take.eq(self.act_in.valid & self.act_in.ready)
+        kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
+
+        # memories: the MAC path and the output stage share the psum ports
+        clr_valid, clr_addr = Signal(), Signal.like(prd.addr)
+        m.d.sync += [clr_valid.eq(o["rd_now"]), clr_addr.eq(o["rd_addr"])]
+        m.d.comb += [prd.en.eq(1), prd.addr.eq(Mux(o["active"], o["rd_addr"], mac["op_addr"]))]
+        with m.If(self._p3["valid"]):
+            m.d.comb += [pwr.en.eq(1), pwr.addr.eq(self._p3["addr"]), pwr.data.eq(self._sums)]
+        with m.Elif(clr_valid):
+            m.d.comb += [pwr.en.eq(1), pwr.addr.eq(clr_addr)]
+
+        # kernel load: one beat per cycle, entry (c * k + ky) * k + kx
+        wcount = Signal(kdb)
+        wk = Signal(range(cfg.max_k * cfg.max_k + 1))
+        wc = Signal(kdb)
+        m.d.comb += [kwr.addr.eq(wcount), kwr.data.eq(self.weights.payload)]
 
         def take_word():
             """A word accepted by FETCH or by MAC's last cycle: an SM word or a value."""
-            with m.If(mask == 0):
-                m.d.sync += [mask.eq(word[:S]), cur_w.eq(nxt_w), cur_iy.eq(nxt_iy),
-                             cur_slice.eq(nxt_slice)]
-                with m.If(nxt_w == row_words - 1):
-                    m.d.sync += nxt_w.eq(0)
-                    with m.If(nxt_iy == cmd.in_h - 1):
-                        m.d.sync += nxt_iy.eq(0)
-                        with m.If(nxt_slice == cmd.slices - 1):
-                            m.d.sync += sm_done.eq(1)
+            d = dec
+            with m.If(d["mask"] == 0):
+                m.d.sync += [d["mask"].eq(word[:S]), d["idx"].eq(sm_idx),
+                             d["cur_w"].eq(d["nxt_w"]), d["cur_iy"].eq(d["nxt_iy"]),
+                             d["cur_slice"].eq(d["nxt_slice"]),
+                             d["cur_sbase"].eq(d["nxt_sbase"])]
+                with m.If(d["nxt_w"] == k["row_words"] - 1):
+                    m.d.sync += d["nxt_w"].eq(0)
+                    with m.If(d["nxt_iy"] == cmd.in_h - 1):
+                        m.d.sync += d["nxt_iy"].eq(0)
+                        with m.If(d["nxt_slice"] == cmd.slices - 1):
+                            m.d.sync += d["sm_done"].eq(1)
                         with m.Else():
-                            m.d.sync += nxt_slice.eq(nxt_slice + 1)
+                            m.d.sync += [d["nxt_slice"].eq(d["nxt_slice"] + 1),
+                                         d["nxt_sbase"].eq(d["nxt_sbase"] + k["cpkk"])]
                     with m.Else():
-                        m.d.sync += nxt_iy.eq(nxt_iy + 1)
+                        m.d.sync += d["nxt_iy"].eq(d["nxt_iy"] + 1)
                 with m.Else():
-                    m.d.sync += nxt_w.eq(nxt_w + 1)
+                    m.d.sync += d["nxt_w"].eq(d["nxt_w"] + 1)
+                m.next = "DECODE"
             with m.Else():
-                # a value here starts a group: slot 0, the other slots empty
-                m.d.sync += [mask.eq(mask_next), vals[0].eq(word[:fxp.act_bits]),
-                             *(v.eq(0) for v in vals[1:]), gcount.eq(1),
-                             reach_reg.eq(reaches),
-                             x_reg.eq(x_new), iy_reg.eq(cur_iy), wbases[0].eq(c_new * kk),
-                             ky.eq(ky_f), kx.eq(kx_f), kx_first.eq(kx_f), ky_last.eq(ky_l),
-                             kx_last.eq(kx_l)]
+                sel = d["box"][d["idx"]]
+                cr = d["chunk_row"]
+                m.d.sync += [d["mask"].eq(d["mask_next"]), d["idx"].eq(d["idx_next"]),
+                             mac["vals"][0].eq(word[:fxp.act_bits]),
+                             *(v.eq(0) for v in mac["vals"][1:]),
+                             mac["chans"][0].eq(d["chan"]), mac["gcount"].eq(1),
+                             mac["reach"].eq(d["reaches"]),
+                             mac["ky"].eq(cr["ky_f"]), mac["ky_last"].eq(cr["ky_l"]),
+                             mac["kx"].eq(sel.kx_f), mac["kx_first"].eq(sel.kx_f),
+                             mac["kx_last"].eq(sel.kx_l),
+                             mac["op_addr"].eq(sel.op_first), mac["op_row"].eq(sel.op_first),
+                             mac["k_off"].eq(sel.xk), mac["k_row"].eq(sel.xk)]
+                if M > 1:
+                    with m.If(d["more"]):
+                        m.next = "COLLECT"
+                with m.If(~d["more"] & d["reaches"]):
+                    m.next = "MAC"
+                with m.Elif(~d["more"]):
+                    m.next = "FETCH"
 
-        def next_pixel():
-            with m.If(px == Wo - 1):
-                m.d.sync += [px.eq(0), py.eq(py + 1)]
-            with m.Else():
-                m.d.sync += px.eq(px + 1)
-            m.d.sync += e.eq(0)
-
-        def chunk_sent():
-            with m.If(part != parts - 1):
-                m.d.sync += part.eq(part + 1)
-                m.next = "FILL"
-            with m.Elif(chunk_final):
-                m.next = "IDLE"
-            with m.Else():
-                m.d.sync += part.eq(0)
-                next_pixel()
-                m.next = "RD"
-
-        def group_next():
-            """After the first value of a group: collect more, or run / skip its MACs."""
-            if M > 1:
-                with m.If(more):
-                    m.next = "COLLECT"
-            with m.If(~more & reaches):
-                m.next = "MAC"
-            with m.Elif(~more):
-                m.next = "FETCH"
-
+        sm_idx = _lowest_set(m, word[:S], S, "sm_idx")
+        prime = Signal(range(cfg.prime_cycles))
+        dcnt = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [cmd.eq(self.cmd.payload), wcount.eq(0), mask.eq(0),
-                                 nxt_w.eq(0), nxt_iy.eq(0), nxt_slice.eq(0), sm_done.eq(0)]
-                    with m.If(self.cmd.payload.load):
+                    m.d.sync += [cmd.eq(self.cmd.payload), wcount.eq(0), wk.eq(0), wc.eq(0),
+                                 dec["mask"].eq(0), dec["nxt_w"].eq(0), dec["nxt_iy"].eq(0),
+                                 dec["nxt_slice"].eq(0), dec["nxt_sbase"].eq(0),
+                                 dec["sm_done"].eq(0), prime.eq(0)]
+                    m.next = "PRIME"
+            with m.State("PRIME"):
+                m.d.sync += prime.eq(prime + 1)
+                with m.If(prime == cfg.prime_cycles - 1):
+                    with m.If(cmd.load):
                         m.next = "LOAD"
                     with m.Else():
                         m.next = "FETCH"
             with m.State("LOAD"):
                 m.d.comb += [self.weights.ready.eq(1), kwr.en.eq(self.weights.valid)]
                 with m.If(self.weights.valid):
-                    m.d.sync += wcount.eq(wcount + 1)
-                    with m.If(wcount == weight_beats - 1):
-                        m.next = "FETCH"
+                    m.d.sync += [wcount.eq(wcount + 1), wk.eq(wk + 1)]
+                    with m.If(wk == k["kk"] - 1):
+                        m.d.sync += [wk.eq(0), wc.eq(wc + 1)]
+                        with m.If(wc == k["slices_cp"] - 1):
+                            m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += self.act_in.ready.eq(~end)
-                with m.If(end):
-                    m.d.sync += [py.eq(0), px.eq(0), e.eq(0), part.eq(0), fpos.eq(0)]
+                m.d.comb += self.act_in.ready.eq(~dec["end"])
+                with m.If(dec["end"]):
                     with m.If(cmd.emit):
-                        m.next = "RD"
+                        m.next = "DRAIN"
                     with m.Else():
                         m.next = "IDLE"
                 with m.Elif(take):
                     take_word()
-                    with m.If(mask != 0):
-                        group_next()
+            with m.State("DECODE"):
+                m.d.sync += dcnt.eq(~dcnt)
+                m.d.comb += [dec["d1_en"].eq(~dcnt), dec["d2_en"].eq(dcnt)]
+                with m.If(dcnt):
+                    m.next = "FETCH"
             with m.State("MAC"):
-                m.d.sync += [s1_valid.eq(op_valid), s1_addr.eq(op_addr),
-                             *(sv.eq(v) for sv, v in zip(s1_vals, vals))]
-                m.d.comb += self.act_in.ready.eq(mac_last & ~end)
-                with m.If(kx == kx_last):
-                    m.d.sync += [kx.eq(kx_first), ky.eq(ky + stride)]
-                with m.Else():
-                    m.d.sync += kx.eq(kx + stride)
-                with m.If(mac_last):
+                m.d.comb += [mac["issue"].eq(1),
+                             self.act_in.ready.eq(mac["mac_last"] & ~dec["end"])]
+                with m.If(mac["mac_last"]):
                     with m.If(take):
-                        take_word()  # resets the kernel counters on a value
-                        with m.If(mask == 0):
-                            m.next = "FETCH"
-                        with m.Else():
-                            group_next()
+                        take_word()
                     with m.Else():
                         m.next = "FETCH"
             if M > 1:
                 with m.State("COLLECT"):
                     m.d.comb += self.act_in.ready.eq(1)
                     with m.If(take):
-                        m.d.sync += [mask.eq(mask_next), gcount.eq(gcount + 1)]
+                        g = mac["gcount"]
+                        m.d.sync += [dec["mask"].eq(dec["mask_next"]),
+                                     dec["idx"].eq(dec["idx_next"]), g.eq(g + 1)]
                         for j in range(1, M):
-                            with m.If(gcount == j):
-                                m.d.sync += [vals[j].eq(word[:fxp.act_bits]),
-                                             wbases[j].eq(c_new * kk)]
-                        with m.If(~more | (gcount == M - 1)):
-                            with m.If(reach_reg):
+                            with m.If(g == j):
+                                m.d.sync += [mac["vals"][j].eq(word[:fxp.act_bits]),
+                                             mac["chans"][j].eq(dec["chan"])]
+                        with m.If(~dec["more"] | (g == M - 1)):
+                            with m.If(mac["reach"]):
                                 m.next = "MAC"
                             with m.Else():
                                 m.next = "FETCH"
-            with m.State("RD"):
-                m.d.comb += prd.addr.eq(rd_addr)
-                m.d.sync += [f_valid.eq(1), f_first.eq(e == 0), f_addr.eq(rd_addr),
-                             e.eq(e + 1)]
-                with m.If(last_e):
-                    m.next = "FOLD"
-            with m.State("FOLD"):
-                m.next = "FILL"
-            with m.State("FILL"):
-                for s in range(slots):
-                    with m.If(fpos == s):
-                        for i in range(G):
-                            if parts == 1:
-                                m.d.sync += chunk[s * G + i].eq(pix[i])
-                            else:
-                                for j in range(parts):
-                                    with m.If(part == j):
-                                        m.d.sync += chunk[i].eq(pix[j * G + i])
-                        if s == 0:
-                            for i in range(G, S):
-                                m.d.sync += chunk[i].eq(0)
-                            m.d.sync += chunk_first.eq((px == 0) & (part == 0))
-                m.d.sync += chunk_final.eq(last_px & (part == parts - 1))
-                with m.If(complete):
-                    m.d.sync += fpos.eq(0)
-                    m.next = "SM"
-                with m.Else():
-                    m.d.sync += fpos.eq(fpos + 1)
-                    next_pixel()
-                    m.next = "RD"
-            with m.State("SM"):
-                m.d.comb += [self.act_out.valid.eq(1), self.act_out.payload.data.eq(nzmask),
-                             self.act_out.payload.first.eq(chunk_first),
-                             self.act_out.payload.last.eq(chunk_final & (nzmask == 0))]
-                with m.If(self.act_out.ready):
-                    m.d.sync += rem.eq(nzmask)
-                    with m.If(nzmask != 0):
-                        m.next = "VAL"
-                    with m.Else():
-                        chunk_sent()
-            with m.State("VAL"):
-                values = [chunk[i] for i in range(S)]
-                sel = Signal(act_shape(fxp))
-                for i in range(S):
-                    with m.If(out_idx == i):
-                        m.d.comb += sel.eq(values[i])
-                m.d.comb += [self.act_out.valid.eq(1), self.act_out.payload.data.eq(sel),
-                             self.act_out.payload.last.eq(chunk_final & (rem_next == 0))]
-                with m.If(self.act_out.ready):
-                    m.d.sync += rem.eq(rem_next)
-                    with m.If(rem_next == 0):
-                        chunk_sent()
-        return m
+            with m.State("DRAIN"):  # the last update reaches the memory
+                m.d.comb += o["reset"].eq(1)
+                m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += o["active"].eq(1)
+                with m.If(o["pass_done"]):
+                    m.next = "IDLE"
+

@@ -317,10 +317,10 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     out_nnz = (ocum[g, r1] - ocum[g, r0]) * emit
     out_pix = (r1 - r0) * wo * emit
     out_chunks = (r1 - r0) * out_chunks_row * emit
+    output = _output_phases(y_rows, g, r0, r1, emit, spec, cfg)
     cycles = cfg.pass_cycles(weight_beats=ns * cp * kk, load=load, mac_cycles=mac_cycles,
                              sm_words=sm_words, dead_values=dead_values,
-                             last_no_mac=last_no_mac, emit=emit, out_pixels=out_pix,
-                             pool=int(pools == 2), out_chunks=out_chunks, out_nnz=out_nnz,
+                             last_no_mac=last_no_mac, emit=emit, output=output,
                              collected=nnz - n_groups)
     # useful work: each non-zero input times the kernel offsets that reach an output
     vy = _valid_positions(spec.in_h, spec.out_h, spec.k, spec.stride, spec.pad)
@@ -335,6 +335,34 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
         out_words=int((out_chunks + out_nnz).sum()),
         weight_beats=int(wbeats.sum()), out_pixels=int(out_pix.sum()),
         in_nnz=int(np.count_nonzero(x)), out_nnz=int(np.count_nonzero(y)))
+
+
+def _output_phases(y_rows: np.ndarray, g, r0, r1, emit, spec: ConvLayer,
+                   cfg: NullHopConfig) -> np.ndarray:
+    """``NullHopConfig.output_cycles`` of every pass from the output map ``y_rows``
+    ([groups, Ho, Wo*L] positions, ``slice_rows``): chunks of S positions per row, their
+    non-zero counts and fill times. 0 for passes that do not emit."""
+    S, L, parts = cfg.sm_bits, cfg.lanes, cfg.parts
+    groups, ho, n_pos = y_rows.shape
+    wo = n_pos // L
+    per_row = ceil_div(n_pos, S)
+    padded = np.zeros((groups, ho, per_row * S), bool)
+    padded[..., :n_pos] = y_rows != 0
+    nnz = padded.reshape(groups, ho, per_row, S).sum(axis=3)  # [groups, Ho, chunks]
+    if parts == 1:
+        slots = S // L
+        pixels = np.minimum(slots, wo - np.arange(per_row) * slots)
+        fills = cfg.chunk_fills(pixels, spec.pool == 2, 0)
+    else:
+        fills = cfg.chunk_fills(1, spec.pool == 2, np.arange(per_row) % parts)
+    # chunk j after chunk j - 1 (within a group's rows), as a running sum per group
+    seq = nnz.reshape(groups, -1)
+    f_seq = np.tile(fills, ho)
+    step = np.maximum(1 + seq[:, :-1], f_seq[None, 1:])
+    cs = np.concatenate([np.zeros((groups, 1), np.int64), np.cumsum(step, axis=1)], axis=1)
+    first, last = r0 * per_row, r1 * per_row - 1  # the pass's first and last chunk
+    out = (f_seq[first] + cs[g, last] - cs[g, first] + seq[g, last] + 1)
+    return np.where(emit, out, 0)
 
 
 def layer_cycles(data, spec: ConvLayer, cfg: NullHopConfig, y: np.ndarray | None = None) -> int:
@@ -458,8 +486,11 @@ def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) ->
 # step-per-cycle model
 # ------------------------------------------------------------------------------------------
 class StepModel:
-    """Step-per-cycle model of ``NullHopBlock``: the same FSM states, registers, memories
-    (transparent psum read port) and output encoder, advanced one clock at a time."""
+    """Step-per-cycle model of ``NullHopBlock``: the same FSM states, counters and memories,
+    advanced one clock at a time. Arithmetic is applied when a MAC cycle issues (the RTL's
+    read-modify-write pipeline forwards, so the result is the same); the output stage is
+    modelled by when each chunk's fill buffer is complete (``NullHopConfig.chunk_fills``
+    after the walker starts) and the send buffer's word-by-word handshake."""
 
     def __init__(self, cfg: NullHopConfig):
         self.cfg = cfg
@@ -470,109 +501,48 @@ class StepModel:
         ``out_words`` a list of (data, first, last), ``trace`` per-port transfer cycles and
         ``cycles`` (first command to last output word, inclusive)."""
         cfg, fxp = self.cfg, self.cfg.fxp
-        S, L, G, parts = cfg.sm_bits, cfg.lanes, cfg.group, cfg.parts
-        M = cfg.macs_per_channel
-        slots = S // G
+        S, L, M = cfg.sm_bits, cfg.lanes, cfg.macs_per_channel
+        log2s = S.bit_length() - 1
         pat = handshake_patterns(valid_p, ready_p, seed,
                                  sources=("cmd", "weights", "act_in"), sinks=("act_out",))
         src = {"cmd": Source(cmds, pat["cmd"]), "weights": Source(weights, pat["weights"]),
                "act_in": Source(words, pat["act_in"])}
         kmem = np.zeros((cfg.kernel_depth, L), np.int64)
         pmem = np.zeros((cfg.acc_depth, L), np.int64)
-        krd = [np.zeros(L, np.int64) for _ in range(M)]
-        log2s = S.bit_length() - 1
-        prd = np.zeros(L, np.int64)
-        st = "IDLE"
-        c = None
+        st, c, cnt = "IDLE", None, 0
         r = dict(wcount=0, mask=0, cur_w=0, cur_iy=0, cur_slice=0, nxt_w=0, nxt_iy=0,
                  nxt_slice=0, sm_done=0, vals=(0,) * M, x=0, iy=0, wbases=(0,) * M, ky=0,
-                 kx=0, kx_first=0, ky_last=0, kx_last=0, gcount=0, reach=False,
-                 s1=False, s1_addr=0, s1_vals=(0,) * M, py=0, px=0, e=0, part=0, fpos=0, f=False,
-                 f_first=False, f_addr=0, chunk_first=False, chunk_final=False, rem=0)
-        pix = np.zeros(L, np.int64)
-        chunk = np.zeros(S, np.int64)
+                 kx=0, kx_first=0, ky_last=0, kx_last=0, gcount=0, reach=False)
         trace = {"cmd": [], "weights": [], "act_in": [], "act_out": []}
         out = []
         mask_act = fxp.act_max
+        o = None  # output-stage state of the pass
         t = 0
         while len(out) < n_out:
             if t >= max_cycles:
                 raise RuntimeError("step model did not finish: the schedule deadlocked")
-            n = dict(r)  # next register values
-            nxt_st = st
+            n = dict(r)
+            nxt_st, nxt_cnt = st, cnt
             if c is not None:
                 kk = c["k"] * c["k"]
                 cp = 1 << c["slice_log2"]
                 rw = ceil_div(cp * c["in_w"], S)
-                ho, wo = c["out_h"] >> c["pool"], c["out_w"] >> c["pool"]
             end = r["mask"] == 0 and r["sm_done"]
-            # --- combinational: addresses, MAC operation, output word ---
-            prd_addr = 0
-            op_valid, op_addr = False, 0
-            if st == "MAC":
-                sl = c["stride_log2"]
-                ny = r["iy"] + c["pad_top"] - r["ky"]
-                nx = r["x"] + c["pad_left"] - r["kx"]
-                oy, ox = ny >> sl, nx >> sl
-                op_valid = (ny >= 0 and nx >= 0 and ny % (1 << sl) == 0 and nx % (1 << sl) == 0
-                            and oy < c["out_h"] and ox < c["out_w"])
-                op_addr = (oy * c["out_w"] + ox) % cfg.acc_depth
-                prd_addr = op_addr
-            if st == "RD":
-                pl = c["pool"]
-                dy, dx = (r["e"] >> 1) & pl, r["e"] & 1 & pl
-                prd_addr = ((r["py"] << pl) + dy) * c["out_w"] + (r["px"] << pl) + dx
-            krd_addr = [(wb + r["ky"] * c["k"] + r["kx"]) % cfg.kernel_depth
-                        if c is not None else 0 for wb in r["wbases"]]
             mac_last = r["ky"] == r["ky_last"] and r["kx"] == r["kx_last"]
-            nzmask = sum(1 << i for i in range(S) if chunk[i] != 0)
-            out_valid, out_word = False, None
-            if st == "SM":
-                out_valid = True
-                out_word = (nzmask, int(r["chunk_first"]), int(r["chunk_final"] and nzmask == 0))
-            elif st == "VAL":
-                rem = r["rem"]
-                idx = (rem & -rem).bit_length() - 1
-                rem_next = rem & (rem - 1)
-                out_valid = True
-                out_word = (int(chunk[idx]), 0, int(r["chunk_final"] and rem_next == 0))
-            in_ready = (st == "COLLECT") or (st == "FETCH" and not end) or (st == "MAC" and mac_last
-                                                       and not end)
-            out_ready = pat["act_out"](t)
-            # --- handshakes ---
-            # every source is consulted every cycle, as the testbench drivers are
-            valid = {name: s.valid(t) for name, s in src.items()}
+            in_ready = (st == "COLLECT") or (st == "FETCH" and not end) or (
+                st == "MAC" and mac_last and not end)
+            valid = {name: s_.valid(t) for name, s_ in src.items()}
             cmd_take = st == "IDLE" and valid["cmd"]
             w_take = st == "LOAD" and valid["weights"]
             in_take = in_ready and valid["act_in"]
-            out_take = out_valid and out_ready
-            if cmd_take:
-                trace["cmd"].append(t)
-            if w_take:
-                trace["weights"].append(t)
-            if in_take:
-                trace["act_in"].append(t)
+            out_word = self._offer(o) if st == "OUT" else None
+            out_take = out_word is not None and pat["act_out"](t)
+            for name, fired in (("cmd", cmd_take), ("weights", w_take), ("act_in", in_take),
+                                ("act_out", out_take)):
+                if fired:
+                    trace[name].append(t)
             if out_take:
-                trace["act_out"].append(t)
                 out.append(out_word)
-            # --- clock edge ---
-            # memories (psum write first: the read port is transparent)
-            if r["s1"]:
-                pmem[r["s1_addr"]] = prd + sum(v * w for v, w in zip(r["s1_vals"], krd))
-            elif r["f"]:
-                pmem[r["f_addr"]] = 0
-            if r["f"]:
-                q = requantize(prd + np.asarray(c["requant"]["bias"], np.int64),
-                               np.asarray(c["requant"]["mult"], np.int64),
-                               np.asarray(c["requant"]["shift"], np.int64), fxp,
-                               bool(c["relu"])) & mask_act
-                pix = q if r["f_first"] else np.maximum(pix, q)
-            if w_take:
-                kmem[r["wcount"]] = src["weights"].payload()
-            n_krd = [kmem[a].copy() for a in krd_addr]
-            n_prd = pmem[prd_addr % cfg.acc_depth].copy()
-            n["s1"] = False
-            n["f"] = False
 
             def take_word(word):
                 if r["mask"] == 0:
@@ -590,7 +560,7 @@ class StepModel:
                             n["nxt_iy"] = r["nxt_iy"] + 1
                     else:
                         n["nxt_w"] = r["nxt_w"] + 1
-                    return "SM"
+                    return "DECODE"
                 ch, p, more = decode_value()
                 n.update(mask=r["mask"] & (r["mask"] - 1), x=p >> c["slice_log2"],
                          iy=r["cur_iy"], vals=(word & mask_act,) + (0,) * (M - 1),
@@ -614,40 +584,31 @@ class StepModel:
                 blk = min(c["slice_log2"], log2s)
                 return ch, p, M > 1 and m2 != 0 and idx >> blk == idx2 >> blk
 
-            def next_pixel():
-                if r["px"] == wo - 1:
-                    n.update(px=0, py=r["py"] + 1)
-                else:
-                    n["px"] = r["px"] + 1
-                n["e"] = 0
-
-            def chunk_sent():
-                if r["part"] != parts - 1:
-                    n["part"] = r["part"] + 1
-                    return "FILL"
-                if r["chunk_final"]:
-                    return "IDLE"
-                n["part"] = 0
-                next_pixel()
-                return "RD"
-
             if st == "IDLE":
                 if cmd_take:
                     c = src["cmd"].payload()
                     n.update(wcount=0, mask=0, nxt_w=0, nxt_iy=0, nxt_slice=0, sm_done=0)
+                    nxt_st, nxt_cnt = "PRIME", 0
+            elif st == "PRIME":
+                nxt_cnt = cnt + 1
+                if cnt == cfg.prime_cycles - 1:
                     nxt_st = "LOAD" if c["load"] else "FETCH"
             elif st == "LOAD":
                 if w_take:
+                    kmem[r["wcount"]] = src["weights"].payload()
                     n["wcount"] = r["wcount"] + 1
                     if r["wcount"] == (c["slices"] << c["slice_log2"]) * kk - 1:
                         nxt_st = "FETCH"
             elif st == "FETCH":
                 if end:
-                    n.update(py=0, px=0, e=0, part=0, fpos=0)
-                    nxt_st = "RD" if c["emit"] else "IDLE"
+                    nxt_st = "DRAIN" if c["emit"] else "IDLE"
                 elif in_take:
-                    nxt = take_word(int(src["act_in"].payload()["data"]))
-                    nxt_st = "FETCH" if nxt == "SM" else nxt
+                    nxt_st = take_word(int(src["act_in"].payload()["data"]))
+                    nxt_cnt = 0
+            elif st == "DECODE":
+                nxt_cnt = cnt + 1
+                if cnt == cfg.decode_cycles - 1:
+                    nxt_st = "FETCH"
             elif st == "COLLECT":
                 if in_take:
                     ch, _, more = decode_value()
@@ -659,61 +620,110 @@ class StepModel:
                     if not more or g_ == M - 1:
                         nxt_st = "MAC" if r["reach"] else "FETCH"
             elif st == "MAC":
-                n.update(s1=op_valid, s1_addr=op_addr, s1_vals=r["vals"])
-                s_ = 1 << c["stride_log2"]
+                sl = c["stride_log2"]
+                oy = (r["iy"] + c["pad_top"] - r["ky"]) >> sl
+                ox = (r["x"] + c["pad_left"] - r["kx"]) >> sl
+                off = r["ky"] * c["k"] + r["kx"]
+                pmem[oy * c["out_w"] + ox] += sum(v * kmem[wb + off] for v, wb in
+                                                  zip(r["vals"], r["wbases"]))
+                s_ = 1 << sl
                 if r["kx"] == r["kx_last"]:
                     n.update(kx=r["kx_first"], ky=r["ky"] + s_)
                 else:
                     n["kx"] = r["kx"] + s_
                 if mac_last:
                     if in_take:
-                        nxt = take_word(int(src["act_in"].payload()["data"]))
-                        nxt_st = "FETCH" if nxt == "SM" else nxt
+                        nxt_st = take_word(int(src["act_in"].payload()["data"]))
+                        nxt_cnt = 0
                     else:
                         nxt_st = "FETCH"
-            elif st == "RD":
-                n.update(f=True, f_first=r["e"] == 0, f_addr=prd_addr, e=r["e"] + 1)
-                if (not c["pool"]) or r["e"] == 3:
-                    nxt_st = "FOLD"
-            elif st == "FOLD":
-                nxt_st = "FILL"
-            elif st == "FILL":
-                s = r["fpos"]
-                if parts == 1:
-                    chunk[s * G:(s + 1) * G] = pix[:G]
-                else:
-                    chunk[:] = pix[r["part"] * G:(r["part"] + 1) * G]
-                if s == 0:
-                    chunk[G:] = 0
-                    n["chunk_first"] = r["px"] == 0 and r["part"] == 0
-                last_px = r["py"] == ho - 1 and r["px"] == wo - 1
-                n["chunk_final"] = last_px and r["part"] == parts - 1
-                row_end = r["px"] == wo - 1 and r["part"] == parts - 1
-                if s == slots - 1 or row_end:
-                    n["fpos"] = 0
-                    nxt_st = "SM"
-                else:
-                    n["fpos"] = s + 1
-                    next_pixel()
-                    nxt_st = "RD"
-            elif st == "SM":
-                if out_take:
-                    n["rem"] = nzmask
-                    nxt_st = "VAL" if nzmask else chunk_sent()
-            elif st == "VAL":
-                if out_take:
-                    n["rem"] = rem_next
-                    if rem_next == 0:
-                        nxt_st = chunk_sent()
-            for name in ("cmd", "weights", "act_in"):
-                fired = {"cmd": cmd_take, "weights": w_take, "act_in": in_take}[name]
+            elif st == "DRAIN":
+                o = self._output_jobs(c, pmem)
+                o["go"] = t + 1
+                nxt_st = "OUT"
+            elif st == "OUT":
+                if self._out_edge(o, t, out_take):
+                    nxt_st = "IDLE"
+            for name, fired in (("cmd", cmd_take), ("weights", w_take), ("act_in", in_take)):
                 if fired:
                     src[name].advance()
-            krd, prd = n_krd, n_prd
-            r, st = n, nxt_st
+            r, st, cnt = n, nxt_st, nxt_cnt
             t += 1
         trace["cycles"] = trace["act_out"][-1] - trace["cmd"][0] + 1
         return out, trace
+
+    # --- the output stage -------------------------------------------------------------------
+    def _output_jobs(self, c, pmem) -> dict:
+        """The pass's chunks in order, each ``(values [S], first, final, reads or None)``;
+        the partial sums are requantised, pooled and cleared (they are all final here)."""
+        cfg, fxp = self.cfg, self.cfg.fxp
+        S, L, G, parts = cfg.sm_bits, cfg.lanes, cfg.group, cfg.parts
+        slots = S // G
+        pool = c["pool"]
+        ho, wo = c["out_h"] >> pool, c["out_w"] >> pool
+        q = {f: np.asarray(c["requant"][f], np.int64) for f in ("bias", "mult", "shift")}
+        jobs = []
+        for py in range(ho):
+            for px0 in range(0, wo, slots if parts == 1 else 1):
+                pixels = range(px0, min(wo, px0 + slots)) if parts == 1 else [px0]
+                vals = []
+                for px in pixels:
+                    addrs = [((py << pool) + dy) * c["out_w"] + (px << pool) + dx
+                             for dy in range(1 + pool) for dx in range(1 + pool)]
+                    y = requantize(pmem[addrs] + q["bias"], q["mult"], q["shift"], fxp,
+                                   bool(c["relu"])) & fxp.act_max
+                    pmem[addrs] = 0
+                    vals.append(y.max(axis=0))
+                pix = np.concatenate(vals)
+                final_px = py == ho - 1 and pixels[-1] == wo - 1
+                for p in range(parts):
+                    chunk = np.zeros(S, np.int64)
+                    part = pix[p * S:(p + 1) * S] if parts > 1 else pix
+                    chunk[:len(part)] = part
+                    jobs.append({"vals": chunk, "first": px0 == 0 and p == 0,
+                                 "final": final_px and p == parts - 1,
+                                 "fill": int(cfg.chunk_fills(len(pixels), pool, p)) - 1})
+        return {"jobs": jobs, "next": 0, "go": None, "b_at": None, "b": None, "a": None}
+
+    @staticmethod
+    def _offer(o):
+        """The word the send buffer offers this cycle, or None."""
+        a = o["a"]
+        if a is None:
+            return None
+        if a["sm"]:
+            return (a["mask"], int(a["first"]), int(a["final"] and a["mask"] == 0))
+        rem = a["rem"]
+        idx = (rem & -rem).bit_length() - 1
+        return (int(a["vals"][idx]), 0, int(a["final"] and rem & (rem - 1) == 0))
+
+    def _out_edge(self, o, t, taken) -> bool:
+        """One clock edge of the output stage; True once the pass's last word has left."""
+        a = o["a"]
+        done = False
+        if taken:
+            if a["sm"]:
+                a["sm"] = False
+                done = a["mask"] == 0
+            else:
+                done = a["rem"] & (a["rem"] - 1) == 0
+                a["rem"] &= a["rem"] - 1
+        if done:
+            o["a"] = None
+        if o["go"] == t:  # the walker starts the next chunk: complete after its fill time
+            o["b"] = o["jobs"][o["next"]]
+            o["next"] += 1
+            o["b_at"] = t + o["b"]["fill"]
+        finished = done and a["final"]
+        if o["b"] is not None and t >= o["b_at"] and o["a"] is None:  # swap
+            b = o["b"]
+            mask = sum(1 << i for i in range(len(b["vals"])) if b["vals"][i] != 0)
+            o["a"] = {"vals": b["vals"], "mask": mask, "rem": mask, "first": b["first"],
+                      "final": b["final"], "sm": True}
+            o["b"] = None
+            if not b["final"]:
+                o["go"] = t + 1
+        return finished
 
 
 def layer_beats(data, spec: ConvLayer, cfg: NullHopConfig):
