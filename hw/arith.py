@@ -43,3 +43,9 @@ def multiply_accumulate(m, activation, weight, psum_in, psum_out) -> None:
     m.d.sync += [r.eq(g) for r, g in zip(regs, groups)]
     m.d.sync += psum_out.eq(tree_sum([psum_in, *(r << (MAC_GROUP * j)
                                                  for j, r in enumerate(regs))]))
+
+
+def product(a, b):
+    """``a * b`` (``b`` unsigned) as one combinational shift-add tree, for small operands
+    where an FPGA multiplier block would cost more routing than it saves (see above)."""
+    return tree_sum(Mux(b[i], a << i, 0) for i in range(len(b)))

@@ -307,19 +307,23 @@ class SnaPEAConfig:
         return max(1, self.max_windows.bit_length())
 
     # --- the cycle schedule (mirrored by sim.snapea and checked against the RTL) ---------
+    lane_stages = 7  # after issue: buffer read, address, input read, partial products, product,
+    # accumulate, decide (hw.snapea.EarlyTerminationLane)
+
     @property
     def lane_squash(self) -> int:
-        """Taps a lane issues after the one that ends its window early, before the decision
-        reaches the issue stage (and which it then discards): the lane pipeline's five
-        stages after issue (buffer read, address add, input read, multiply, accumulate)."""
-        return 5
+        """Cycles a lane spends after the tap that ends its window early before it issues
+        the next window: the taps already in its seven stages (discarded) and the cycle in
+        which the decision moves it on."""
+        return self.lane_stages + 1
 
     @property
     def compute_tail(self) -> int:
         """Cycles of a command's COMPUTE phase after the slowest lane's last useful issue:
-        the five pipeline stages, the requantiser (whose output register is written to the
-        bank) and the cycle that sees every lane idle."""
-        return self.lane_squash + self.fxp.requant_latency + 1
+        the seven pipeline stages, the requantiser (whose output register is written to the
+        bank) and the idle check: the lanes' busy registers, the block's, and the cycle
+        that sees it."""
+        return self.lane_stages + self.fxp.requant_latency + 3
 
     def window_cycles(self, taps, performed, early):
         """Issue cycles of one window: ``taps`` (the lane's taps in this segment) when it
@@ -335,9 +339,10 @@ class SnaPEAConfig:
         output beat (or to the end of COMPUTE without read-out) inclusive, with inputs
         always valid and ``out.ready`` high: 1 command + ``act_beats`` input beats +
         ``taps`` weight beats + 1 launch + the slowest lane's ``lane_cycles`` issue cycles +
-        ``compute_tail`` + (on the last segment) 1 bank read + ``windows`` output beats."""
+        ``compute_tail`` + (on the last segment) 2 cycles for the bank read and the output
+        register + ``windows`` output beats."""
         return (2 + act_beats + taps + lane_cycles + self.compute_tail
-                + readout * (1 + windows))
+                + readout * (2 + windows))
 
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}
@@ -419,15 +424,15 @@ class NullHopConfig:
 
     # --- the cycle schedule (mirrored by sim.nullhop and checked against the RTL) ----------
     prime_cycles = 3  # after the command: pass constants, the first row's kernel rows
-    decode_cycles = 2  # after each SM word: the chunk's kernel boxes and addresses
-    drain_cycles = 1  # after the input, before the output phase: the last update lands
+    decode_cycles = 3  # after each SM word: the chunk's kernel boxes and addresses
+    drain_cycles = 3  # after the input, before the output phase: the last update lands
     part_fill = 2  # walker start -> fill buffer complete, a pixel's further chunks
 
     @property
     def fill_latency(self) -> int:
-        """A chunk's last partial-sum read -> its fill buffer complete: the read, its
-        register, the requantiser, the max-pool, the fill."""
-        return 2 + self.fxp.requant_latency + 2
+        """The walker's last read of a chunk -> its fill buffer complete: the registered
+        read, the data, its register, the requantiser, the max-pool, the fill."""
+        return 3 + self.fxp.requant_latency + 2
 
     def chunk_fills(self, pixels, pool: bool, part):
         """Cycles from the walker's start to a complete fill buffer, per chunk: ``pixels``

@@ -9,7 +9,7 @@ input channels; a pass's input is the band's input rows of the tile's slices, it
 one slice of the band.
 
 Every path between registers is short enough for 100 MHz on an ECP5 (``docs/fpga.md``): the
-decoder works out a chunk's kernel offsets in the two cycles after its SM word, the MAC loop
+decoder works out a chunk's kernel offsets in the three cycles after its SM word, the MAC loop
 walks its addresses by increments, the partial-sum update is a read-modify-write pipeline
 with forwarding, and the output stage streams read-outs through the pipelined requantiser
 into a double-buffered encoder.
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import MAC_GROUP, partial_product_groups, tree_sum
+from .arith import MAC_GROUP, partial_product_groups, product, tree_sum
 from .config import NullHopConfig, ceil_log2
 from .layouts import acc_shape, act_shape, requant_layout, weight_shape
 from .requantize import Requantizer
@@ -63,27 +63,46 @@ def nullhop_layouts(cfg: NullHopConfig) -> NullHopLayouts:
     return NullHopLayouts(command, data.ArrayLayout(weight_shape(fxp), cfg.lanes), word)
 
 
-def _lowest_set(m: Module, value, width: int, name: str):
-    """Index of the lowest set bit of ``value`` (0 when none): a priority encoder."""
+def _lowest_onehot(value):
+    """The lowest set bit of ``value`` alone (``value & -value``): one carry chain."""
+    return value & (~value + 1)
+
+
+def _encode(m: Module, onehot, width: int, name: str):
+    """Index of the (single) set bit of ``onehot``: an OR per index bit, no priority."""
     idx = Signal(range(max(2, width)), name=name)
-    for i in reversed(range(width)):
-        with m.If(value[i]):
-            m.d.comb += idx.eq(i)
+    m.d.comb += idx.eq(Cat(*(Cat(*(onehot[i] for i in range(width) if i >> b & 1)).any()
+                             for b in range(max(1, ceil_log2(width))))))
     return idx
 
 
-def _only_one(value):
-    """``value`` has at most one bit set."""
-    return (value & (value - 1)) == 0
+def _lowest_set(m: Module, value, width: int, name: str):
+    """Index of the lowest set bit of ``value`` (0 when none)."""
+    low = Signal(width, name=f"{name}_onehot")
+    m.d.comb += low.eq(_lowest_onehot(value))
+    return _encode(m, low, width, name)
 
 
-def _range_start(a, top, k):
-    """First half of ``sim.nullhop.kernel_range`` for ``a = coord + pad`` and
+def _onehot_select(onehot, values):
+    """``values[i]`` for the set bit ``i`` of ``onehot`` (an AND-OR, no priority)."""
+    return tree_or([Mux(onehot[i], v, 0) for i, v in enumerate(values)])
+
+
+def tree_or(terms):
+    terms = list(terms)
+    while len(terms) > 1:
+        terms = [terms[i] | terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def _range_start(a, d, h, top, k):
+    """First half of ``sim.nullhop.kernel_range`` for ``a = coord + pad``, given
+    ``d = a - top`` and ``h = a - (k - 1)`` (signed, computed beside ``a``), with
     ``top = (out_n - 1) * stride``: ``lo = max(0, a - top)``, ``am = min(a, top)``,
     ``hi = min(a, k - 1)``."""
-    d = a - top
     over = ~d[-1] & (d != 0)
-    return {"lo": Mux(over, d, 0), "am": Mux(over, top, a), "hi": Mux(a < k - 1, a, k - 1)}
+    return {"lo": Mux(over, d, 0), "am": Mux(over, top, a), "hi": Mux(h[-1], a, k - 1)}
 
 
 def _range_end(a, lo, hi, smask):
@@ -116,7 +135,7 @@ class NullHopBlock(wiring.Component):
         constants and the first input row's kernel rows are worked out;
       - LOAD, one cycle per weight beat (skipped when ``load`` is 0);
       - input phase: FETCH takes one word per cycle. Each SM word is followed by
-        ``decode_cycles`` (2) DECODE cycles that work out, for each of its S positions, the box of kernel offsets
+        ``decode_cycles`` (3) DECODE cycles that work out, for each of its S positions, the box of kernel offsets
         ``ky_first..ky_last`` x ``kx_first..kx_last`` (on the stride grid) that take a value
         there to an output of the pass and the box's first partial-sum and kernel
         addresses (the kernel rows of an input row are worked out in the background while
@@ -124,23 +143,23 @@ class NullHopBlock(wiring.Component):
         ``lanes`` output channels in parallel, and its last cycle already takes the next
         word. So a non-zero costs ``ny * nx`` cycles (``k*k`` inside the map, fewer at
         borders, band edges and for strides > 1), a non-zero whose box is empty ("dead")
-        costs its fetch cycle only, every SM word 1 + 2 cycles, one less if it directly
+        costs its fetch cycle only, every SM word 1 + 3 cycles, one less if it directly
         follows a value with a non-empty box, and one more FETCH cycle sees the end of the
         input. Zero activations cost no MAC cycle and every MAC cycle is a useful
         multiply-accumulate. A MAC cycle reads the partial sums and the kernel row; the
-        products are formed and added two cycles later and written back at the end of the
-        fourth cycle (stages P1..P3); an update of the same pixel one or two cycles later
-        takes the newer sum from the pipeline (three or more: the transparent read port);
+        products are formed over the next three cycles and added and written back in the
+        fifth (stages P1, P2, P2b, P3); an update of the same pixel up to four cycles later
+        takes the newer sum from the pipeline (the read port is not transparent);
       - with ``macs_per_channel`` M > 1, a value word starts a *group*: the next non-zeros
         of the same block of ``min(Cp, S)`` positions (the same pixel, other input channels)
         join it, up to M, one COLLECT cycle each; the MAC cycles then multiply all M values
         (empty slots hold 0) with their own kernel rows (M kernel-memory read ports) and add
         the M products into the one partial sum per output channel;
-      - output phase (if ``emit``), after ``drain_cycles`` (1) DRAIN cycle: the output is
+      - output phase (if ``emit``), after ``drain_cycles`` (3) DRAIN cycles: the output is
         sent as chunks (S
         positions of a row, or the row's end). A walker reads (and clears) the partial sums
         of one chunk's pixels, one read per cycle (4 per pixel with pooling); they pass the
-        requantiser and the max-pool into the fill buffer, complete ``fill_latency`` (11)
+        requantiser and the max-pool into the fill buffer, complete ``fill_latency`` (12)
         cycles after the walker started plus one cycle per read (``part_fill`` (2) cycles
         for the further chunks of a pixel wider than S, which need no read:
         ``NullHopConfig.chunk_fills``). The send buffer offers the
@@ -191,7 +210,9 @@ class NullHopBlock(wiring.Component):
         self._kwr = kmem.write_port()
         self._krds = [kmem.read_port() for _ in range(cfg.macs_per_channel)]
         self._pwr = pmem.write_port()
-        self._prd = pmem.read_port(transparent_for=(self._pwr,))
+        # not transparent: the update pipeline forwards its own recent sums, so the RAM's
+        # output goes straight into a register (no bypass multiplexer after it)
+        self._prd = pmem.read_port()
 
     # ---- per-pass constants: registered from the command, ready from the pass's 3rd cycle --
     def _pass_constants(self, m, cmd):
@@ -201,7 +222,7 @@ class NullHopBlock(wiring.Component):
         kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
         p_bits = _bits(cfg.kernel_depth * cfg.max_dim + S)
         values = {
-            "kk": (cmd.k * cmd.k, 2 * kb),
+            "kk": (product(cmd.k, cmd.k), 2 * kb),
             "stride": (Const(1, 4) << cmd.stride_log2, 4),
             "smask": ((Const(1, 4) << cmd.stride_log2) - 1, 3),
             "xtop": ((cmd.out_w - 1) << cmd.stride_log2, dim + 3),
@@ -220,9 +241,20 @@ class NullHopBlock(wiring.Component):
         for name, (value, width) in values.items():
             k[name] = Signal(width, name=f"k_{name}")
             m.d.sync += k[name].eq(value)
+        # pad - top and pad - (k - 1) of the rows, and i >> slice_log2 of the positions: the
+        # kernel-box comparisons become additions done beside each other
+        sw = dim + kb + 4
+        k["top_off"] = Signal(signed(sw), name="k_top_off")
+        k["k_off"] = Signal(signed(sw), name="k_k_off")
+        m.d.sync += [k["top_off"].eq(cmd.pad_top - ((cmd.out_h - 1) << cmd.stride_log2)),
+                     k["k_off"].eq(cmd.pad_top - (cmd.k - 1))]
+        k["pos_x"] = [Signal(range(S), name=f"k_pos_x_{i}") for i in range(S)]
+        m.d.sync += [r.eq(Const(i, ceil_log2(S) or 1) >> cmd.slice_log2)
+                     for i, r in enumerate(k["pos_x"])]
         # multiples of k*k: kernel-memory offsets of a chunk's channels and of a slice
         k["jkk"] = [Signal(kdb, name=f"k_jkk_{j}") for j in range(min(cfg.lanes, S))]
-        m.d.sync += [r.eq(k["kk"] * j) for j, r in enumerate(k["jkk"])]
+        m.d.sync += [r.eq(tree_sum([k["kk"] << b for b in range(j.bit_length()) if j >> b & 1]
+                               or [Const(0)])) for j, r in enumerate(k["jkk"])]
         k["cpkk"] = Signal(kdb, name="k_cpkk")
         m.d.sync += k["cpkk"].eq(k["kk"] << cmd.slice_log2)
         return k
@@ -253,13 +285,16 @@ class NullHopBlock(wiring.Component):
         d["end"] = end = Signal()
         m.d.comb += end.eq((mask == 0) & d["sm_done"])
 
-        # kernel rows of input row nxt_iy, four stages (R1..R4), read at the second DECODE
-        # cycle of the row's chunks: by then nxt_iy has been the chunk's row for 4 cycles
-        ay = Signal(sw)
-        m.d.comb += ay.eq(nxt_iy + cmd.pad_top)
+        # kernel rows of input row nxt_iy, four stages (R1..R4), read at the third DECODE
+        # cycle of the row's chunks: SM words are >= 4 cycles apart, so by then nxt_iy has
+        # been the chunk's row for at least 4 cycles (and, for a pass's first row, since the
+        # command: 1 + prime_cycles + 3 cycles)
+        ay, dy, hy = Signal(sw), Signal(signed(sw + 1)), Signal(signed(sw + 1))
+        m.d.comb += [ay.eq(nxt_iy + cmd.pad_top), dy.eq(nxt_iy + k["top_off"]),
+                     hy.eq(nxt_iy + k["k_off"])]
         r1 = {n: Signal(sw, name=f"row1_{n}") for n in ("a", "lo", "am", "hi")}
         m.d.sync += [r1["a"].eq(ay), *(r1[n].eq(v) for n, v in
-                                        _range_start(ay, k["ytop"], cmd.k).items())]
+                                        _range_start(ay, dy, hy, k["ytop"], cmd.k).items())]
         ky_f, ky_l = _range_end(r1["a"], r1["lo"], r1["hi"], k["smask"])
         r2 = {n: Signal(sw, name=f"row2_{n}") for n in ("ky_f", "ky_l", "oy_f")}
         m.d.sync += [r2["ky_f"].eq(ky_f), r2["ky_l"].eq(ky_l),
@@ -271,55 +306,83 @@ class NullHopBlock(wiring.Component):
         m.d.sync += [*(r.eq(g) for r, g in zip(r3["g"], groups)),
                      r3["ky_f"].eq(r2["ky_f"]), r3["ky_l"].eq(r2["ky_l"]),
                      r3["any"].eq(r2["ky_f"].as_signed() <= r2["ky_l"].as_signed()),
-                     r3["krow"].eq(r2["ky_f"][:kb + 1] * cmd.k)]
+                     r3["krow"].eq(product(cmd.k, r2["ky_f"][:kb + 1]))]
         row = {n: Signal.like(v, name=f"row4_{n}") for n, v in r3.items() if n != "g"}
         row["rowbase"] = Signal(abits + 4, name="row4_rowbase")
         m.d.sync += [*(row[n].eq(r3[n]) for n in row if n != "rowbase"),
                      row["rowbase"].eq(tree_sum(g << (MAC_GROUP * j)
                                                 for j, g in enumerate(r3["g"])))]
 
-        # the chunk's kernel-memory base (channels above the chunk: pixels wider than S)
-        hm = Signal(p_bits)
-        m.d.comb += hm.eq(k["cp_mask"] >> log2s)
-        cb1 = Signal(p_bits)
-        m.d.sync += cb1.eq(cur_w & hm)
+        # the chunk's kernel-memory base: the slice's, plus (pixels wider than S) the
+        # channels of the pixel before the chunk
         d["chunk_base"] = chunk_base = Signal(kdb)
-        m.d.sync += chunk_base.eq(cur_sbase + ((cb1 * k["kk"]) << log2s))
+        if cfg.lanes > S:
+            hm = Signal(p_bits)
+            m.d.comb += hm.eq(k["cp_mask"] >> log2s)
+            cb1 = Signal(p_bits)
+            m.d.sync += cb1.eq(cur_w & hm)
+            m.d.sync += chunk_base.eq(cur_sbase + (product(k["kk"], cb1) << log2s))
+        else:  # Cp <= lanes <= S: a chunk starts at a pixel
+            cb1 = Signal(kdb)
+            m.d.sync += [cb1.eq(cur_sbase), chunk_base.eq(cb1)]
 
         # DECODE 1 and 2: the kernel box of every position of the chunk
-        d1_en, d2_en = Signal(), Signal()
-        d.update(d1_en=d1_en, d2_en=d2_en)
+        d1_en, d2_en, d3_en = Signal(), Signal(), Signal()
+        d.update(d1_en=d1_en, d2_en=d2_en, d3_en=d3_en)
         pos_lay = data.StructLayout({"a": sw, "lo": sw, "am": sw, "hi": sw})
-        box_lay = data.StructLayout({"kx_f": kb + 1, "kx_l": kb + 1, "any": 1,
+        end_lay = data.StructLayout({"first": signed(kb + 2), "last": signed(kb + 2),
+                                     "ox": sw})
+        box_lay = data.StructLayout({"kx_f": kb + 1, "kx_l": kb + 1, "any": 1, "one": 1,
                                      "op_first": abits + 4, "xk": kdb})
         d1 = Signal(data.ArrayLayout(pos_lay, S))
+        d2 = Signal(data.ArrayLayout(end_lay, S))
         box = Signal(data.ArrayLayout(box_lay, S))
         d["box"] = box
+        # x + pad of the chunk's position 0, from nxt_w in the background, taken with the SM
+        # word; position i adds i >> slice_log2 (x = (w * S + i) >> slice_log2)
+        # (and its x + pad - top, x + pad - (k - 1)) two cycles after nxt_w moved
+        xpad_next = Signal(sw)
+        m.d.sync += xpad_next.eq((Cat(Const(0, log2s), nxt_w) >> cmd.slice_log2)
+                                 + cmd.pad_left)
+        xd_next, xh_next = Signal(signed(sw + 1)), Signal(signed(sw + 1))
+        m.d.sync += [xd_next.eq(xpad_next - k["xtop"]), xh_next.eq(xpad_next - (cmd.k - 1))]
+        cur_xpad, cur_xd, cur_xh = Signal(sw), Signal.like(xd_next), Signal.like(xh_next)
+        d["take_x"] = [cur_xpad.eq(xpad_next), cur_xd.eq(xd_next), cur_xh.eq(xh_next)]
+        # DECODE 1: the clipped range ends; 2: the first and last offset on the stride grid;
+        # 3: whether there is any, the first partial-sum and kernel offsets
         for i in range(S):
-            x = Signal(sw, name=f"dec_x_{i}")
-            m.d.comb += x.eq(Cat(Const(i, log2s), cur_w) >> cmd.slice_log2)
             a = Signal(sw, name=f"dec_a_{i}")
-            m.d.comb += a.eq(x + cmd.pad_left)
+            ad, ah = Signal.like(xd_next, name=f"dec_d_{i}"), Signal.like(xh_next, name=f"dec_h_{i}")
+            m.d.comb += [a.eq(cur_xpad + k["pos_x"][i]), ad.eq(cur_xd + k["pos_x"][i]),
+                         ah.eq(cur_xh + k["pos_x"][i])]
             with m.If(d1_en):
                 m.d.sync += [d1[i].a.eq(a), *(getattr(d1[i], n).eq(v) for n, v in
-                                               _range_start(a, k["xtop"], cmd.k).items())]
+                                               _range_start(a, ad, ah, k["xtop"], cmd.k).items())]
             first, last = _range_end(d1[i].a, d1[i].lo, d1[i].hi, k["smask"])
             with m.If(d2_en):
-                m.d.sync += [box[i].kx_f.eq(first), box[i].kx_l.eq(last),
-                             box[i].any.eq(first.as_signed() <= last.as_signed()),
-                             box[i].op_first.eq(row["rowbase"]
-                                                + (d1[i].am >> cmd.stride_log2)),
-                             box[i].xk.eq(row["krow"] + first)]
+                m.d.sync += [d2[i].first.eq(first), d2[i].last.eq(last),
+                             d2[i].ox.eq(d1[i].am >> cmd.stride_log2)]
+            with m.If(d3_en):
+                m.d.sync += [box[i].kx_f.eq(d2[i].first), box[i].kx_l.eq(d2[i].last),
+                             box[i].any.eq(d2[i].first <= d2[i].last),
+                             box[i].one.eq(d2[i].first == d2[i].last),
+                             box[i].op_first.eq(row["rowbase"] + d2[i].ox),
+                             box[i].xk.eq(row["krow"] + d2[i].first)]
         chunk_row = {n: Signal.like(row[n], name=f"chunk_{n}") for n in ("ky_f", "ky_l", "any")}
+        chunk_row["one"] = Signal(name="chunk_one")
         d["chunk_row"] = chunk_row
-        with m.If(d2_en):
-            m.d.sync += [chunk_row[n].eq(row[n]) for n in chunk_row]
+        with m.If(d3_en):
+            m.d.sync += [*(chunk_row[n].eq(row[n]) for n in ("ky_f", "ky_l", "any")),
+                         chunk_row["one"].eq(row["ky_f"] == row["ky_l"])]
 
         # the next non-zero after the one at idx, and whether it joins the group (M > 1)
+        d["low"] = low = Signal(S)  # the value's position, one-hot (beside idx)
         mask_next = Signal(S)
-        m.d.comb += mask_next.eq(mask & (mask - 1))
+        m.d.comb += mask_next.eq(mask & ~low)
         d["mask_next"] = mask_next
-        d["idx_next"] = idx_next = _lowest_set(m, mask_next, S, "in_idx_next")
+        d["low_next"] = low_next = Signal(S)
+        m.d.comb += low_next.eq(_lowest_onehot(mask_next))
+        d["idx_next"] = idx_next = _encode(m, low_next, S, "in_idx_next")
         d["more"] = more = Signal()
         if M > 1:
             m.d.comb += more.eq((mask_next != 0)
@@ -351,10 +414,15 @@ class NullHopBlock(wiring.Component):
         k_off, k_row = Signal(kdb), Signal(kdb)
         r.update(ky=ky, kx=kx, kx_first=kx_first, ky_last=ky_last, kx_last=kx_last,
                  op_addr=op_addr, op_row=op_row, k_off=k_off, k_row=k_row)
+        # the MAC cycle is the box's last: registered, worked out a cycle ahead
         r["mac_last"] = mac_last = Signal()
-        m.d.comb += mac_last.eq((ky == ky_last) & (kx == kx_last))
+        r["one_x"] = one_x = Signal()  # the box is one offset wide
+
         r["issue"] = issue = Signal()  # a MAC cycle: read, and start an update
         self._mac = r
+        with m.If(issue):
+            m.d.sync += mac_last.eq(Mux(kx == kx_last, (ky + k["stride"] == ky_last) & one_x,
+                                        (ky == ky_last) & (kx + k["stride"] == kx_last)))
 
         # walk the box by increments: kx += stride -> one output pixel left; ky += stride ->
         # one output row up; kernel offset +stride / +stride*k
@@ -370,7 +438,8 @@ class NullHopBlock(wiring.Component):
         prd, pwr = self._prd, self._pwr
         for j in range(M):
             m.d.comb += [self._krds[j].addr.eq(chans[j] + k_off), self._krds[j].en.eq(1)]
-        # P1: the reads are under way; P2: their data registered; P3: the products
+        # P1: the reads are under way; P2: their data registered; P2b: partial products;
+        # P3: the products, added and written
         p1 = {"valid": Signal(name="p1_valid"), "addr": Signal(abits, name="p1_addr"),
               "vals": [Signal.like(v, name=f"p1_val_{j}") for j, v in enumerate(vals)]}
         m.d.sync += [p1["valid"].eq(issue), p1["addr"].eq(op_addr),
@@ -380,37 +449,47 @@ class NullHopBlock(wiring.Component):
               "psum": Signal(row_shape, name="p2_psum"),
               "w": [Signal(nullhop_layouts(cfg).weight_row, name=f"p2_w_{j}") for j in range(M)],
               "vals": [Signal.like(v, name=f"p2_val_{j}") for j, v in enumerate(vals)],
-              "hz1": Signal(name="p2_hz1"), "hz2": Signal(name="p2_hz2")}
+              **{f"hz{i}": Signal(name=f"p2_hz{i}") for i in range(1, 5)}}
         p3 = {"valid": Signal(name="p3_valid"), "addr": Signal(abits, name="p3_addr"),
               "psum": Signal(row_shape, name="p3_psum"),
-              "hz1": Signal(name="p3_hz1"), "hz2": Signal(name="p3_hz2")}
+              **{f"hz{i}": Signal(name=f"p3_hz{i}") for i in range(1, 5)}}
+        p2b = {n: Signal.like(p2[n], name=f"p2b_{n}")
+               for n in ("valid", "addr", "psum", "hz1", "hz2", "hz3", "hz4")}
+        h1_valid, h1_addr = Signal(name="h1_valid"), Signal(abits, name="h1_addr")
+        m.d.sync += [h1_valid.eq(p3["valid"]), h1_addr.eq(p3["addr"])]
         m.d.sync += [p2["valid"].eq(p1["valid"]), p2["addr"].eq(p1["addr"]),
                      p2["psum"].eq(prd.data),
                      *(w.eq(self._krds[j].data) for j, w in enumerate(p2["w"])),
                      *(a.eq(b) for a, b in zip(p2["vals"], p1["vals"])),
-                     # the update one (two) cycle(s) ahead has not been written when this
-                     # read happened: take its sum from the pipeline
-                     p2["hz1"].eq(p2["valid"] & (p2["addr"] == p1["addr"])),
-                     p2["hz2"].eq(p3["valid"] & (p3["addr"] == p1["addr"]))]
+                     # the updates one to four cycles ahead had not been written when this
+                     # read happened: take their sums from the pipeline
+                     *(p2[f"hz{i}"].eq(st["valid"] & (st["addr"] == p1["addr"]))
+                       for i, st in enumerate([p2, p2b, p3,
+                                               {"valid": h1_valid, "addr": h1_addr}], 1))]
+        # P2 -> P2b: partial-product groups; P2b -> P3: the product (of the M values) per lane
         groups = [[partial_product_groups(p2["w"][j][n], p2["vals"][j], MAC_GROUP)
                    for j in range(M)] for n in range(L)]
-        p3_groups = [[[Signal.like(g, name=f"p3_pp_{n}_{j}_{q}") for q, g in enumerate(gs)]
-                      for j, gs in enumerate(lane)] for n, lane in enumerate(groups)]
-        m.d.sync += [p3["valid"].eq(p2["valid"]), p3["addr"].eq(p2["addr"]),
-                     p3["psum"].eq(p2["psum"]), p3["hz1"].eq(p2["hz1"]),
-                     p3["hz2"].eq(p2["hz2"])]
+        gregs = [[[Signal.like(g, name=f"p2b_pp_{n}_{j}_{q}") for q, g in enumerate(gs)]
+                  for j, gs in enumerate(lane)] for n, lane in enumerate(groups)]
         for n in range(L):
             for j in range(M):
-                m.d.sync += [a.eq(b) for a, b in zip(p3_groups[n][j], groups[n][j])]
-        h1 = Signal(row_shape, name="sum_1ago")
-        h2 = Signal(row_shape, name="sum_2ago")
+                m.d.sync += [a.eq(b) for a, b in zip(gregs[n][j], groups[n][j])]
+        m.d.sync += [p2b[n].eq(p2[n]) for n in p2b]
+        products = Signal(data.ArrayLayout(acc_shape(fxp), L), name="p3_products")
+        for n in range(L):
+            m.d.sync += products[n].eq(tree_sum(g << (MAC_GROUP * q) for j in range(M)
+                                                for q, g in enumerate(gregs[n][j])))
+        m.d.sync += [p3["valid"].eq(p2b["valid"]), p3["addr"].eq(p2b["addr"]),
+                     p3["psum"].eq(p2b["psum"]),
+                     *(p3[f"hz{i}"].eq(p2b[f"hz{i}"]) for i in range(1, 5))]
+        hist = [Signal(row_shape, name=f"sum_{i}ago") for i in range(1, 5)]
         sums = Signal(row_shape, name="psum_sum")
         for n in range(L):
-            base = Mux(p3["hz1"], h1[n], Mux(p3["hz2"], h2[n], p3["psum"][n]))
-            terms = [g << (MAC_GROUP * q) for j in range(M)
-                     for q, g in enumerate(p3_groups[n][j])]
-            m.d.comb += sums[n].eq(tree_sum([base, *terms]))
-        m.d.sync += [h1.eq(sums), h2.eq(h1)]
+            base = p3["psum"][n]
+            for i in reversed(range(4)):  # the newest matching sum wins
+                base = Mux(p3[f"hz{i + 1}"], hist[i][n], base)
+            m.d.comb += sums[n].eq(base + products[n])
+        m.d.sync += [hist[0].eq(sums), *(hist[i].eq(hist[i - 1]) for i in range(1, 4))]
         self._p3 = p3
         self._sums = sums
         r["busy"] = p1["valid"] | p2["valid"] | p3["valid"]
@@ -451,7 +530,9 @@ class NullHopBlock(wiring.Component):
         m.d.comb += rd_now.eq(reading | (go & ~part_job))
         rd_addr = Signal(abits + 4)
         m.d.comb += rd_addr.eq(pbase + e[0] + Mux(e[1], cmd.out_w, 0))
-        o["rd_now"], o["rd_addr"] = rd_now, rd_addr
+        # the read itself happens a cycle later, from registers
+        o["rd_now"], o["rd_addr"] = Signal(), Signal(abits, name="walker_rd_addr")
+        m.d.sync += [o["rd_now"].eq(rd_now), o["rd_addr"].eq(rd_addr)]
 
         def next_pixel():
             with m.If(row_end):
@@ -489,7 +570,8 @@ class NullHopBlock(wiring.Component):
         # requantiser): first/last read of the pixel, its slot, the chunk's end and flags
         flags = {"valid": rd_now, "first": e == 0, "last": last_e, "slot": slot,
                  "job_last": job_last, "meta_first": meta_first, "meta_final": meta_final}
-        delay = 2 + fxp.requant_latency  # read -> data -> register -> requantiser output
+        # walker -> read (a register) -> data -> register -> requantiser output
+        delay = 3 + fxp.requant_latency
         assert delay + 2 == cfg.fill_latency  # + the max-pool and the fill registers
         for i in range(delay):
             nxt = {n: Signal.like(v, name=f"outflag{i}_{n}") for n, v in flags.items()}
@@ -542,16 +624,16 @@ class NullHopBlock(wiring.Component):
 
         # the send buffer (A): SM word, then the non-zero values in position order
         a_vals = Signal(data.ArrayLayout(act_shape(fxp), S))
-        a_mask, a_rem = Signal(S), Signal(S)
-        a_idx = Signal(range(max(2, S)))
-        a_one, a_first, a_final = Signal(), Signal(), Signal()
+        a_mask, a_rem = Signal(S, name="send_mask"), Signal(S, name="send_rem")
+        a_low = Signal(S, name="send_low")  # the next value's position, one-hot
+        a_one, a_first, a_final = (Signal(name=f"send_{n}") for n in ("one", "first", "final"))
         a_sm, a_val = Signal(), Signal()  # offering the SM word / a value
         nz = Signal(S)
         m.d.comb += nz.eq(Cat(*(b_vals[i] != 0 for i in range(S))))
-        nz_idx = _lowest_set(m, nz, S, "out_nz_idx")
-        rem_next = Signal(S)
-        m.d.comb += rem_next.eq(a_rem & (a_rem - 1))
-        rem_idx = _lowest_set(m, rem_next, S, "out_rem_idx")
+        nz_low = Signal(S)
+        m.d.comb += nz_low.eq(_lowest_onehot(nz))
+        rem_next, rem_low = Signal(S), Signal(S)
+        m.d.comb += [rem_next.eq(a_rem & ~a_low), rem_low.eq(_lowest_onehot(rem_next))]
         take = Signal()
         m.d.comb += take.eq(self.act_out.valid & self.act_out.ready)
         a_done = Signal()  # the send buffer's last word leaves this cycle
@@ -565,17 +647,19 @@ class NullHopBlock(wiring.Component):
                          self.act_out.payload.first.eq(a_first),
                          self.act_out.payload.last.eq(a_final & (a_mask == 0))]
         with m.Else():
-            m.d.comb += [self.act_out.payload.data.eq(a_vals[a_idx]),
+            m.d.comb += [self.act_out.payload.data.eq(
+                             _onehot_select(a_low, [a_vals[i] for i in range(S)])),
                          self.act_out.payload.last.eq(a_final & a_one)]
         with m.If(take & a_sm & (a_mask != 0)):
             m.d.sync += [a_sm.eq(0), a_val.eq(1)]
         with m.If(take & a_val):
-            m.d.sync += [a_rem.eq(rem_next), a_idx.eq(rem_idx), a_one.eq(_only_one(rem_next))]
+            m.d.sync += [a_rem.eq(rem_next), a_low.eq(rem_low),
+                         a_one.eq((rem_next & ~rem_low) == 0)]
         with m.If(a_done):
             m.d.sync += [a_sm.eq(0), a_val.eq(0)]
         with m.If(swap):
-            m.d.sync += [a_vals.eq(b_vals), a_mask.eq(nz), a_rem.eq(nz), a_idx.eq(nz_idx),
-                         a_one.eq(_only_one(nz)), a_first.eq(b_first), a_final.eq(b_final),
+            m.d.sync += [a_vals.eq(b_vals), a_mask.eq(nz), a_rem.eq(nz), a_low.eq(nz_low),
+                         a_one.eq((nz & ~nz_low) == 0), a_first.eq(b_first), a_final.eq(b_final),
                          a_sm.eq(1), a_val.eq(0)]
         o["pass_done"] = a_done & a_final
         m.d.sync += go.eq(swap & ~b_final)
@@ -615,15 +699,15 @@ class NullHopBlock(wiring.Component):
             """A word accepted by FETCH or by MAC's last cycle: an SM word or a value."""
             d = dec
             with m.If(d["mask"] == 0):
-                m.d.sync += [d["mask"].eq(word[:S]), d["idx"].eq(sm_idx),
+                m.d.sync += [d["mask"].eq(word[:S]), d["idx"].eq(sm_idx), d["low"].eq(sm_low),
                              d["cur_w"].eq(d["nxt_w"]), d["cur_iy"].eq(d["nxt_iy"]),
                              d["cur_slice"].eq(d["nxt_slice"]),
-                             d["cur_sbase"].eq(d["nxt_sbase"])]
-                with m.If(d["nxt_w"] == k["row_words"] - 1):
+                             d["cur_sbase"].eq(d["nxt_sbase"]), *d["take_x"]]
+                with m.If(w_last):
                     m.d.sync += d["nxt_w"].eq(0)
-                    with m.If(d["nxt_iy"] == cmd.in_h - 1):
+                    with m.If(iy_last):
                         m.d.sync += d["nxt_iy"].eq(0)
-                        with m.If(d["nxt_slice"] == cmd.slices - 1):
+                        with m.If(slice_last):
                             m.d.sync += d["sm_done"].eq(1)
                         with m.Else():
                             m.d.sync += [d["nxt_slice"].eq(d["nxt_slice"] + 1),
@@ -637,13 +721,15 @@ class NullHopBlock(wiring.Component):
                 sel = d["box"][d["idx"]]
                 cr = d["chunk_row"]
                 m.d.sync += [d["mask"].eq(d["mask_next"]), d["idx"].eq(d["idx_next"]),
+                             d["low"].eq(d["low_next"]),
                              mac["vals"][0].eq(word[:fxp.act_bits]),
                              *(v.eq(0) for v in mac["vals"][1:]),
                              mac["chans"][0].eq(d["chan"]), mac["gcount"].eq(1),
                              mac["reach"].eq(d["reaches"]),
                              mac["ky"].eq(cr["ky_f"]), mac["ky_last"].eq(cr["ky_l"]),
                              mac["kx"].eq(sel.kx_f), mac["kx_first"].eq(sel.kx_f),
-                             mac["kx_last"].eq(sel.kx_l),
+                             mac["kx_last"].eq(sel.kx_l), mac["one_x"].eq(sel.one),
+                             mac["mac_last"].eq(sel.one & cr["one"]),
                              mac["op_addr"].eq(sel.op_first), mac["op_row"].eq(sel.op_first),
                              mac["k_off"].eq(sel.xk), mac["k_row"].eq(sel.xk)]
                 if M > 1:
@@ -654,9 +740,17 @@ class NullHopBlock(wiring.Component):
                 with m.Elif(~d["more"]):
                     m.next = "FETCH"
 
-        sm_idx = _lowest_set(m, word[:S], S, "sm_idx")
-        prime = Signal(range(cfg.prime_cycles))
-        dcnt = Signal()
+        # where the next SM word falls, registered (the counters only move at SM words, which
+        # are at least four cycles apart)
+        w_last, iy_last, slice_last = Signal(), Signal(), Signal()
+        m.d.sync += [w_last.eq(dec["nxt_w"] == k["row_words"] - 1),
+                     iy_last.eq(dec["nxt_iy"] == cmd.in_h - 1),
+                     slice_last.eq(dec["nxt_slice"] == cmd.slices - 1)]
+        sm_low = Signal(S)
+        m.d.comb += sm_low.eq(_lowest_onehot(word[:S]))
+        sm_idx = _encode(m, sm_low, S, "sm_idx")
+        prime = Signal(range(max(cfg.prime_cycles, cfg.drain_cycles)))  # PRIME, DRAIN
+        dcnt = Signal(range(cfg.decode_cycles))
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -684,6 +778,7 @@ class NullHopBlock(wiring.Component):
             with m.State("FETCH"):
                 m.d.comb += self.act_in.ready.eq(~dec["end"])
                 with m.If(dec["end"]):
+                    m.d.sync += prime.eq(0)
                     with m.If(cmd.emit):
                         m.next = "DRAIN"
                     with m.Else():
@@ -691,9 +786,10 @@ class NullHopBlock(wiring.Component):
                 with m.Elif(take):
                     take_word()
             with m.State("DECODE"):
-                m.d.sync += dcnt.eq(~dcnt)
-                m.d.comb += [dec["d1_en"].eq(~dcnt), dec["d2_en"].eq(dcnt)]
-                with m.If(dcnt):
+                m.d.sync += dcnt.eq(dcnt + 1)
+                m.d.comb += [dec[f"d{i + 1}_en"].eq(dcnt == i) for i in range(3)]
+                with m.If(dcnt == cfg.decode_cycles - 1):
+                    m.d.sync += dcnt.eq(0)
                     m.next = "FETCH"
             with m.State("MAC"):
                 m.d.comb += [mac["issue"].eq(1),
@@ -709,7 +805,8 @@ class NullHopBlock(wiring.Component):
                     with m.If(take):
                         g = mac["gcount"]
                         m.d.sync += [dec["mask"].eq(dec["mask_next"]),
-                                     dec["idx"].eq(dec["idx_next"]), g.eq(g + 1)]
+                                     dec["idx"].eq(dec["idx_next"]),
+                                     dec["low"].eq(dec["low_next"]), g.eq(g + 1)]
                         for j in range(1, M):
                             with m.If(g == j):
                                 m.d.sync += [mac["vals"][j].eq(word[:fxp.act_bits]),
@@ -720,8 +817,10 @@ class NullHopBlock(wiring.Component):
                             with m.Else():
                                 m.next = "FETCH"
             with m.State("DRAIN"):  # the last update reaches the memory
-                m.d.comb += o["reset"].eq(1)
-                m.next = "OUT"
+                m.d.sync += prime.eq(prime + 1)
+                with m.If(prime == cfg.drain_cycles - 1):
+                    m.d.comb += o["reset"].eq(1)
+                    m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += o["active"].eq(1)
                 with m.If(o["pass_done"]):

@@ -5,7 +5,7 @@ soon as its output is known (exact) or predicted (speculative) to be zero after 
 The host reorders each kernel offline (``models.snapea.reorder``) and sends the weights with
 an index buffer of input offsets; ``sim.snapea.layer_commands`` is the driver. The rule the
 lanes implement is written out in ``models.snapea``. Every buffer is a synchronous
-``memory.Memory`` (block RAM on an FPGA) and every lane is a six-stage pipeline, so the
+``memory.Memory`` (block RAM on an FPGA) and every lane is an eight-stage pipeline, so the
 block runs at 100 MHz on an ECP5 (``docs/fpga.md``).
 """
 
@@ -15,10 +15,13 @@ from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import partial_product_groups, tree_sum
+from .arith import MAC_GROUP, partial_product_groups, tree_sum
 from .config import SnaPEAConfig, ceil_div
 from .layouts import snapea_layouts
 from .requantize import Requantizer
+
+
+_TAG = 3  # window-number bits that tell the windows in a lane's pipeline apart
 
 
 class InputBuffer(wiring.Component):
@@ -64,32 +67,34 @@ class InputBuffer(wiring.Component):
 
 
 class EarlyTerminationLane(wiring.Component):
-    """One MAC lane: a weight/index buffer, a six-stage tap pipeline, a requantiser and a
+    """One MAC lane: a weight/index buffer, an eight-stage tap pipeline, a requantiser and a
     bank of one entry per window of the tile.
 
     Ports: ``w_we``/``w_addr``/``w_data`` write the weight/index buffer; ``start`` (one cycle)
     begins a command with the lane's ``params`` and the ``tile`` geometry, both held stable
     by the block until the lane is idle; ``act_addr`` -> ``act_data`` (one cycle later) is the
     lane's read port on the input buffer; with ``readout`` high, ``ro_addr``/``ro_en`` read
-    the bank (``ro_data`` one cycle later); ``busy`` is high while windows remain or taps
-    are in flight.
+    the bank (``ro_data`` one cycle later); ``busy`` is high from the cycle after ``start``
+    while windows remain or taps are in flight.
 
     Pipeline, one tap per cycle: I (issue: the tap counter addresses the weight/index buffer
     and the window number the bank) -> F (weight, offset and the window's bank entry
     registered) -> A (input address = window base + offset) -> R (input activation
-    registered) -> M (partial products of activation x weight) -> C (accumulate: the first
-    tap of a window starts from the bias in the first segment, else from the bank's partial
-    sum; the exact check ``acc < 0`` and the prediction ``acc < threshold`` run here).
+    registered) -> M (partial products of activation x weight) -> M2 (their sum, the
+    product) -> C (accumulate: the first tap of a window starts from the bias in the first
+    segment, else from the bank's partial sum) -> D (decide, from the registered sum: the
+    exact check ``acc < 0``, the prediction ``acc < threshold``, the window's end).
 
     Schedule: the cycle after ``start`` the lane issues tap 0 of window 0, then one tap per
-    cycle; a window's last tap is followed by the next window's tap 0. When C ends a window
+    cycle; a window's last tap is followed by the next window's tap 0. When D ends a window
     early (a check fires, or the bank says the window stopped in an earlier segment) it
-    tells I one cycle later: I has issued up to ``lane_squash`` (= 5) more taps of that
-    window, which are discarded, and issues the next window's tap 0 in that cycle
-    (``SnaPEAConfig.window_cycles``). A finished window's sum goes through the requantiser
-    (``requant_latency`` stages) and is written to the bank: the output (0 if the window
+    tells I one cycle later: I has issued up to 7 more taps of that window, which are
+    discarded, moves to the next window in that cycle and issues its tap 0 in the next, so
+    an early stop costs up to ``lane_squash`` (= 8) cycles (``SnaPEAConfig.window_cycles``).
+    A finished window's sum goes through the requantiser (``requant_latency`` stages) and is
+    written to the bank: the output (0 if the window
     stopped early) on the kernel's last segment, else the partial sum and the stop flag.
-    ``busy`` falls the cycle after the last write.
+    ``busy`` (a register) falls two cycles after the last write.
     """
 
     def __init__(self, cfg: SnaPEAConfig):
@@ -122,14 +127,17 @@ class EarlyTerminationLane(wiring.Component):
         m.d.comb += [w_wr.en.eq(self.w_we), w_wr.addr.eq(self.w_addr),
                      w_wr.data.eq(self.w_data), self.ro_data.eq(b_rd.data.value)]
 
-        kill, kill_win = Signal(), Signal(range(cfg.max_windows))
+        # the window C ended early, by its number mod 8: the taps in flight span fewer than
+        # 8 consecutive windows (a kill needs a window of 2 or more taps), so the low bits
+        # tell them apart and the comparisons stay one LUT deep
+        kill, kill_win = Signal(), Signal(_TAG)
         issue = self._issue(m, kill, kill_win)
         m.d.comb += [w_rd.addr.eq(issue["tap"]),
                      b_rd.addr.eq(Mux(self.readout, self.ro_addr, issue["win"])),
                      b_rd.en.eq(Mux(self.readout, self.ro_en, 1))]
 
         def squashed(win):
-            return kill & (kill_win == win)
+            return kill & (kill_win == win[:_TAG])
 
         def stage(name, prev, values):
             """Pipeline registers: the previous stage's fields plus ``values``; a tap of the
@@ -152,35 +160,45 @@ class EarlyTerminationLane(wiring.Component):
         r = stage("r", {k: a[k] for k in (*keep, *carry)},
                   {"init_th": a["init"] - p.threshold})
         mm = stage("m", {k: r[k] for k in (*keep, *carry, "init_th")}, {"act": self.act_data})
-        groups = partial_product_groups(mm["weight"], mm["act"], 4)
-        c = stage("c", {k: mm[k] for k in (*keep, "init", "init_th", "dead")},
-                  {f"product_{j}": g for j, g in enumerate(groups)})
+        groups = partial_product_groups(mm["weight"], mm["act"], MAC_GROUP)
+        later = (*keep, "init", "init_th", "dead")
+        m2 = stage("m2", {k: mm[k] for k in later},
+                   {f"group_{j}": g for j, g in enumerate(groups)})
+        c = stage("c", {k: m2[k] for k in later},
+                  {"product": tree_sum(m2[f"group_{j}"] << (MAC_GROUP * j)
+                                       for j in range(len(groups)))})
 
-        # C: accumulate and decide
-        product = tree_sum(c[f"product_{j}"] << (4 * j) for j in range(len(groups)))
+        # C: accumulate (the first tap of a window from init)
+        product = c["product"]
         acc = Signal(signed(fxp.acc_bits))
         acc_th = Signal(signed(fxp.acc_bits + 2))  # acc - threshold
         acc_new, acc_th_new = Signal.like(acc), Signal.like(acc_th)
         m.d.comb += [acc_new.eq(Mux(c["first"], c["init"], acc) + product),
                      acc_th_new.eq(Mux(c["first"], c["init_th"], acc_th) + product)]
-        live = Signal()
-        m.d.comb += live.eq(c["valid"] & ~squashed(c["win"]))
-        dead = c["first"] & c["dead"]
-        zero = Signal()
-        m.d.comb += zero.eq((c["exact_ok"] & acc_new[-1]) | (c["spec_here"] & acc_th_new[-1])
-                            | dead)
-        end = Signal()
-        m.d.comb += end.eq(live & (c["last"] | zero))
-        with m.If(live):
+        with m.If(c["valid"]):
             m.d.sync += [acc.eq(acc_new), acc_th.eq(acc_th_new)]
-        m.d.sync += [kill.eq(end & ~c["last"]), kill_win.eq(c["win"])]
+        # D: decide, from the registered sum's sign
+        dd = stage("d", {k: c[k] for k in ("valid", "win", "last", "exact_ok", "spec_here")},
+                   {"dead": c["first"] & c["dead"], "sum": acc_new, "neg": acc_new[-1],
+                    "below": acc_th_new[-1]})
+        live = Signal()
+        m.d.comb += live.eq(dd["valid"] & ~squashed(dd["win"]))
+        zero = Signal()
+        m.d.comb += zero.eq((dd["exact_ok"] & dd["neg"]) | (dd["spec_here"] & dd["below"])
+                            | dd["dead"])
+        end = Signal()
+        m.d.comb += end.eq(live & (dd["last"] | zero))
+        m.d.sync += [kill.eq(end & ~dd["last"]), kill_win.eq(dd["win"][:_TAG]),
+                     # whether it is the window I will be on next cycle (for the redirect)
+                     self._kill_here.eq(dd["win"][:_TAG] == self._issue_next_tag)]
 
         # write-back: requantise (or keep the partial sum) and write the bank
         m.submodules.requant = rq = Requantizer(fxp)
-        m.d.comb += [rq.en.eq(1), rq.acc.eq(acc_new), rq.bias.eq(0), rq.mult.eq(p.mult),
+        m.d.comb += [rq.en.eq(1), rq.acc.eq(dd["sum"]), rq.bias.eq(0), rq.mult.eq(p.mult),
                      rq.shift.eq(p.shift), rq.relu.eq(tile.relu)]
-        wb = {"valid": end, "win": c["win"], "zero": zero, "sum": acc_new}
-        in_flight = [issue["valid"], f["valid"], a["valid"], r["valid"], mm["valid"], c["valid"]]
+        wb = {"valid": end, "win": dd["win"], "zero": zero, "sum": dd["sum"]}
+        in_flight = [issue["valid"], f["valid"], a["valid"], r["valid"], mm["valid"],
+                     m2["valid"], c["valid"], dd["valid"]]
         for i in range(fxp.requant_latency):  # beside the requantiser's stages
             nxt = {k: Signal.like(v, name=f"wb{i}_{k}") for k, v in wb.items()}
             m.d.sync += [nxt[k].eq(v) for k, v in wb.items()]
@@ -189,60 +207,70 @@ class EarlyTerminationLane(wiring.Component):
         m.d.comb += [b_wr.en.eq(wb["valid"]), b_wr.addr.eq(wb["win"]),
                      b_wr.data.dead.eq(wb["zero"]),
                      b_wr.data.value.eq(Mux(p.last, Mux(wb["zero"], 0, rq.out), wb["sum"]))]
-        busy = Signal()
-        m.d.comb += busy.eq(sum(in_flight[1:]) != 0)
-        m.d.comb += self.busy.eq(busy | self._running)
+        # registered, so the block's idle check is not one long OR; set by start itself
+        m.d.sync += self.busy.eq(self.start | self._running | (sum(in_flight[1:]) != 0))
         return m
 
     def _issue(self, m, kill, kill_win):
-        """Stage I: which tap of which window to issue this cycle. ``kill`` (a window ended
-        early, registered in C) moves the lane to the next window in the same cycle."""
+        """Stage I: which tap of which window to issue this cycle. The window sequencer
+        holds the current window and the one after it, so moving on needs no arithmetic;
+        ``kill`` (the current window ended early, registered in C) moves the lane on without
+        issuing in that cycle."""
         cfg, p, tile = self._cfg, self.params, self.tile
         self._running = running = Signal()
         tap = Signal(range(cfg.max_taps))
         chk = Signal(range(cfg.check_every))
-        win = Signal(range(cfg.max_windows))
-        ox = Signal(range(cfg.max_windows))
-        base, row_base = Signal(unsigned(cfg.addr_bits)), Signal(unsigned(cfg.addr_bits))
+        shape = {"win": range(cfg.max_windows), "ox": range(cfg.max_windows),
+                 "base": unsigned(cfg.addr_bits), "row_base": unsigned(cfg.addr_bits),
+                 "last": 1}
+        cur = {k: Signal(v, name=f"cur_{k}") for k, v in shape.items()}
+        nxt = {k: Signal(v, name=f"next_{k}") for k, v in shape.items()}
 
-        def next_window(pt):
-            """The first tap of the window after ``pt``'s (raster order within the tile)."""
-            wrap = pt["ox"] == tile.out_w - 1
-            nrow = pt["row_base"] + tile.row_step
-            return {"run": pt["win"] != tile.windows - 1, "tap": 0, "chk": tile.check_phase,
-                    "win": pt["win"] + 1, "ox": Mux(wrap, 0, pt["ox"] + 1),
-                    "base": Mux(wrap, nrow, pt["base"] + tile.col_step),
-                    "row_base": Mux(wrap, nrow, pt["row_base"])}
+        def after(w):
+            """The window after ``w`` (raster order within the tile)."""
+            wrap = w["ox"] == tile.out_w - 1
+            nrow = w["row_base"] + tile.row_step
+            return {"win": w["win"] + 1, "ox": Mux(wrap, 0, w["ox"] + 1),
+                    "base": Mux(wrap, nrow, w["base"] + tile.col_step),
+                    "row_base": Mux(wrap, nrow, w["row_base"]),
+                    "last": w["win"] + 2 == tile.windows}
 
-        def select(cond, a, b):
-            return {k: Mux(cond, a[k], b[k]) for k in a}
-
-        here = {"run": running, "tap": tap, "chk": chk, "win": win, "ox": ox, "base": base,
-                "row_base": row_base}
+        first_win = {"win": 0, "ox": 0, "base": 0, "row_base": 0, "last": tile.windows == 1}
+        # kill_here (registered beside kill): the killed window is the current one
+        self._kill_here = kill_here = Signal()
         redirect = Signal()
-        m.d.comb += redirect.eq(running & kill & (kill_win == win))
-        q = {k: Signal.like(v, name=f"issue_{k}") for k, v in here.items()}
-        m.d.comb += [q[k].eq(v) for k, v in select(redirect, next_window(here), here).items()]
-        last = Signal()
-        m.d.comb += last.eq(q["tap"] == p.taps - 1)
-        checked = q["chk"] == cfg.check_every - 1
-        after = select(last, next_window(q),
-                       {**q, "tap": q["tap"] + 1, "chk": Mux(checked, 0, q["chk"] + 1)})
+        m.d.comb += redirect.eq(running & kill & kill_here)
+        last = Signal()  # tap is the window's last: registered beside tap
+        one_tap = Signal()
+        m.d.sync += one_tap.eq(p.taps == 1)
+        checked = chk == cfg.check_every - 1
+
+        def move_on():
+            m.d.sync += [*(cur[k].eq(nxt[k]) for k in cur),
+                         *(nxt[k].eq(v) for k, v in after(nxt).items()),
+                         tap.eq(0), last.eq(one_tap), chk.eq(tile.check_phase),
+                         running.eq(~cur["last"])]
+
+        moving = Signal()
+        m.d.comb += moving.eq(running & (redirect | last))
+        self._issue_next_tag = Signal(_TAG)
+        m.d.comb += self._issue_next_tag.eq(Mux(moving, nxt["win"][:_TAG], cur["win"][:_TAG]))
         with m.If(self.start):
             m.d.sync += [running.eq((p.taps != 0) & (tile.windows != 0)), tap.eq(0),
-                         chk.eq(tile.check_phase), win.eq(0), ox.eq(0), base.eq(0),
-                         row_base.eq(0)]
-        with m.Elif(q["run"]):
-            m.d.sync += [here[k].eq(v) for k, v in after.items()]
-        with m.Else():
-            m.d.sync += running.eq(0)
+                         last.eq(p.taps == 1), chk.eq(tile.check_phase),
+                         *(cur[k].eq(v) for k, v in first_win.items()),
+                         *(nxt[k].eq(v) for k, v in after(first_win).items())]
+        with m.Elif(moving):
+            move_on()
+        with m.Elif(running):
+            m.d.sync += [tap.eq(tap + 1), last.eq(tap + 2 == p.taps),
+                         chk.eq(Mux(checked, 0, chk + 1))]
         info = {k: Signal(name=f"issue_{k}") for k in ("valid", "first", "exact_ok",
                                                        "spec_here")}
-        m.d.comb += [info["valid"].eq(q["run"]), info["first"].eq(q["tap"] == 0),
-                     info["exact_ok"].eq(tile.terminate & (q["tap"] + 1 >= p.exact_from)
-                                         & checked),
-                     info["spec_here"].eq((p.spec_n != 0) & (q["tap"] + 1 == p.spec_n))]
-        return {**info, "last": last, "tap": q["tap"], "win": q["win"], "base": q["base"]}
+        m.d.comb += [info["valid"].eq(running & ~redirect), info["first"].eq(tap == 0),
+                     info["exact_ok"].eq(tile.terminate & (tap + 1 >= p.exact_from) & checked),
+                     info["spec_here"].eq((p.spec_n != 0) & (tap + 1 == p.spec_n))]
+        return {**info, "last": last, "tap": tap, "win": cur["win"], "base": cur["base"]}
 
 
 class SnaPEABlock(wiring.Component):
@@ -270,9 +298,9 @@ class SnaPEABlock(wiring.Component):
       - COMPUTE: each lane issues one tap per cycle over its windows (``S_l`` cycles up to
         its last useful tap); the block waits for the slowest lane, ``S = max S_l``, plus
         ``compute_tail`` cycles (pipeline, requantiser, bank write, the idle check);
-      - READOUT (``readout`` only): 1 cycle reads the banks, then ``windows`` output beats;
-        then IDLE takes the next command.
-    A command takes ``2 + act_count + taps + S + compute_tail (+ 1 + windows)`` cycles.
+      - READOUT (``readout`` only): the banks are read into an output register, 2 cycles,
+        then ``windows`` output beats; then IDLE takes the next command.
+    A command takes ``2 + act_count + taps + S + compute_tail (+ 2 + windows)`` cycles.
     Backpressure on ``out`` holds the read-out; a missing input beat stalls the load.
     Neither changes results.
     """
@@ -298,7 +326,9 @@ class SnaPEABlock(wiring.Component):
         m.submodules.ibuf = ibuf = InputBuffer(cfg)
         command = Signal(lay.command)
         cnt = Signal(range(max(cfg.act_depth, cfg.max_taps, cfg.max_windows) + 1))
-        readout, have = Signal(), Signal()  # READOUT: a bank word is on the output
+        readout, pend, have = Signal(), Signal(), Signal()  # READOUT: bank word, output word
+        out_word = Signal.like(self.out.payload)
+        m.d.comb += self.out.payload.eq(out_word)
         lanes = []
         for i in range(cfg.lanes):
             lane = m.submodules[f"lane_{i}"] = EarlyTerminationLane(cfg)
@@ -307,11 +337,10 @@ class SnaPEABlock(wiring.Component):
                 lane.params.eq(command.lane[i]), lane.tile.eq(command.tile),
                 lane.w_addr.eq(cnt), lane.w_data.eq(self.weights.payload[i]),
                 lane.readout.eq(readout), lane.ro_addr.eq(cnt),
-                self.out.payload[i].eq(lane.ro_data),
             ]
             lanes.append(lane)
-        any_busy = Signal()
-        m.d.comb += any_busy.eq(sum(lane.busy for lane in lanes) != 0)
+        any_busy = Signal()  # registered: a lane's last write shows here two cycles later
+        m.d.sync += any_busy.eq(sum(lane.busy for lane in lanes) != 0)
         m.d.comb += [ibuf.wr_addr.eq(cnt), ibuf.wr_data.eq(self.acts.payload[0])]
 
         with m.FSM():
@@ -343,25 +372,33 @@ class SnaPEABlock(wiring.Component):
             with m.State("LAUNCH"):
                 for lane in lanes:
                     m.d.comb += lane.start.eq(1)
+                m.d.sync += any_busy.eq(1)
                 m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 with m.If(~any_busy):
-                    m.d.sync += [cnt.eq(0), have.eq(0)]
+                    m.d.sync += [cnt.eq(0), pend.eq(0), have.eq(0)]
                     with m.If(command.readout):
                         m.next = "READOUT"
                     with m.Else():
                         m.next = "IDLE"
             with m.State("READOUT"):
-                # the banks' read data is the output payload: a word is fetched when none is
-                # shown or the shown one is taken; the read port holds it otherwise
+                # two places: the banks' read data (held while not moved on) and the output
+                # register; a word is fetched when the read data is free or moves on
                 take = have & self.out.ready
-                fetch = (cnt != command.tile.windows) & (~have | take)
+                move = pend & (~have | take)
+                fetch = (cnt != command.tile.windows) & (~pend | move)
                 m.d.comb += [readout.eq(1), self.out.valid.eq(have)]
                 for lane in lanes:
                     m.d.comb += lane.ro_en.eq(fetch)
                 with m.If(fetch):
-                    m.d.sync += [cnt.eq(cnt + 1), have.eq(1)]
+                    m.d.sync += [cnt.eq(cnt + 1), pend.eq(1)]
+                with m.Elif(move):
+                    m.d.sync += pend.eq(0)
+                with m.If(move):
+                    m.d.sync += [have.eq(1), *(out_word[i].eq(lane.ro_data)
+                                               for i, lane in enumerate(lanes))]
                 with m.Elif(take):
                     m.d.sync += have.eq(0)
-                    m.next = "IDLE"
+                    with m.If(~pend):
+                        m.next = "IDLE"
         return m

@@ -602,6 +602,7 @@ class StepModel:
             elif st == "FETCH":
                 if end:
                     nxt_st = "DRAIN" if c["emit"] else "IDLE"
+                    nxt_cnt = 0
                 elif in_take:
                     nxt_st = take_word(int(src["act_in"].payload()["data"]))
                     nxt_cnt = 0
@@ -638,9 +639,11 @@ class StepModel:
                     else:
                         nxt_st = "FETCH"
             elif st == "DRAIN":
-                o = self._output_jobs(c, pmem)
-                o["go"] = t + 1
-                nxt_st = "OUT"
+                nxt_cnt = cnt + 1
+                if cnt == cfg.drain_cycles - 1:
+                    o = self._output_jobs(c, pmem)
+                    o["go"] = t + 1
+                    nxt_st = "OUT"
             elif st == "OUT":
                 if self._out_edge(o, t, out_take):
                     nxt_st = "IDLE"

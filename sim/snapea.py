@@ -16,9 +16,9 @@ Pieces, one schedule (``SnaPEAConfig.command_cycles``):
   sets the command's time.
 
 Dispatch is static: lane ``l`` of a group owns output channel ``group * lanes + l`` and walks
-all the tile's windows in raster order, one tap per cycle. A window that stops early has
-issued up to ``lane_squash`` more of its taps by the time the decision reaches the lane's
-issue stage; those are discarded and the next window starts. The group waits for its slowest
+all the tile's windows in raster order, one tap per cycle. A window that stops early costs
+up to ``lane_squash`` more cycles: the taps the lane issued before the decision reached its
+issue stage (discarded) and the cycle that moves it to the next window. The group waits for its slowest
 lane (the balance cost, reported as ``lane_balance``: mean lane busy time / slowest lane).
 """
 
@@ -238,8 +238,8 @@ class StepModel:
                             break
                     early = dead and issued < p["taps"]
                     last_window = w_i == c.windows - 1
-                    # after an early stop the lane issues up to lane_squash more taps of the
-                    # window, discarded when the decision arrives (not after its last window)
+                    # after an early stop the lane spends up to lane_squash more cycles on the
+                    # window (taps in flight, discarded, and the move on; not after its last)
                     extra = (min(p["taps"] - issued, cfg.lane_squash)
                              if early and not last_window else 0)
                     cyc += issued + extra
@@ -327,7 +327,7 @@ def layer_cycles(spec: ConvLayer, cfg: SnaPEAConfig, macs: np.ndarray, stopped: 
         seg_beats = np.clip(taps_g - t0, 0, cfg.max_taps) * active
         readout = active & (s == nseg - 1)
         cycles += int(len(tiles) * (active.sum() * (2 + cfg.compute_tail) + seg_beats.sum())
-                      + slow.sum() + readout.sum() * (1 + windows).sum())
+                      + slow.sum() + readout.sum() * (2 + windows).sum())
     act_beats = np.array([spec.in_ch * t.in_rows * t.in_cols for t in tiles])
     cycles += int(act_beats.sum())
     return {"cycles": int(cycles), "compute_cycles": int(slowest.sum()),
