@@ -255,6 +255,15 @@ class NullHopBlock(wiring.Component):
         k["jkk"] = [Signal(kdb, name=f"k_jkk_{j}") for j in range(min(cfg.lanes, S))]
         m.d.sync += [r.eq(tree_sum([k["kk"] << b for b in range(j.bit_length()) if j >> b & 1]
                                or [Const(0)])) for j, r in enumerate(k["jkk"])]
+        # position i's channel offset within its chunk: jkk[i mod min(Cp, S)]
+        k["pos_jkk"] = [Signal(kdb, name=f"k_pos_jkk_{i}") for i in range(S)]
+        cpm = Signal(range(S), name="k_cp_low_mask")
+        m.d.comb += cpm.eq(((Const(1, ceil_log2(S) + 1) << cmd.slice_log2) - 1)[:max(1, ceil_log2(S))])
+        for i, r in enumerate(k["pos_jkk"]):
+            with m.Switch(Const(i, max(1, ceil_log2(S))) & cpm):
+                for j, jkk in enumerate(k["jkk"]):
+                    with m.Case(j):
+                        m.d.sync += r.eq(jkk)
         k["cpkk"] = Signal(kdb, name="k_cpkk")
         m.d.sync += k["cpkk"].eq(k["kk"] << cmd.slice_log2)
         return k
@@ -387,13 +396,16 @@ class NullHopBlock(wiring.Component):
         if M > 1:
             m.d.comb += more.eq((mask_next != 0)
                                 & ((idx >> k["blk_log2"]) == (idx_next >> k["blk_log2"])))
-        jsel = Signal(range(max(2, min(cfg.lanes, S))))
-        m.d.comb += jsel.eq(idx & k["cp_mask"])
+        # the value's box and kernel-channel offset, selected by its one-hot position (an
+        # AND-OR: dynamic indexing would multiply the index by the entry width)
+        d["sel"] = sel = {n: Signal.like(getattr(box[0], n), name=f"in_sel_{n}")
+                          for n in ("kx_f", "kx_l", "any", "one", "op_first", "xk")}
+        m.d.comb += [sel[n].eq(_onehot_select(low, [getattr(box[i], n) for i in range(S)]))
+                     for n in sel]
         d["chan"] = chan = Signal(kdb)  # kernel offset of the value's channel
-        m.d.comb += chan.eq(chunk_base + Cat(*k["jkk"]).word_select(jsel, kdb)
-                            if len(k["jkk"]) > 1 else chunk_base + k["jkk"][0])
+        m.d.comb += chan.eq(chunk_base + _onehot_select(low, k["pos_jkk"]))
         d["reaches"] = reaches = Signal()
-        m.d.comb += reaches.eq(chunk_row["any"] & box[idx].any)
+        m.d.comb += reaches.eq(chunk_row["any"] & sel["any"])
         return d
 
     # ---- MAC loop and partial-sum read-modify-write ---------------------------------------
@@ -718,7 +730,7 @@ class NullHopBlock(wiring.Component):
                     m.d.sync += d["nxt_w"].eq(d["nxt_w"] + 1)
                 m.next = "DECODE"
             with m.Else():
-                sel = d["box"][d["idx"]]
+                sel = d["sel"]
                 cr = d["chunk_row"]
                 m.d.sync += [d["mask"].eq(d["mask_next"]), d["idx"].eq(d["idx_next"]),
                              d["low"].eq(d["low_next"]),
@@ -727,11 +739,11 @@ class NullHopBlock(wiring.Component):
                              mac["chans"][0].eq(d["chan"]), mac["gcount"].eq(1),
                              mac["reach"].eq(d["reaches"]),
                              mac["ky"].eq(cr["ky_f"]), mac["ky_last"].eq(cr["ky_l"]),
-                             mac["kx"].eq(sel.kx_f), mac["kx_first"].eq(sel.kx_f),
-                             mac["kx_last"].eq(sel.kx_l), mac["one_x"].eq(sel.one),
-                             mac["mac_last"].eq(sel.one & cr["one"]),
-                             mac["op_addr"].eq(sel.op_first), mac["op_row"].eq(sel.op_first),
-                             mac["k_off"].eq(sel.xk), mac["k_row"].eq(sel.xk)]
+                             mac["kx"].eq(sel["kx_f"]), mac["kx_first"].eq(sel["kx_f"]),
+                             mac["kx_last"].eq(sel["kx_l"]), mac["one_x"].eq(sel["one"]),
+                             mac["mac_last"].eq(sel["one"] & cr["one"]),
+                             mac["op_addr"].eq(sel["op_first"]), mac["op_row"].eq(sel["op_first"]),
+                             mac["k_off"].eq(sel["xk"]), mac["k_row"].eq(sel["xk"])]
                 if M > 1:
                     with m.If(d["more"]):
                         m.next = "COLLECT"
