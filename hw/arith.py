@@ -21,6 +21,23 @@ def tree_sum(terms):
     return terms[0]
 
 
+def tree_or(terms):
+    """A balanced OR tree (combinational)."""
+    terms = list(terms)
+    while len(terms) > 1:
+        terms = [terms[i] | terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
+def bank_select(banks, bank):
+    """Entry ``bank`` of ``banks`` (an AND-OR): the read data of a memory built as banks,
+    registered per bank first, so no multiplexer follows a block RAM's clock-to-out."""
+    if len(banks) == 1:
+        return banks[0]
+    return tree_or([Mux(bank == b, banks[b], 0) for b in range(len(banks))])
+
+
 def partial_product_groups(multiplicand, multiplier, group: int):
     """``multiplicand * multiplier`` (``multiplier`` unsigned) as sums of ``group`` partial
     products each: returns ``[g_0, g_1, ...]`` with the product equal to

@@ -265,19 +265,25 @@ class SnaPEAConfig:
     ``max_taps`` taps whose partial sums wait in the lane's bank; ``act_depth`` the input
     buffer (one tile of the zero-padded input feature map, all its channels),
     ``max_windows`` each lane's bank (output pixels per tile), ``check_every`` how often
-    the sign check runs (every k-th tap, k = 1 checks every tap).
+    the sign check runs (every k-th tap, k = 1 checks every tap); ``act_bank_depth`` splits
+    the input buffer into banks of at most that many activations (16384: an ECP5 DP16KD's
+    depth at 1 bit wide, so a bank's read data goes straight into a register; no effect on
+    the schedule).
 
-    The defaults fit an ECP5 LFE5U-85F (DP16KD block RAMs): every conv layer of VGG-16,
-    ResNet-18 and AlexNet has kernels of at most 4608 taps, and a tile of at most 32768
-    input activations covers a row of output windows of each (wider rows are split into
-    column tiles); FC layers with longer kernels (VGG-16's fc6: 25088) run in segments.
+    The defaults fit an ECP5 LFE5U-85F (DP16KD block RAMs) at 100 MHz: a weight/index buffer
+    of 512 taps is one block RAM (no depth cascade and its multiplexer after the RAM), so
+    longer kernels (3 x 3 x 512 = 4608 taps in VGG-16 / ResNet-18) run in segments; a tile
+    of at most 32768 input activations covers a row of output windows of every conv layer of
+    VGG-16, ResNet-18 and AlexNet (wider rows are split into column tiles) and the whole
+    input of VGG-16's fc6 (25088).
     """
 
     lanes: int = 8
-    max_taps: int = 4608  # 3 x 3 x 512, the longest conv kernel of VGG-16 / ResNet-18
+    max_taps: int = 512
     act_depth: int = 32768
     max_windows: int = 1024
     check_every: int = 1
+    act_bank_depth: int = 16384
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "snapea"
@@ -288,6 +294,11 @@ class SnaPEAConfig:
         _check_int("act_depth", self.act_depth, 1, 1 << 24)
         _check_int("max_windows", self.max_windows, 1, 1 << 20)
         _check_int("check_every", self.check_every, 1, 64, " (MACs between sign checks)")
+        _check_int("act_bank_depth", self.act_bank_depth, 1, 1 << 24)
+        if self.act_bank_depth & (self.act_bank_depth - 1):
+            raise ValueError(f"act_bank_depth must be a power of two, not "
+                             f"{self.act_bank_depth!r} "
+                             f"(try {1 << (self.act_bank_depth.bit_length() - 1)})")
         if isinstance(self.fxp, dict):
             object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
 
@@ -295,6 +306,11 @@ class SnaPEAConfig:
     def addr_bits(self) -> int:
         """Input-buffer address and index-buffer offset width."""
         return max(1, ceil_log2(self.act_depth))
+
+    @property
+    def act_banks(self) -> int:
+        """Banks of the input buffer (``act_depth / act_bank_depth``, rounded up)."""
+        return -(-self.act_depth // self.act_bank_depth)
 
     @property
     def tap_bits(self) -> int:
@@ -369,7 +385,10 @@ class NullHopConfig:
     the kernel memory (entries of ``lanes`` weights: input channels x k x k of one pass);
     ``acc_depth`` the partial-sum memory (output pixels of one pass, before pooling);
     ``max_dim`` the largest input/output height or width of a pass and ``max_k`` the largest
-    kernel (both set counter widths). The stream format is ``sim.sparse_format``; the
+    kernel (both set counter widths); ``psum_bank_depth`` splits the partial-sum memory into
+    banks of at most that many rows (2048: an ECP5 DP16KD's depth at 9 bits wide, so a bank
+    maps to block RAMs side by side and its read data goes straight into a register; no
+    effect on the schedule). The stream format is ``sim.sparse_format``; the
     schedule is ``pass_cycles`` below, mirrored by ``sim.nullhop`` and checked on the RTL.
     """
 
@@ -380,13 +399,15 @@ class NullHopConfig:
     acc_depth: int = 4096
     max_dim: int = 256
     max_k: int = 11
+    psum_bank_depth: int = 2048
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "nullhop"
 
     def __post_init__(self):
         for name, value, lo, hi in (("macs", self.macs, 1, 256),
-                                    ("sm_bits", self.sm_bits, 2, 64)):
+                                    ("sm_bits", self.sm_bits, 2, 64),
+                                    ("psum_bank_depth", self.psum_bank_depth, 1, 1 << 20)):
             _check_int(name, value, lo, hi)
             if value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, not {value!r} "
@@ -421,6 +442,11 @@ class NullHopConfig:
     def parts(self) -> int:
         """Fill cycles per output pixel (``lanes / group``)."""
         return self.lanes // self.group
+
+    @property
+    def psum_banks(self) -> int:
+        """Banks of the partial-sum memory (``acc_depth / psum_bank_depth``, rounded up)."""
+        return -(-self.acc_depth // self.psum_bank_depth)
 
     # --- the cycle schedule (mirrored by sim.nullhop and checked against the RTL) ----------
     prime_cycles = 3  # after the command: pass constants, the first row's kernel rows

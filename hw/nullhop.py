@@ -23,7 +23,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import MAC_GROUP, partial_product_groups, product, tree_sum
+from .arith import MAC_GROUP, bank_select, partial_product_groups, product, tree_or, tree_sum
 from .config import NullHopConfig, ceil_log2
 from .layouts import acc_shape, act_shape, requant_layout, weight_shape
 from .requantize import Requantizer
@@ -88,14 +88,6 @@ def _onehot_select(onehot, values):
     return tree_or([Mux(onehot[i], v, 0) for i, v in enumerate(values)])
 
 
-def tree_or(terms):
-    terms = list(terms)
-    while len(terms) > 1:
-        terms = [terms[i] | terms[i + 1] if i + 1 < len(terms) else terms[i]
-                 for i in range(0, len(terms), 2)]
-    return terms[0]
-
-
 def _range_start(a, d, h, top, k):
     """First half of ``sim.nullhop.kernel_range`` for ``a = coord + pad``, given
     ``d = a - top`` and ``h = a - (k - 1)`` (signed, computed beside ``a``), with
@@ -112,6 +104,50 @@ def _range_end(a, lo, hi, smask):
     first = lo.as_signed() + ((a[:lb] - lo[:lb]) & smask)
     last = hi.as_signed() - ((a[:lb] - hi[:lb]) & smask)
     return first, last
+
+
+class PartialSumMemory(wiring.Component):
+    """The partial-sum memory: ``acc_depth`` rows of ``lanes`` accumulators in
+    ``psum_banks`` banks of ``psum_bank_depth`` rows (row ``a`` in bank
+    ``a // psum_bank_depth``), one write and one read port.
+
+    Ports: ``waddr``/``wdata``/``wen`` write a row in the cycle ``wen`` is high; ``raddr``
+    and ``ren`` start a read, and one cycle later ``banks[b]`` is the row read from every
+    bank b and ``bank`` the bank of the address read (both hold while ``ren`` is low). The
+    reader registers ``banks`` and ``bank``, then selects (``hw.arith.bank_select``): no
+    bank multiplexer sits between the RAMs' clock-to-out and a register. Not transparent.
+    """
+
+    def __init__(self, cfg: NullHopConfig):
+        self._cfg = cfg
+        row = data.ArrayLayout(acc_shape(cfg.fxp), cfg.lanes)
+        abits = _bits(cfg.acc_depth - 1)
+        super().__init__({
+            "waddr": In(abits), "wdata": In(row), "wen": In(1),
+            "raddr": In(abits), "ren": In(1),
+            "banks": Out(data.ArrayLayout(row, cfg.psum_banks)),
+            "bank": Out(range(max(2, cfg.psum_banks))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        depth = min(cfg.psum_bank_depth, cfg.acc_depth)
+        lb = ceil_log2(depth)
+        row = data.ArrayLayout(acc_shape(cfg.fxp), cfg.lanes)
+        for b in range(cfg.psum_banks):
+            mem = m.submodules[f"bank{b}"] = memory.Memory(
+                shape=row, depth=min(depth, cfg.acc_depth - b * depth), init=[])
+            wr, rd = mem.write_port(), mem.read_port()
+            here = (self.waddr >> lb) == b if cfg.psum_banks > 1 else Const(1)
+            m.d.comb += [wr.addr.eq(self.waddr[:lb]), wr.data.eq(self.wdata),
+                         wr.en.eq(self.wen & here),
+                         rd.addr.eq(self.raddr[:lb]), rd.en.eq(self.ren),
+                         self.banks[b].eq(rd.data)]
+        if cfg.psum_banks > 1:
+            with m.If(self.ren):
+                m.d.sync += self.bank.eq(self.raddr >> lb)
+        return m
 
 
 class NullHopBlock(wiring.Component):
@@ -205,14 +241,11 @@ class NullHopBlock(wiring.Component):
         lay = nullhop_layouts(cfg)
         m.submodules.kmem = kmem = memory.Memory(
             shape=lay.weight_row, depth=cfg.kernel_depth, init=[])
-        m.submodules.pmem = pmem = memory.Memory(
-            shape=data.ArrayLayout(acc_shape(fxp), cfg.lanes), depth=cfg.acc_depth, init=[])
-        self._kwr = kmem.write_port()
-        self._krds = [kmem.read_port() for _ in range(cfg.macs_per_channel)]
-        self._pwr = pmem.write_port()
         # not transparent: the update pipeline forwards its own recent sums, so the RAM's
         # output goes straight into a register (no bypass multiplexer after it)
-        self._prd = pmem.read_port()
+        m.submodules.psum = self._psum = PartialSumMemory(cfg)
+        self._kwr = kmem.write_port()
+        self._krds = [kmem.read_port() for _ in range(cfg.macs_per_channel)]
 
     # ---- per-pass constants: registered from the command, ready from the pass's 3rd cycle --
     def _pass_constants(self, m, cmd):
@@ -447,7 +480,7 @@ class NullHopBlock(wiring.Component):
                 m.d.sync += [kx.eq(kx + k["stride"]), op_addr.eq(op_addr - 1),
                              k_off.eq(k_off + k["stride"])]
 
-        prd, pwr = self._prd, self._pwr
+        psum = self._psum
         for j in range(M):
             m.d.comb += [self._krds[j].addr.eq(chans[j] + k_off), self._krds[j].en.eq(1)]
         # P1: the reads are under way; P2: their data registered; P2b: partial products;
@@ -457,20 +490,23 @@ class NullHopBlock(wiring.Component):
         m.d.sync += [p1["valid"].eq(issue), p1["addr"].eq(op_addr),
                      *(a.eq(b) for a, b in zip(p1["vals"], vals))]
         row_shape = data.ArrayLayout(acc_shape(fxp), L)
+        # P2 holds the row read from every bank and the bank; "psum" selects (comb)
+        p2_banks = Signal.like(psum.banks, name="p2_psum_banks")
+        p2_bank = Signal.like(psum.bank, name="p2_psum_bank")
         p2 = {"valid": Signal(name="p2_valid"), "addr": Signal(abits, name="p2_addr"),
               "psum": Signal(row_shape, name="p2_psum"),
               "w": [Signal(nullhop_layouts(cfg).weight_row, name=f"p2_w_{j}") for j in range(M)],
               "vals": [Signal.like(v, name=f"p2_val_{j}") for j, v in enumerate(vals)],
               **{f"hz{i}": Signal(name=f"p2_hz{i}") for i in range(1, 5)}}
         p3 = {"valid": Signal(name="p3_valid"), "addr": Signal(abits, name="p3_addr"),
-              "psum": Signal(row_shape, name="p3_psum"),
-              **{f"hz{i}": Signal(name=f"p3_hz{i}") for i in range(1, 5)}}
+              "psum": Signal(row_shape, name="p3_psum"), "hz1": Signal(name="p3_hz1")}
         p2b = {n: Signal.like(p2[n], name=f"p2b_{n}")
                for n in ("valid", "addr", "psum", "hz1", "hz2", "hz3", "hz4")}
         h1_valid, h1_addr = Signal(name="h1_valid"), Signal(abits, name="h1_addr")
         m.d.sync += [h1_valid.eq(p3["valid"]), h1_addr.eq(p3["addr"])]
+        m.d.comb += p2["psum"].eq(bank_select(p2_banks, p2_bank))
         m.d.sync += [p2["valid"].eq(p1["valid"]), p2["addr"].eq(p1["addr"]),
-                     p2["psum"].eq(prd.data),
+                     p2_banks.eq(psum.banks), p2_bank.eq(psum.bank),
                      *(w.eq(self._krds[j].data) for j, w in enumerate(p2["w"])),
                      *(a.eq(b) for a, b in zip(p2["vals"], p1["vals"])),
                      # the updates one to four cycles ahead had not been written when this
@@ -491,16 +527,18 @@ class NullHopBlock(wiring.Component):
         for n in range(L):
             m.d.sync += products[n].eq(tree_sum(g << (MAC_GROUP * q) for j in range(M)
                                                 for q, g in enumerate(gregs[n][j])))
-        m.d.sync += [p3["valid"].eq(p2b["valid"]), p3["addr"].eq(p2b["addr"]),
-                     p3["psum"].eq(p2b["psum"]),
-                     *(p3[f"hz{i}"].eq(p2b[f"hz{i}"]) for i in range(1, 5))]
         hist = [Signal(row_shape, name=f"sum_{i}ago") for i in range(1, 5)]
+        # forwarding: the sums of the updates two to four ahead already exist when this one
+        # moves from P2b to P3 (they are one to three cycles old), so they are chosen then;
+        # only the update one ahead, being added in that cycle, is chosen in P3
+        fwd = p2b["psum"]
+        for i in reversed(range(1, 4)):  # the newest matching sum wins
+            fwd = Mux(p2b[f"hz{i + 1}"], hist[i - 1], fwd)
+        m.d.sync += [p3["valid"].eq(p2b["valid"]), p3["addr"].eq(p2b["addr"]),
+                     p3["psum"].eq(fwd), p3["hz1"].eq(p2b["hz1"])]
         sums = Signal(row_shape, name="psum_sum")
         for n in range(L):
-            base = p3["psum"][n]
-            for i in reversed(range(4)):  # the newest matching sum wins
-                base = Mux(p3[f"hz{i + 1}"], hist[i][n], base)
-            m.d.comb += sums[n].eq(base + products[n])
+            m.d.comb += sums[n].eq(Mux(p3["hz1"], hist[0][n], p3["psum"][n]) + products[n])
         m.d.sync += [hist[0].eq(sums), *(hist[i].eq(hist[i - 1]) for i in range(1, 4))]
         self._p3 = p3
         self._sums = sums
@@ -589,8 +627,11 @@ class NullHopBlock(wiring.Component):
             nxt = {n: Signal.like(v, name=f"outflag{i}_{n}") for n, v in flags.items()}
             m.d.sync += [nxt[n].eq(v) for n, v in flags.items()]
             flags = nxt
-        prd_r = Signal.like(self._prd.data)
-        m.d.sync += prd_r.eq(self._prd.data)
+        rd_banks = Signal.like(self._psum.banks, name="out_psum_banks")
+        rd_bank = Signal.like(self._psum.bank, name="out_psum_bank")
+        m.d.sync += [rd_banks.eq(self._psum.banks), rd_bank.eq(self._psum.bank)]
+        prd_r = Signal(data.ArrayLayout(acc_shape(fxp), L), name="out_psum")
+        m.d.comb += prd_r.eq(bank_select(rd_banks, rd_bank))
         qs = []
         for n in range(L):
             rq = m.submodules[f"requant_{n}"] = Requantizer(fxp)
@@ -610,19 +651,25 @@ class NullHopBlock(wiring.Component):
         m.d.sync += [fill_valid.eq(flags["valid"] & flags["last"]),
                      *(fill[n].eq(flags[n]) for n in fill)]
         b_vals = Signal(data.ArrayLayout(act_shape(fxp), S))
+        b_nz = Signal(S, name="fill_nonzero")  # which of b_vals are non-zero, filled beside
         b_full, b_first, b_final = Signal(), Signal(), Signal()
-        o.update(b_vals=b_vals, b_full=b_full, b_first=b_first, b_final=b_final)
+        o.update(b_vals=b_vals, b_nz=b_nz, b_full=b_full, b_first=b_first, b_final=b_final)
         swap = Signal()
         o["swap"] = swap
+
+        def fill_values(pos, values):
+            return [s for p, v in zip(pos, values) for s in (b_vals[p].eq(v), b_nz[p].eq(v != 0))]
+
         with m.If(swap):
-            m.d.sync += [b_vals.eq(0), b_full.eq(0)]
+            m.d.sync += [b_vals.eq(0), b_nz.eq(0), b_full.eq(0)]
         with m.If(fill_valid):
             if parts == 1:
                 for s in range(slots):
                     with m.If(fill["slot"] == s):
-                        m.d.sync += [b_vals[s * G + n].eq(pix[n]) for n in range(G)]
+                        m.d.sync += fill_values(range(s * G, s * G + G),
+                                                [pix[n] for n in range(G)])
             else:
-                m.d.sync += [b_vals[n].eq(pix[n]) for n in range(S)]
+                m.d.sync += fill_values(range(S), [pix[n] for n in range(S)])
             with m.If(fill["job_last"]):
                 m.d.sync += [b_full.eq(1), b_first.eq(fill["meta_first"]),
                              b_final.eq(fill["meta_final"])]
@@ -631,7 +678,8 @@ class NullHopBlock(wiring.Component):
                 with m.Switch(part):
                     for p in range(1, parts):
                         with m.Case(p):
-                            m.d.sync += [b_vals[n].eq(pix[p * S + n]) for n in range(S)]
+                            m.d.sync += fill_values(range(S),
+                                                    [pix[p * S + n] for n in range(S)])
                 m.d.sync += [b_full.eq(1), b_first.eq(0), b_final.eq(meta_final)]
 
         # the send buffer (A): SM word, then the non-zero values in position order
@@ -641,7 +689,7 @@ class NullHopBlock(wiring.Component):
         a_one, a_first, a_final = (Signal(name=f"send_{n}") for n in ("one", "first", "final"))
         a_sm, a_val = Signal(), Signal()  # offering the SM word / a value
         nz = Signal(S)
-        m.d.comb += nz.eq(Cat(*(b_vals[i] != 0 for i in range(S))))
+        m.d.comb += nz.eq(b_nz)
         nz_low = Signal(S)
         m.d.comb += nz_low.eq(_lowest_onehot(nz))
         rem_next, rem_low = Signal(S), Signal(S)
@@ -679,27 +727,29 @@ class NullHopBlock(wiring.Component):
         with m.If(o["reset"]):
             m.d.sync += [wy.eq(0), wx.eq(0), part.eq(0), slot.eq(0), e.eq(0), prow.eq(0),
                          pbase.eq(0), reading.eq(0), go.eq(1), b_full.eq(0), b_vals.eq(0),
-                         a_sm.eq(0), a_val.eq(0)]
+                         b_nz.eq(0), a_sm.eq(0), a_val.eq(0)]
 
     # ---- the pass FSM ----------------------------------------------------------------------
     def _control(self, m, cmd, k, dec):
         cfg, fxp = self._cfg, self._cfg.fxp
         S, M = cfg.sm_bits, cfg.macs_per_channel
         mac, o = self._mac, self._out
-        prd, pwr, kwr = self._prd, self._pwr, self._kwr
+        psum, kwr = self._psum, self._kwr
         word = self.act_in.payload.data
         take = Signal()
         m.d.comb += take.eq(self.act_in.valid & self.act_in.ready)
         kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
 
         # memories: the MAC path and the output stage share the psum ports
-        clr_valid, clr_addr = Signal(), Signal.like(prd.addr)
+        clr_valid, clr_addr = Signal(), Signal.like(psum.raddr)
         m.d.sync += [clr_valid.eq(o["rd_now"]), clr_addr.eq(o["rd_addr"])]
-        m.d.comb += [prd.en.eq(1), prd.addr.eq(Mux(o["active"], o["rd_addr"], mac["op_addr"]))]
+        m.d.comb += [psum.ren.eq(1),
+                     psum.raddr.eq(Mux(o["active"], o["rd_addr"], mac["op_addr"]))]
         with m.If(self._p3["valid"]):
-            m.d.comb += [pwr.en.eq(1), pwr.addr.eq(self._p3["addr"]), pwr.data.eq(self._sums)]
+            m.d.comb += [psum.wen.eq(1), psum.waddr.eq(self._p3["addr"]),
+                         psum.wdata.eq(self._sums)]
         with m.Elif(clr_valid):
-            m.d.comb += [pwr.en.eq(1), pwr.addr.eq(clr_addr)]
+            m.d.comb += [psum.wen.eq(1), psum.waddr.eq(clr_addr)]
 
         # kernel load: one beat per cycle, entry (c * k + ky) * k + kx
         wcount = Signal(kdb)

@@ -12,11 +12,11 @@ block runs at 100 MHz on an ECP5 (``docs/fpga.md``).
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import MAC_GROUP, partial_product_groups, tree_sum
-from .config import SnaPEAConfig, ceil_div
+from .arith import MAC_GROUP, bank_select, partial_product_groups, tree_sum
+from .config import SnaPEAConfig, ceil_div, ceil_log2
 from .layouts import snapea_layouts
 from .requantize import Requantizer
 
@@ -28,12 +28,16 @@ class InputBuffer(wiring.Component):
     """The tile's input activations, one synchronous read port per lane.
 
     Ports: ``wr_en``/``wr_addr``/``wr_data`` write one activation (the same address and
-    data go to every copy); ``rd_addr[l]`` -> ``rd_data[l]`` one cycle later. ``loading``
-    selects the write address for the first read port of each copy.
+    data go to every copy); ``rd_addr[l]`` starts lane l's read and one cycle later
+    ``rd_banks[l][b]`` is the activation read from every bank b and ``rd_bank[l]`` the bank
+    of the address; the lane registers both and selects (``hw.arith.bank_select``), so no
+    bank multiplexer follows the RAMs' clock-to-out. ``loading`` selects the write address
+    for the first read port of each copy.
 
     Storage: ``ceil(lanes / 2)`` copies of ``act_depth`` activations, each serving two
     lanes (a block RAM has two ports: the first one writes while the tile loads and reads
-    for its lane during compute, so it shares the write address).
+    for its lane during compute, so it shares the write address), each in ``act_banks``
+    banks of ``act_bank_depth`` (address ``a`` in bank ``a // act_bank_depth``).
     """
 
     def __init__(self, cfg: SnaPEAConfig):
@@ -45,24 +49,35 @@ class InputBuffer(wiring.Component):
             "wr_addr": In(unsigned(cfg.addr_bits)),
             "wr_data": In(act),
             "rd_addr": In(unsigned(cfg.addr_bits)).array(cfg.lanes),
-            "rd_data": Out(act).array(cfg.lanes),
+            "rd_banks": Out(data.ArrayLayout(act, cfg.act_banks)).array(cfg.lanes),
+            "rd_bank": Out(range(max(2, cfg.act_banks))).array(cfg.lanes),
         })
 
     def elaborate(self, platform):
         cfg = self._cfg
         m = Module()
+        depth = min(cfg.act_bank_depth, cfg.act_depth)
+        lb = ceil_log2(depth)
         for i in range(ceil_div(cfg.lanes, 2)):
-            mem = memory.Memory(shape=unsigned(cfg.fxp.act_bits), depth=cfg.act_depth, init=[])
-            m.submodules[f"copy_{i}"] = mem
-            wr, rd = mem.write_port(), mem.read_port()
             shared = Signal(unsigned(cfg.addr_bits), name=f"port_a_{i}")
-            m.d.comb += [shared.eq(Mux(self.loading, self.wr_addr, self.rd_addr[2 * i])),
-                         wr.addr.eq(shared), wr.en.eq(self.wr_en), wr.data.eq(self.wr_data),
-                         rd.addr.eq(shared), self.rd_data[2 * i].eq(rd.data)]
+            m.d.comb += shared.eq(Mux(self.loading, self.wr_addr, self.rd_addr[2 * i]))
+            # (lane, its read address) served by this copy's port A and port B
+            ports = [(2 * i, shared)]
             if 2 * i + 1 < cfg.lanes:
-                rd2 = mem.read_port()
-                m.d.comb += [rd2.addr.eq(self.rd_addr[2 * i + 1]),
-                             self.rd_data[2 * i + 1].eq(rd2.data)]
+                ports.append((2 * i + 1, self.rd_addr[2 * i + 1]))
+            for b in range(cfg.act_banks):
+                mem = memory.Memory(shape=unsigned(cfg.fxp.act_bits), init=[],
+                                    depth=min(depth, cfg.act_depth - b * depth))
+                m.submodules[f"copy_{i}_bank_{b}"] = mem
+                wr = mem.write_port()
+                here = (shared >> lb) == b if cfg.act_banks > 1 else 1
+                m.d.comb += [wr.addr.eq(shared[:lb]), wr.en.eq(self.wr_en & here),
+                             wr.data.eq(self.wr_data)]
+                for lane, addr in ports:
+                    rd = mem.read_port()
+                    m.d.comb += [rd.addr.eq(addr[:lb]), self.rd_banks[lane][b].eq(rd.data)]
+            if cfg.act_banks > 1:
+                m.d.sync += [self.rd_bank[lane].eq(addr >> lb) for lane, addr in ports]
         return m
 
 
@@ -72,15 +87,16 @@ class EarlyTerminationLane(wiring.Component):
 
     Ports: ``w_we``/``w_addr``/``w_data`` write the weight/index buffer; ``start`` (one cycle)
     begins a command with the lane's ``params`` and the ``tile`` geometry, both held stable
-    by the block until the lane is idle; ``act_addr`` -> ``act_data`` (one cycle later) is the
-    lane's read port on the input buffer; with ``readout`` high, ``ro_addr``/``ro_en`` read
-    the bank (``ro_data`` one cycle later); ``busy`` is high from the cycle after ``start``
-    while windows remain or taps are in flight.
+    by the block until the lane is idle; ``act_addr`` -> ``act_banks``/``act_bank`` (one
+    cycle later) is the lane's read port on the input buffer; with ``readout`` high,
+    ``ro_addr``/``ro_en`` read the bank (``ro_data`` one cycle later); ``busy`` is high
+    from the cycle after ``start`` while windows remain or taps are in flight.
 
     Pipeline, one tap per cycle: I (issue: the tap counter addresses the weight/index buffer
     and the window number the bank) -> F (weight, offset and the window's bank entry
-    registered) -> A (input address = window base + offset) -> R (input activation
-    registered) -> M (partial products of activation x weight) -> M2 (their sum, the
+    registered) -> A (input address = window base + offset; the window's initial sum from
+    the bias or the bank entry) -> R (the input buffer's banks read) -> M (their read data
+    registered; the bank's activation selected, partial products of activation x weight) -> M2 (their sum, the
     product) -> C (accumulate: the first tap of a window starts from the bias in the first
     segment, else from the bank's partial sum) -> D (decide, from the registered sum: the
     exact check ``acc < 0``, the prediction ``acc < threshold``, the window's end).
@@ -108,7 +124,8 @@ class EarlyTerminationLane(wiring.Component):
             "params": In(lay.lane),
             "tile": In(lay.tile),
             "act_addr": Out(unsigned(cfg.addr_bits)),
-            "act_data": In(unsigned(cfg.fxp.act_bits)),
+            "act_banks": In(data.ArrayLayout(unsigned(cfg.fxp.act_bits), cfg.act_banks)),
+            "act_bank": In(range(max(2, cfg.act_banks))),
             "readout": In(1),
             "ro_en": In(1),
             "ro_addr": In(range(cfg.max_windows)),
@@ -150,17 +167,23 @@ class EarlyTerminationLane(wiring.Component):
         p, tile = self.params, self.tile
         keep = ("valid", "win", "first", "last", "exact_ok", "spec_here")
         f = stage("f", {k: issue[k] for k in (*keep, "base")}, {})
-        init = Signal(signed(fxp.acc_bits))
-        m.d.comb += init.eq(Mux(tile.first, p.bias, b_rd.data.value))
+        # every RAM's read data goes straight into a register: the bank entry is taken
+        # apart in A -> R, the input buffer's banks are selected in M
         a = stage("a", {k: f[k] for k in keep},
                   {"base": f["base"], "offset": w_rd.data.offset, "weight": w_rd.data.weight,
-                   "init": init, "dead": ~tile.first & b_rd.data.dead})
+                   "bank_value": b_rd.data.value, "bank_dead": b_rd.data.dead})
         m.d.comb += self.act_addr.eq(a["base"] + a["offset"])
+        init = Signal(signed(fxp.acc_bits))
+        m.d.comb += init.eq(Mux(tile.first, p.bias, a["bank_value"]))
         carry = ("weight", "init", "dead")
-        r = stage("r", {k: a[k] for k in (*keep, *carry)},
-                  {"init_th": a["init"] - p.threshold})
-        mm = stage("m", {k: r[k] for k in (*keep, *carry, "init_th")}, {"act": self.act_data})
-        groups = partial_product_groups(mm["weight"], mm["act"], MAC_GROUP)
+        r = stage("r", {k: a[k] for k in (*keep, "weight")},
+                  {"init": init, "init_th": init - p.threshold,
+                   "dead": ~tile.first & a["bank_dead"]})
+        mm = stage("m", {k: r[k] for k in (*keep, *carry, "init_th")},
+                   {"act_banks": self.act_banks, "act_bank": self.act_bank})
+        act = Signal(unsigned(fxp.act_bits))
+        m.d.comb += act.eq(bank_select(mm["act_banks"], mm["act_bank"]))
+        groups = partial_product_groups(mm["weight"], act, MAC_GROUP)
         later = (*keep, "init", "init_th", "dead")
         m2 = stage("m2", {k: mm[k] for k in later},
                    {f"group_{j}": g for j, g in enumerate(groups)})
@@ -333,7 +356,8 @@ class SnaPEABlock(wiring.Component):
         for i in range(cfg.lanes):
             lane = m.submodules[f"lane_{i}"] = EarlyTerminationLane(cfg)
             m.d.comb += [
-                ibuf.rd_addr[i].eq(lane.act_addr), lane.act_data.eq(ibuf.rd_data[i]),
+                ibuf.rd_addr[i].eq(lane.act_addr), lane.act_banks.eq(ibuf.rd_banks[i]),
+                lane.act_bank.eq(ibuf.rd_bank[i]),
                 lane.params.eq(command.lane[i]), lane.tile.eq(command.tile),
                 lane.w_addr.eq(cnt), lane.w_data.eq(self.weights.payload[i]),
                 lane.readout.eq(readout), lane.ro_addr.eq(cnt),

@@ -19,9 +19,10 @@ from sim.workload import LayerData
 from tb.cases import random_layer
 from tb.runner import run_rtl
 
+# psum_bank_depth < acc_depth: the partial-sum memory in several banks
 CONFIGS = {
     "4mac-sm8": NullHopConfig(macs=4, sm_bits=8, kernel_depth=256, acc_depth=128, max_dim=16,
-                              max_k=5),
+                              max_k=5, psum_bank_depth=32),
     "8mac-sm16": NullHopConfig(macs=8, sm_bits=16, kernel_depth=512, acc_depth=128,
                                max_dim=16, max_k=5),
     # macs > sm_bits: one output pixel fills two SM words
@@ -29,12 +30,12 @@ CONFIGS = {
                                max_dim=16, max_k=3),
     # M MACs share an output channel: groups of up to M non-zeros of one pixel
     "16mac-M2": NullHopConfig(macs=16, macs_per_channel=2, sm_bits=16, kernel_depth=512,
-                              acc_depth=128, max_dim=16, max_k=5),
+                              acc_depth=128, max_dim=16, max_k=5, psum_bank_depth=64),
     "16mac-M4-sm4": NullHopConfig(macs=16, macs_per_channel=4, sm_bits=4, kernel_depth=512,
                                   acc_depth=128, max_dim=16, max_k=5),
     # tiny buffers: several bands and input-channel tiles per layer
     "2mac-small": NullHopConfig(macs=2, sm_bits=4, kernel_depth=36, acc_depth=16, max_dim=16,
-                                max_k=3),
+                                max_k=3, psum_bank_depth=8),
 }
 
 SHAPES = {

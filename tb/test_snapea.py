@@ -19,12 +19,13 @@ CONFIGS = {
     "1lane": SnaPEAConfig(lanes=1, max_taps=64, act_depth=256, max_windows=16),
     "2lanes-chk3": SnaPEAConfig(lanes=2, max_taps=512, act_depth=1024, max_windows=32,
                                 check_every=3),
-    "3lanes": SnaPEAConfig(lanes=3, max_taps=512, act_depth=2048, max_windows=64),
+    "3lanes": SnaPEAConfig(lanes=3, max_taps=512, act_depth=2048, max_windows=64,
+                           act_bank_depth=512),
     "4lanes": SnaPEAConfig(lanes=4, max_taps=512, act_depth=2048, max_windows=64),
     # short weight buffers (kernels in several segments, partial sums and stop flags kept in
     # the banks) and a small input buffer (rows split into column tiles)
     "3lanes-segments": SnaPEAConfig(lanes=3, max_taps=7, act_depth=60, max_windows=6,
-                                    check_every=2),
+                                    check_every=2, act_bank_depth=16),
 }
 
 
