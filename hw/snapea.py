@@ -5,7 +5,7 @@ soon as its output is known (exact) or predicted (speculative) to be zero after 
 The host reorders each kernel offline (``models.snapea.reorder``) and sends the weights with
 an index buffer of input offsets; ``sim.snapea.layer_commands`` is the driver. The rule the
 lanes implement is written out in ``models.snapea``. Every buffer is a synchronous
-``memory.Memory`` (block RAM on an FPGA) and every lane is an eight-stage pipeline, so the
+``memory.Memory`` (block RAM on an FPGA) and every lane is a nine-stage pipeline, so the
 block runs at 100 MHz on an ECP5 (``docs/fpga.md``).
 """
 
@@ -21,24 +21,26 @@ from .layouts import snapea_layouts
 from .requantize import Requantizer
 
 
-_TAG = 3  # window-number bits that tell the windows in a lane's pipeline apart
+_TAG = 4  # window-number bits that tell the windows in a lane's pipeline apart
 
 
 class InputBuffer(wiring.Component):
-    """The tile's input activations, one synchronous read port per lane.
+    """The tile's input activations, one copy per lane.
 
-    Ports: ``wr_en``/``wr_addr``/``wr_data`` write one activation (the same address and
-    data go to every copy); ``rd_addr[l]`` starts lane l's read and one cycle later
-    ``rd_banks[l][b]`` is the activation read from every bank b and ``rd_bank[l]`` the bank
-    of the address; the lane registers both and selects (``hw.arith.bank_select``), so no
-    bank multiplexer follows the RAMs' clock-to-out. ``loading`` selects the write address
-    for the first read port of each copy.
+    Ports: ``wr_en``/``wr_addr``/``wr_data`` write one activation to every copy (registered:
+    the write lands a cycle later); ``rd_addr[l]`` starts lane l's read, and two cycles
+    later ``rd_banks[l][b]`` is the activation read from every bank b and ``rd_bank[l]`` the
+    bank of the address. ``loading`` selects the write address.
 
-    Storage: ``ceil(lanes / 2)`` copies of ``act_depth`` activations, each serving two
-    lanes (a block RAM has two ports: the first one writes while the tile loads and reads
-    for its lane during compute, so it shares the write address), each in ``act_banks``
-    banks of ``act_bank_depth`` (address ``a`` in bank ``a // act_bank_depth``).
+    Storage: ``lanes`` copies of ``act_depth`` activations, each in ``act_banks`` banks of
+    ``act_bank_depth`` (address ``a`` in bank ``a // act_bank_depth``). A copy has a single
+    address register, the write's while ``loading`` and its lane's read address otherwise,
+    so it is a single-port RAM: no collision logic between ports, the RAMs' address comes
+    from a flip-flop and their read data goes straight into the lane's register (the lane
+    selects the bank, ``hw.arith.bank_select``).
     """
+
+    latency = 2  # rd_addr -> rd_banks
 
     def __init__(self, cfg: SnaPEAConfig):
         self._cfg = cfg
@@ -58,55 +60,50 @@ class InputBuffer(wiring.Component):
         m = Module()
         depth = min(cfg.act_bank_depth, cfg.act_depth)
         lb = ceil_log2(depth)
-        for i in range(ceil_div(cfg.lanes, 2)):
-            shared = Signal(unsigned(cfg.addr_bits), name=f"port_a_{i}")
-            m.d.comb += shared.eq(Mux(self.loading, self.wr_addr, self.rd_addr[2 * i]))
-            # (lane, its read address) served by this copy's port A and port B
-            ports = [(2 * i, shared)]
-            if 2 * i + 1 < cfg.lanes:
-                ports.append((2 * i + 1, self.rd_addr[2 * i + 1]))
+        wr_en, wr_data = Signal(), Signal.like(self.wr_data)
+        m.d.sync += [wr_en.eq(self.wr_en & self.loading), wr_data.eq(self.wr_data)]
+        for lane in range(cfg.lanes):
+            addr = Signal(unsigned(cfg.addr_bits), name=f"addr_{lane}")
+            m.d.sync += addr.eq(Mux(self.loading, self.wr_addr, self.rd_addr[lane]))
             for b in range(cfg.act_banks):
                 mem = memory.Memory(shape=unsigned(cfg.fxp.act_bits), init=[],
                                     depth=min(depth, cfg.act_depth - b * depth))
-                m.submodules[f"copy_{i}_bank_{b}"] = mem
-                wr = mem.write_port()
-                here = (shared >> lb) == b if cfg.act_banks > 1 else 1
-                m.d.comb += [wr.addr.eq(shared[:lb]), wr.en.eq(self.wr_en & here),
-                             wr.data.eq(self.wr_data)]
-                for lane, addr in ports:
-                    rd = mem.read_port()
-                    m.d.comb += [rd.addr.eq(addr[:lb]), self.rd_banks[lane][b].eq(rd.data)]
+                m.submodules[f"copy_{lane}_bank_{b}"] = mem
+                wr, rd = mem.write_port(), mem.read_port()
+                here = (addr >> lb) == b if cfg.act_banks > 1 else 1
+                m.d.comb += [wr.addr.eq(addr[:lb]), wr.en.eq(wr_en & here), wr.data.eq(wr_data),
+                             rd.addr.eq(addr[:lb]), self.rd_banks[lane][b].eq(rd.data)]
             if cfg.act_banks > 1:
-                m.d.sync += [self.rd_bank[lane].eq(addr >> lb) for lane, addr in ports]
+                m.d.sync += self.rd_bank[lane].eq(addr >> lb)
         return m
 
 
 class EarlyTerminationLane(wiring.Component):
-    """One MAC lane: a weight/index buffer, an eight-stage tap pipeline, a requantiser and a
+    """One MAC lane: a weight/index buffer, a nine-stage tap pipeline, a requantiser and a
     bank of one entry per window of the tile.
 
     Ports: ``w_we``/``w_addr``/``w_data`` write the weight/index buffer; ``start`` (one cycle)
     begins a command with the lane's ``params`` and the ``tile`` geometry, both held stable
-    by the block until the lane is idle; ``act_addr`` -> ``act_banks``/``act_bank`` (one
-    cycle later) is the lane's read port on the input buffer; with ``readout`` high,
+    by the block until the lane is idle; ``act_addr`` -> ``act_banks``/``act_bank`` (two
+    cycles later) is the lane's read port on the input buffer; with ``readout`` high,
     ``ro_addr``/``ro_en`` read the bank (``ro_data`` one cycle later); ``busy`` is high
     from the cycle after ``start`` while windows remain or taps are in flight.
 
     Pipeline, one tap per cycle: I (issue: the tap counter addresses the weight/index buffer
     and the window number the bank) -> F (weight, offset and the window's bank entry
     registered) -> A (input address = window base + offset; the window's initial sum from
-    the bias or the bank entry) -> R (the input buffer's banks read) -> M (their read data
-    registered; the bank's activation selected, partial products of activation x weight) -> M2 (their sum, the
-    product) -> C (accumulate: the first tap of a window starts from the bias in the first
+    the bias or the bank entry) -> R (the address registered in the input buffer) -> R2
+    (its banks read) -> M (their read data registered; the bank's activation selected,
+    partial products of activation x weight) -> M2 (their sum, the product) -> C (accumulate: the first tap of a window starts from the bias in the first
     segment, else from the bank's partial sum) -> D (decide, from the registered sum: the
     exact check ``acc < 0``, the prediction ``acc < threshold``, the window's end).
 
     Schedule: the cycle after ``start`` the lane issues tap 0 of window 0, then one tap per
     cycle; a window's last tap is followed by the next window's tap 0. When D ends a window
     early (a check fires, or the bank says the window stopped in an earlier segment) it
-    tells I one cycle later: I has issued up to 7 more taps of that window, which are
+    tells I one cycle later: I has issued up to 8 more taps of that window, which are
     discarded, moves to the next window in that cycle and issues its tap 0 in the next, so
-    an early stop costs up to ``lane_squash`` (= 8) cycles (``SnaPEAConfig.window_cycles``).
+    an early stop costs up to ``lane_squash`` (= 9) cycles (``SnaPEAConfig.window_cycles``).
     A finished window's sum goes through the requantiser (``requant_latency`` stages) and is
     written to the bank: the output (0 if the window
     stopped early) on the kernel's last segment, else the partial sum and the stop flag.
@@ -144,9 +141,8 @@ class EarlyTerminationLane(wiring.Component):
         m.d.comb += [w_wr.en.eq(self.w_we), w_wr.addr.eq(self.w_addr),
                      w_wr.data.eq(self.w_data), self.ro_data.eq(b_rd.data.value)]
 
-        # the window C ended early, by its number mod 8: the taps in flight span fewer than
-        # 8 consecutive windows (a kill needs a window of 2 or more taps), so the low bits
-        # tell them apart and the comparisons stay one LUT deep
+        # the window C ended early, by its number mod 16: the taps in flight span at most 9
+        # consecutive windows (one per stage), so the low bits tell them apart
         kill, kill_win = Signal(), Signal(_TAG)
         issue = self._issue(m, kill, kill_win)
         m.d.comb += [w_rd.addr.eq(issue["tap"]),
@@ -179,7 +175,9 @@ class EarlyTerminationLane(wiring.Component):
         r = stage("r", {k: a[k] for k in (*keep, "weight")},
                   {"init": init, "init_th": init - p.threshold,
                    "dead": ~tile.first & a["bank_dead"]})
-        mm = stage("m", {k: r[k] for k in (*keep, *carry, "init_th")},
+        assert InputBuffer.latency == 2
+        r2 = stage("r2", {k: r[k] for k in (*keep, *carry, "init_th")}, {})
+        mm = stage("m", {k: r2[k] for k in (*keep, *carry, "init_th")},
                    {"act_banks": self.act_banks, "act_bank": self.act_bank})
         act = Signal(unsigned(fxp.act_bits))
         m.d.comb += act.eq(bank_select(mm["act_banks"], mm["act_bank"]))
@@ -220,8 +218,9 @@ class EarlyTerminationLane(wiring.Component):
         m.d.comb += [rq.en.eq(1), rq.acc.eq(dd["sum"]), rq.bias.eq(0), rq.mult.eq(p.mult),
                      rq.shift.eq(p.shift), rq.relu.eq(tile.relu)]
         wb = {"valid": end, "win": dd["win"], "zero": zero, "sum": dd["sum"]}
-        in_flight = [issue["valid"], f["valid"], a["valid"], r["valid"], mm["valid"],
-                     m2["valid"], c["valid"], dd["valid"]]
+        in_flight = [issue["valid"], f["valid"], a["valid"], r["valid"], r2["valid"],
+                     mm["valid"], m2["valid"], c["valid"], dd["valid"]]
+        assert len(in_flight) == cfg.lane_stages + 1
         for i in range(fxp.requant_latency):  # beside the requantiser's stages
             nxt = {k: Signal.like(v, name=f"wb{i}_{k}") for k, v in wb.items()}
             m.d.sync += [nxt[k].eq(v) for k, v in wb.items()]
