@@ -16,7 +16,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import MAC_GROUP, bank_select, partial_product_groups, tree_sum
-from .config import SnaPEAConfig, ceil_div, ceil_log2
+from .config import SnaPEAConfig, ceil_log2
 from .layouts import snapea_layouts
 from .requantize import Requantizer
 
@@ -94,8 +94,9 @@ class EarlyTerminationLane(wiring.Component):
     registered) -> A (input address = window base + offset; the window's initial sum from
     the bias or the bank entry) -> R (the address registered in the input buffer) -> R2
     (its banks read) -> M (their read data registered; the bank's activation selected,
-    partial products of activation x weight) -> M2 (their sum, the product) -> C (accumulate: the first tap of a window starts from the bias in the first
-    segment, else from the bank's partial sum) -> D (decide, from the registered sum: the
+    partial products of activation x weight) -> M2 (their sum, the product) -> C
+    (accumulate: the first tap of a window starts from the bias in the first segment, else
+    from the bank's partial sum) -> D (decide, from the registered sum: the
     exact check ``acc < 0``, the prediction ``acc < threshold``, the window's end).
 
     Schedule: the cycle after ``start`` the lane issues tap 0 of window 0, then one tap per
