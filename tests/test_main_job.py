@@ -42,3 +42,10 @@ def test_report_totals_are_sums_of_layers(workload):
             assert d["totals"][key] == pytest.approx(total), (block, key)
         for cat, v in d["totals"]["energy_breakdown_pj"].items():
             assert v == pytest.approx(sum(l["energy_breakdown_pj"][cat] for l in d["layers"]))
+    # blocks that change the network report its test accuracy in the comparison table: the
+    # early-termination block (exact mode: unchanged) and the column-combined array (its
+    # pruned and retrained weights); the others compute the network as it is
+    acc = {row["block"]: row["accuracy"] for row in rep["comparison"]}
+    assert acc["systolic"] is None and acc["nullhop"] is None
+    assert 0.5 < acc["snapea"] <= 1 and 0.5 < acc["combined"] <= 1
+    assert acc["combined"] == pytest.approx(reports["combined"].summary["accuracy_after"])
