@@ -4,8 +4,8 @@ Pieces, one schedule (``SnaPEAConfig.command_cycles``):
 - ``plan_layer``: the host driver's tiling: *tiles* of output windows (whole output rows
   where they fit; the tile's zero-padded input, all channels, must fit the input buffer and
   its windows the banks) x *lane groups* (``lanes`` consecutive output channels, one kernel
-  per lane) x *segments* (``max_taps`` taps of the reordered kernels each; one for every conv
-  layer of the bundled networks, several for long FC kernels);
+  per lane) x *segments* (``max_taps`` taps of the reordered kernels each; several for
+  kernels longer than the weight buffers);
 - ``layer_commands``: the stream beats of every command (command, input, weight/index beats)
   and where each output beat goes; shared by the step model and the cocotb testbench;
 - ``StepModel``: a step-per-cycle model of the block (FSM phases + each lane's issue stage,
