@@ -26,6 +26,7 @@ from amaranth.lib.wiring import In, Out
 from .arith import MAC_GROUP, bank_select, partial_product_groups, product, tree_or, tree_sum
 from .config import NullHopConfig, ceil_log2
 from .layouts import acc_shape, act_shape, requant_layout, weight_shape
+from .memories import banked_memory
 from .requantize import Requantizer
 
 
@@ -132,21 +133,12 @@ class PartialSumMemory(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._cfg
-        depth = min(cfg.psum_bank_depth, cfg.acc_depth)
-        lb = ceil_log2(depth)
-        row = data.ArrayLayout(acc_shape(cfg.fxp), cfg.lanes)
-        for b in range(cfg.psum_banks):
-            mem = m.submodules[f"bank{b}"] = memory.Memory(
-                shape=row, depth=min(depth, cfg.acc_depth - b * depth), init=[])
-            wr, rd = mem.write_port(), mem.read_port()
-            here = (self.waddr >> lb) == b if cfg.psum_banks > 1 else Const(1)
-            m.d.comb += [wr.addr.eq(self.waddr[:lb]), wr.data.eq(self.wdata),
-                         wr.en.eq(self.wen & here),
-                         rd.addr.eq(self.raddr[:lb]), rd.en.eq(self.ren),
-                         self.banks[b].eq(rd.data)]
-        if cfg.psum_banks > 1:
-            with m.If(self.ren):
-                m.d.sync += self.bank.eq(self.raddr >> lb)
+        data_, bank = banked_memory(
+            m, "bank", data.ArrayLayout(acc_shape(cfg.fxp), cfg.lanes), cfg.acc_depth,
+            cfg.psum_bank_depth, waddr=self.waddr, wdata=self.wdata, wen=self.wen,
+            raddr=self.raddr, ren=self.ren)
+        assert len(data_) == cfg.psum_banks
+        m.d.comb += [*(self.banks[b].eq(d) for b, d in enumerate(data_)), self.bank.eq(bank)]
         return m
 
 

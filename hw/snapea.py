@@ -16,8 +16,9 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import MAC_GROUP, bank_select, partial_product_groups, tree_sum
-from .config import SnaPEAConfig, ceil_log2
+from .config import SnaPEAConfig
 from .layouts import snapea_layouts
+from .memories import banked_memory
 from .requantize import Requantizer
 
 
@@ -58,23 +59,17 @@ class InputBuffer(wiring.Component):
     def elaborate(self, platform):
         cfg = self._cfg
         m = Module()
-        depth = min(cfg.act_bank_depth, cfg.act_depth)
-        lb = ceil_log2(depth)
         wr_en, wr_data = Signal(), Signal.like(self.wr_data)
         m.d.sync += [wr_en.eq(self.wr_en & self.loading), wr_data.eq(self.wr_data)]
         for lane in range(cfg.lanes):
             addr = Signal(unsigned(cfg.addr_bits), name=f"addr_{lane}")
             m.d.sync += addr.eq(Mux(self.loading, self.wr_addr, self.rd_addr[lane]))
-            for b in range(cfg.act_banks):
-                mem = memory.Memory(shape=unsigned(cfg.fxp.act_bits), init=[],
-                                    depth=min(depth, cfg.act_depth - b * depth))
-                m.submodules[f"copy_{lane}_bank_{b}"] = mem
-                wr, rd = mem.write_port(), mem.read_port()
-                here = (addr >> lb) == b if cfg.act_banks > 1 else 1
-                m.d.comb += [wr.addr.eq(addr[:lb]), wr.en.eq(wr_en & here), wr.data.eq(wr_data),
-                             rd.addr.eq(addr[:lb]), self.rd_banks[lane][b].eq(rd.data)]
-            if cfg.act_banks > 1:
-                m.d.sync += self.rd_bank[lane].eq(addr >> lb)
+            data_, bank = banked_memory(
+                m, f"copy_{lane}_bank_", unsigned(cfg.fxp.act_bits), cfg.act_depth,
+                cfg.act_bank_depth, waddr=addr, wdata=wr_data, wen=wr_en, raddr=addr)
+            assert len(data_) == cfg.act_banks
+            m.d.comb += [*(self.rd_banks[lane][b].eq(d) for b, d in enumerate(data_)),
+                         self.rd_bank[lane].eq(bank)]
         return m
 
 
@@ -350,6 +345,7 @@ class SnaPEABlock(wiring.Component):
         command = Signal(lay.command)
         cnt = Signal(range(max(cfg.act_depth, cfg.max_taps, cfg.max_windows) + 1))
         readout, pend, have = Signal(), Signal(), Signal()  # READOUT: bank word, output word
+        more = Signal()  # READOUT: windows left to fetch (cnt != windows)
         out_word = Signal.like(self.out.payload)
         m.d.comb += self.out.payload.eq(out_word)
         lanes = []
@@ -363,6 +359,11 @@ class SnaPEABlock(wiring.Component):
                 lane.readout.eq(readout), lane.ro_addr.eq(cnt),
             ]
             lanes.append(lane)
+        # the lanes' start: a register, high in the LAUNCH cycle (it fans out to every lane)
+        launch = Signal()
+        m.d.sync += launch.eq(0)
+        for lane in lanes:
+            m.d.comb += lane.start.eq(launch)
         any_busy = Signal()  # registered: a lane's last write shows here two cycles later
         m.d.sync += any_busy.eq(sum(lane.busy for lane in lanes) != 0)
         m.d.comb += [ibuf.wr_addr.eq(cnt), ibuf.wr_data.eq(self.acts.payload[0])]
@@ -391,31 +392,32 @@ class SnaPEABlock(wiring.Component):
                 with m.If(self.weights.valid):
                     m.d.sync += cnt.eq(cnt + 1)
                     with m.If(cnt == command.taps - 1):
-                        m.d.sync += cnt.eq(0)
+                        m.d.sync += [cnt.eq(0), launch.eq(1)]
                         m.next = "LAUNCH"
             with m.State("LAUNCH"):
-                for lane in lanes:
-                    m.d.comb += lane.start.eq(1)
                 m.d.sync += any_busy.eq(1)
                 m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 with m.If(~any_busy):
                     m.d.sync += [cnt.eq(0), pend.eq(0), have.eq(0)]
                     with m.If(command.readout):
+                        m.d.sync += [readout.eq(1), more.eq(command.tile.windows != 0)]
                         m.next = "READOUT"
                     with m.Else():
                         m.next = "IDLE"
             with m.State("READOUT"):
                 # two places: the banks' read data (held while not moved on) and the output
                 # register; a word is fetched when the read data is free or moves on
+                # (readout, more: registers, as they fan out to every lane's bank)
                 take = have & self.out.ready
                 move = pend & (~have | take)
-                fetch = (cnt != command.tile.windows) & (~pend | move)
-                m.d.comb += [readout.eq(1), self.out.valid.eq(have)]
+                fetch = more & (~pend | move)
+                m.d.comb += self.out.valid.eq(have)
                 for lane in lanes:
                     m.d.comb += lane.ro_en.eq(fetch)
                 with m.If(fetch):
-                    m.d.sync += [cnt.eq(cnt + 1), pend.eq(1)]
+                    m.d.sync += [cnt.eq(cnt + 1), pend.eq(1),
+                                 more.eq(cnt + 1 != command.tile.windows)]
                 with m.Elif(move):
                     m.d.sync += pend.eq(0)
                 with m.If(move):
@@ -424,5 +426,6 @@ class SnaPEABlock(wiring.Component):
                 with m.Elif(take):
                     m.d.sync += have.eq(0)
                     with m.If(~pend):
+                        m.d.sync += readout.eq(0)
                         m.next = "IDLE"
         return m
