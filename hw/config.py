@@ -270,7 +270,7 @@ class SnaPEAConfig:
     depth at 1 bit wide, so a bank's read data goes straight into a register; no effect on
     the schedule).
 
-    The defaults fit an ECP5 LFE5U-85F (DP16KD block RAMs) at 100 MHz: a weight/index buffer
+    The defaults fit an ECP5 LFE5U-85F (DP16KD block RAMs): a weight/index buffer
     of 512 taps is one block RAM (no depth cascade and its multiplexer after the RAM), so
     longer kernels (3 x 3 x 512 = 4608 taps in VGG-16 / ResNet-18) run in segments; a tile
     of at most 32768 input activations covers a row of output windows of every conv layer of

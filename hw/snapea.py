@@ -5,8 +5,9 @@ soon as its output is known (exact) or predicted (speculative) to be zero after 
 The host reorders each kernel offline (``models.snapea.reorder``) and sends the weights with
 an index buffer of input offsets; ``sim.snapea.layer_commands`` is the driver. The rule the
 lanes implement is written out in ``models.snapea``. Every buffer is a synchronous
-``memory.Memory`` (block RAM on an FPGA) and every lane is a nine-stage pipeline, so the
-block runs at 100 MHz on an ECP5 (``docs/fpga.md``).
+``memory.Memory`` (block RAM on an FPGA) whose read data goes straight into a register, and
+every lane is a nine-stage pipeline (91 MHz on an ECP5 for the default configuration,
+``docs/fpga.md``).
 """
 
 from __future__ import annotations
