@@ -35,6 +35,13 @@ def _check_int(name: str, value, lo: int, hi: int | None = None, hint: str = "")
         raise ValueError(f"{name} must be {rng}, not {value!r}{hint}")
 
 
+def _check_power_of_two(name: str, value, lo: int, hi: int) -> None:
+    _check_int(name, value, lo, hi)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value!r} "
+                         f"(try {1 << (value.bit_length() - 1)})")
+
+
 @dataclass(frozen=True)
 class FixedPointConfig:
     """The fixed-point contract shared by every block, the simulator and the torch reference.
@@ -294,11 +301,7 @@ class SnaPEAConfig:
         _check_int("act_depth", self.act_depth, 1, 1 << 24)
         _check_int("max_windows", self.max_windows, 1, 1 << 20)
         _check_int("check_every", self.check_every, 1, 64, " (MACs between sign checks)")
-        _check_int("act_bank_depth", self.act_bank_depth, 1, 1 << 24)
-        if self.act_bank_depth & (self.act_bank_depth - 1):
-            raise ValueError(f"act_bank_depth must be a power of two, not "
-                             f"{self.act_bank_depth!r} "
-                             f"(try {1 << (self.act_bank_depth.bit_length() - 1)})")
+        _check_power_of_two("act_bank_depth", self.act_bank_depth, 1, 1 << 24)
         if isinstance(self.fxp, dict):
             object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
 
@@ -408,10 +411,7 @@ class NullHopConfig:
         for name, value, lo, hi in (("macs", self.macs, 1, 256),
                                     ("sm_bits", self.sm_bits, 2, 64),
                                     ("psum_bank_depth", self.psum_bank_depth, 1, 1 << 20)):
-            _check_int(name, value, lo, hi)
-            if value & (value - 1):
-                raise ValueError(f"{name} must be a power of two, not {value!r} "
-                                 f"(try {1 << (value.bit_length() - 1)})")
+            _check_power_of_two(name, value, lo, hi)
         if self.macs_per_channel not in (1, 2, 4, 8) or self.macs_per_channel > self.macs:
             raise ValueError(f"macs_per_channel must be 1, 2, 4 or 8 and at most macs "
                              f"({self.macs}), not {self.macs_per_channel!r}")
