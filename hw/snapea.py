@@ -5,8 +5,8 @@ soon as its output is known (exact) or predicted (speculative) to be zero after 
 The host reorders each kernel offline (``models.snapea.reorder``) and sends the weights with
 an index buffer of input offsets; ``sim.snapea.layer_commands`` is the driver. The rule the
 lanes implement is written out in ``models.snapea``. Every buffer is a synchronous
-``memory.Memory`` (block RAM on an FPGA) whose read data goes straight into a register, and
-every lane is a nine-stage pipeline (91 MHz on an ECP5 for the default configuration,
+``memory.Memory`` (block RAM on an FPGA) whose read data is registered beside the RAM, and
+every lane is a ten-stage pipeline (ECP5 timing for the default configuration:
 ``docs/fpga.md``).
 """
 
@@ -30,19 +30,19 @@ class InputBuffer(wiring.Component):
     """The tile's input activations, one copy per lane.
 
     Ports: ``wr_en``/``wr_addr``/``wr_data`` write one activation to every copy (registered:
-    the write lands a cycle later); ``rd_addr[l]`` starts lane l's read, and two cycles
-    later ``rd_banks[l][b]`` is the activation read from every bank b and ``rd_bank[l]`` the
-    bank of the address. ``loading`` selects the write address.
+    the write lands a cycle later); ``rd_addr[l]`` starts lane l's read, and three cycles
+    later ``rd_banks[l][b]`` (a register) is the activation read from every bank b and
+    ``rd_bank[l]`` the bank of the address. ``loading`` selects the write address.
 
     Storage: ``lanes`` copies of ``act_depth`` activations, each in ``act_banks`` banks of
     ``act_bank_depth`` (address ``a`` in bank ``a // act_bank_depth``). A copy has a single
     address register, the write's while ``loading`` and its lane's read address otherwise,
     so it is a single-port RAM: no collision logic between ports, the RAMs' address comes
-    from a flip-flop and their read data goes straight into the lane's register (the lane
-    selects the bank, ``hw.arith.bank_select``).
+    from a flip-flop and their read data goes straight into a register beside them (the lane
+    registers it once more and selects the bank, ``hw.arith.bank_select``).
     """
 
-    latency = 2  # rd_addr -> rd_banks
+    latency = 3  # rd_addr -> rd_banks
 
     def __init__(self, cfg: SnaPEAConfig):
         self._cfg = cfg
@@ -69,18 +69,20 @@ class InputBuffer(wiring.Component):
                 m, f"copy_{lane}_bank_", unsigned(cfg.fxp.act_bits), cfg.act_depth,
                 cfg.act_bank_depth, waddr=addr, wdata=wr_data, wen=wr_en, raddr=addr)
             assert len(data_) == cfg.act_banks
-            m.d.comb += [*(self.rd_banks[lane][b].eq(d) for b, d in enumerate(data_)),
+            # the read data registered beside the RAMs: the copies spread over the chip, so
+            # the way to the lane is a register-to-register path of its own
+            m.d.sync += [*(self.rd_banks[lane][b].eq(d) for b, d in enumerate(data_)),
                          self.rd_bank[lane].eq(bank)]
         return m
 
 
 class EarlyTerminationLane(wiring.Component):
-    """One MAC lane: a weight/index buffer, a nine-stage tap pipeline, a requantiser and a
+    """One MAC lane: a weight/index buffer, a ten-stage tap pipeline, a requantiser and a
     bank of one entry per window of the tile.
 
     Ports: ``w_we``/``w_addr``/``w_data`` write the weight/index buffer; ``start`` (one cycle)
     begins a command with the lane's ``params`` and the ``tile`` geometry, both held stable
-    by the block until the lane is idle; ``act_addr`` -> ``act_banks``/``act_bank`` (two
+    by the block until the lane is idle; ``act_addr`` -> ``act_banks``/``act_bank`` (three
     cycles later) is the lane's read port on the input buffer; with ``readout`` high,
     ``ro_addr``/``ro_en`` read the bank (``ro_data`` one cycle later); ``busy`` is high
     from the cycle after ``start`` while windows remain or taps are in flight.
@@ -89,7 +91,8 @@ class EarlyTerminationLane(wiring.Component):
     and the window number the bank) -> F (weight, offset and the window's bank entry
     registered) -> A (input address = window base + offset; the window's initial sum from
     the bias or the bank entry) -> R (the address registered in the input buffer) -> R2
-    (its banks read) -> M (their read data registered; the bank's activation selected,
+    (its banks read) -> R3 (their read data registered beside the RAMs) -> M (registered
+    again in the lane; the bank's activation selected,
     partial products of activation x weight) -> M2 (their sum, the product) -> C
     (accumulate: the first tap of a window starts from the bias in the first segment, else
     from the bank's partial sum) -> D (decide, from the registered sum: the
@@ -98,9 +101,9 @@ class EarlyTerminationLane(wiring.Component):
     Schedule: the cycle after ``start`` the lane issues tap 0 of window 0, then one tap per
     cycle; a window's last tap is followed by the next window's tap 0. When D ends a window
     early (a check fires, or the bank says the window stopped in an earlier segment) it
-    tells I one cycle later: I has issued up to 8 more taps of that window, which are
+    tells I one cycle later: I has issued up to 9 more taps of that window, which are
     discarded, moves to the next window in that cycle and issues its tap 0 in the next, so
-    an early stop costs up to ``lane_squash`` (= 9) cycles (``SnaPEAConfig.window_cycles``).
+    an early stop costs up to ``lane_squash`` (= 10) cycles (``SnaPEAConfig.window_cycles``).
     A finished window's sum goes through the requantiser (``requant_latency`` stages) and is
     written to the bank: the output (0 if the window
     stopped early) on the kernel's last segment, else the partial sum and the stop flag.
@@ -138,7 +141,7 @@ class EarlyTerminationLane(wiring.Component):
         m.d.comb += [w_wr.en.eq(self.w_we), w_wr.addr.eq(self.w_addr),
                      w_wr.data.eq(self.w_data), self.ro_data.eq(b_rd.data.value)]
 
-        # the window C ended early, by its number mod 16: the taps in flight span at most 9
+        # the window C ended early, by its number mod 16: the taps in flight span at most 10
         # consecutive windows (one per stage), so the low bits tell them apart
         kill, kill_win = Signal(), Signal(_TAG)
         issue = self._issue(m, kill, kill_win)
@@ -172,9 +175,10 @@ class EarlyTerminationLane(wiring.Component):
         r = stage("r", {k: a[k] for k in (*keep, "weight")},
                   {"init": init, "init_th": init - p.threshold,
                    "dead": ~tile.first & a["bank_dead"]})
-        assert InputBuffer.latency == 2
+        assert InputBuffer.latency == 3
         r2 = stage("r2", {k: r[k] for k in (*keep, *carry, "init_th")}, {})
-        mm = stage("m", {k: r2[k] for k in (*keep, *carry, "init_th")},
+        r3 = stage("r3", {k: r2[k] for k in (*keep, *carry, "init_th")}, {})
+        mm = stage("m", {k: r3[k] for k in (*keep, *carry, "init_th")},
                    {"act_banks": self.act_banks, "act_bank": self.act_bank})
         act = Signal(unsigned(fxp.act_bits))
         m.d.comb += act.eq(bank_select(mm["act_banks"], mm["act_bank"]))
@@ -216,7 +220,7 @@ class EarlyTerminationLane(wiring.Component):
                      rq.shift.eq(p.shift), rq.relu.eq(tile.relu)]
         wb = {"valid": end, "win": dd["win"], "zero": zero, "sum": dd["sum"]}
         in_flight = [issue["valid"], f["valid"], a["valid"], r["valid"], r2["valid"],
-                     mm["valid"], m2["valid"], c["valid"], dd["valid"]]
+                     r3["valid"], mm["valid"], m2["valid"], c["valid"], dd["valid"]]
         assert len(in_flight) == cfg.lane_stages + 1
         for i in range(fxp.requant_latency):  # beside the requantiser's stages
             nxt = {k: Signal.like(v, name=f"wb{i}_{k}") for k, v in wb.items()}
