@@ -236,7 +236,9 @@ class EarlyTerminationLane(wiring.Component):
 
     def _issue(self, m, kill, kill_win):
         """Stage I: which tap of which window to issue this cycle. The window sequencer
-        holds the current window and the one after it, so moving on needs no arithmetic;
+        holds the current window and the one after it (and whether that one ends its row),
+        so moving on is a register copy; the geometry it steps by is copied into the lane
+        at ``start``;
         ``kill`` (the current window ended early, registered in C) moves the lane on without
         issuing in that cycle."""
         cfg, p, tile = self._cfg, self.params, self.tile
@@ -249,16 +251,29 @@ class EarlyTerminationLane(wiring.Component):
         cur = {k: Signal(v, name=f"cur_{k}") for k, v in shape.items()}
         nxt = {k: Signal(v, name=f"next_{k}") for k, v in shape.items()}
 
-        def after(w):
-            """The window after ``w`` (raster order within the tile)."""
-            wrap = w["ox"] == tile.out_w - 1
-            nrow = w["row_base"] + tile.row_step
-            return {"win": w["win"] + 1, "ox": Mux(wrap, 0, w["ox"] + 1),
-                    "base": Mux(wrap, nrow, w["base"] + tile.col_step),
-                    "row_base": Mux(wrap, nrow, w["row_base"]),
-                    "last": w["win"] + 2 == tile.windows}
+        # the tile's geometry as the sequencer needs it, copied into the lane at start (the
+        # command register fans out to every lane): the last column, the window before the
+        # last, and per next window whether it is the last of its row (so moving on does no
+        # compare)
+        geo = {"ox_before_last": unsigned(len(tile.out_w) + 1), "one_col": 1,
+               "win_before_last": unsigned(len(tile.windows) + 1),
+               "row_step": unsigned(cfg.addr_bits), "col_step": unsigned(cfg.addr_bits)}
+        geo = {k: Signal(v, name=f"seq_{k}") for k, v in geo.items()}
+        nxt_wraps = Signal()
+
+        def after(w, wraps, g):
+            """The window after ``w`` (raster order within the tile); ``wraps``: ``w`` is
+            the last of its row."""
+            nrow = w["row_base"] + g["row_step"]
+            return {"win": w["win"] + 1, "ox": Mux(wraps, 0, w["ox"] + 1),
+                    "base": Mux(wraps, nrow, w["base"] + g["col_step"]),
+                    "row_base": Mux(wraps, nrow, w["row_base"]),
+                    "last": w["win"] == g["win_before_last"]}
 
         first_win = {"win": 0, "ox": 0, "base": 0, "row_base": 0, "last": tile.windows == 1}
+        start_geo = {"ox_before_last": tile.out_w - 2, "one_col": tile.out_w == 1,
+                     "win_before_last": tile.windows - 2, "row_step": tile.row_step,
+                     "col_step": tile.col_step}
         # kill_here (registered beside kill): the killed window is the current one
         self._kill_here = kill_here = Signal()
         redirect = Signal()
@@ -270,7 +285,9 @@ class EarlyTerminationLane(wiring.Component):
 
         def move_on():
             m.d.sync += [*(cur[k].eq(nxt[k]) for k in cur),
-                         *(nxt[k].eq(v) for k, v in after(nxt).items()),
+                         *(nxt[k].eq(v) for k, v in after(nxt, nxt_wraps, geo).items()),
+                         nxt_wraps.eq(Mux(nxt_wraps, geo["one_col"],
+                                          nxt["ox"] == geo["ox_before_last"])),
                          tap.eq(0), last.eq(one_tap), chk.eq(tile.check_phase),
                          running.eq(~cur["last"])]
 
@@ -282,7 +299,10 @@ class EarlyTerminationLane(wiring.Component):
             m.d.sync += [running.eq((p.taps != 0) & (tile.windows != 0)), tap.eq(0),
                          last.eq(p.taps == 1), chk.eq(tile.check_phase),
                          *(cur[k].eq(v) for k, v in first_win.items()),
-                         *(nxt[k].eq(v) for k, v in after(first_win).items())]
+                         *(nxt[k].eq(v) for k, v in after(first_win, tile.out_w == 1,
+                                                           start_geo).items()),
+                         nxt_wraps.eq(tile.out_w <= 2),
+                         *(geo[k].eq(v) for k, v in start_geo.items())]
         with m.Elif(moving):
             move_on()
         with m.Elif(running):
