@@ -72,6 +72,10 @@ RANDOM = {
     "fc-norelu-dense": (fc("f", 20, 4, relu=False), "3lanes"),
     "conv-segments-tiles": (ConvLayer("c", 4, 4, 7, 8, k=3, pad=1), "3lanes-segments"),
     "fc-segments": (fc("f", 30, 5), "3lanes-segments"),
+    # tiles one and two windows wide (every window of the first ends its row, or every
+    # second): the window sequencer's row wrap from the start and on every move
+    "conv-one-column": (ConvLayer("c", 2, 3, 5, 1, k=1), "2lanes-chk3"),
+    "conv-two-columns": (ConvLayer("c", 2, 3, 5, 2, k=3, pad=1), "1lane"),
 }
 
 
