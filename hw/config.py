@@ -326,21 +326,22 @@ class SnaPEAConfig:
         return max(1, self.max_windows.bit_length())
 
     # --- the cycle schedule (mirrored by sim.snapea and checked against the RTL) ---------
-    lane_stages = 9  # after issue: buffer read, address, address register, input read,
-    # input register, partial products, product, accumulate, decide
+    lane_stages = 10  # after issue: buffer read, address, address register, input read,
+    # input register, bank selected, activation registered again, partial products,
+    # product, accumulate, decide
     # (hw.snapea.EarlyTerminationLane)
 
     @property
     def lane_squash(self) -> int:
         """Cycles a lane spends after the tap that ends its window early before it issues
-        the next window: the taps already in its nine stages (discarded) and the cycle in
+        the next window: the taps already in its ten stages (discarded) and the cycle in
         which the decision moves it on."""
         return self.lane_stages + 1
 
     @property
     def compute_tail(self) -> int:
         """Cycles of a command's COMPUTE phase after the slowest lane's last useful issue:
-        the nine pipeline stages, the requantiser (whose output register is written to the
+        the ten pipeline stages, the requantiser (whose output register is written to the
         bank) and the idle check: the lanes' busy registers, the block's, and the cycle
         that sees it."""
         return self.lane_stages + self.fxp.requant_latency + 3

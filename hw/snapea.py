@@ -6,7 +6,7 @@ The host reorders each kernel offline (``models.snapea.reorder``) and sends the 
 an index buffer of input offsets; ``sim.snapea.layer_commands`` is the driver. The rule the
 lanes implement is written out in ``models.snapea``. Every buffer is a synchronous
 ``memory.Memory`` (block RAM on an FPGA) whose read data is registered beside the RAM, and
-every lane is a ten-stage pipeline (ECP5 timing for the default configuration:
+every lane is an eleven-stage pipeline (ECP5 timing for the default configuration:
 ``docs/fpga.md``).
 """
 
@@ -77,7 +77,7 @@ class InputBuffer(wiring.Component):
 
 
 class EarlyTerminationLane(wiring.Component):
-    """One MAC lane: a weight/index buffer, a ten-stage tap pipeline, a requantiser and a
+    """One MAC lane: a weight/index buffer, an eleven-stage tap pipeline, a requantiser and a
     bank of one entry per window of the tile.
 
     Ports: ``w_we``/``w_addr``/``w_data`` write the weight/index buffer; ``start`` (one cycle)
@@ -91,19 +91,19 @@ class EarlyTerminationLane(wiring.Component):
     and the window number the bank) -> F (weight, offset and the window's bank entry
     registered) -> A (input address = window base + offset; the window's initial sum from
     the bias or the bank entry) -> R (the address registered in the input buffer) -> R2
-    (its banks read) -> R3 (their read data registered beside the RAMs) -> M (registered
-    again in the lane; the bank's activation selected,
-    partial products of activation x weight) -> M2 (their sum, the product) -> C
-    (accumulate: the first tap of a window starts from the bias in the first segment, else
-    from the bank's partial sum) -> D (decide, from the registered sum: the
-    exact check ``acc < 0``, the prediction ``acc < threshold``, the window's end).
+    (its banks read) -> R3 (their read data registered beside the RAMs) -> R4 (the bank's
+    activation selected and registered in the lane) -> M (registered again, as the way from
+    a RAM to its lane is long; partial products of activation x weight) -> M2 (their sum,
+    the product) -> C (accumulate: the first tap of a window starts from the bias in the
+    first segment, else from the bank's partial sum) -> D (decide, from the registered sum:
+    the exact check ``acc < 0``, the prediction ``acc < threshold``, the window's end).
 
     Schedule: the cycle after ``start`` the lane issues tap 0 of window 0, then one tap per
     cycle; a window's last tap is followed by the next window's tap 0. When D ends a window
     early (a check fires, or the bank says the window stopped in an earlier segment) it
-    tells I one cycle later: I has issued up to 9 more taps of that window, which are
+    tells I one cycle later: I has issued up to 10 more taps of that window, which are
     discarded, moves to the next window in that cycle and issues its tap 0 in the next, so
-    an early stop costs up to ``lane_squash`` (= 10) cycles (``SnaPEAConfig.window_cycles``).
+    an early stop costs up to ``lane_squash`` (= 11) cycles (``SnaPEAConfig.window_cycles``).
     A finished window's sum goes through the requantiser (``requant_latency`` stages) and is
     written to the bank: the output (0 if the window
     stopped early) on the kernel's last segment, else the partial sum and the stop flag.
@@ -141,7 +141,7 @@ class EarlyTerminationLane(wiring.Component):
         m.d.comb += [w_wr.en.eq(self.w_we), w_wr.addr.eq(self.w_addr),
                      w_wr.data.eq(self.w_data), self.ro_data.eq(b_rd.data.value)]
 
-        # the window C ended early, by its number mod 16: the taps in flight span at most 10
+        # the window C ended early, by its number mod 16: the taps in flight span at most 11
         # consecutive windows (one per stage), so the low bits tell them apart
         kill, kill_win = Signal(), Signal(_TAG)
         issue = self._issue(m, kill, kill_win)
@@ -178,11 +178,13 @@ class EarlyTerminationLane(wiring.Component):
         assert InputBuffer.latency == 3
         r2 = stage("r2", {k: r[k] for k in (*keep, *carry, "init_th")}, {})
         r3 = stage("r3", {k: r2[k] for k in (*keep, *carry, "init_th")}, {})
-        mm = stage("m", {k: r3[k] for k in (*keep, *carry, "init_th")},
-                   {"act_banks": self.act_banks, "act_bank": self.act_bank})
+        # two registers between the input buffer's RAMs and the multiply: the copies spread
+        # over the chip, and the way from a RAM to its lane is long
         act = Signal(unsigned(fxp.act_bits))
-        m.d.comb += act.eq(bank_select(mm["act_banks"], mm["act_bank"]))
-        groups = partial_product_groups(mm["weight"], act, MAC_GROUP)
+        m.d.comb += act.eq(bank_select(self.act_banks, self.act_bank))
+        r4 = stage("r4", {k: r3[k] for k in (*keep, *carry, "init_th")}, {"act": act})
+        mm = stage("m", {k: r4[k] for k in (*keep, *carry, "init_th", "act")}, {})
+        groups = partial_product_groups(mm["weight"], mm["act"], MAC_GROUP)
         later = (*keep, "init", "init_th", "dead")
         m2 = stage("m2", {k: mm[k] for k in later},
                    {f"group_{j}": g for j, g in enumerate(groups)})
@@ -220,7 +222,8 @@ class EarlyTerminationLane(wiring.Component):
                      rq.shift.eq(p.shift), rq.relu.eq(tile.relu)]
         wb = {"valid": end, "win": dd["win"], "zero": zero, "sum": dd["sum"]}
         in_flight = [issue["valid"], f["valid"], a["valid"], r["valid"], r2["valid"],
-                     r3["valid"], mm["valid"], m2["valid"], c["valid"], dd["valid"]]
+                     r3["valid"], r4["valid"], mm["valid"], m2["valid"], c["valid"],
+                     dd["valid"]]
         assert len(in_flight) == cfg.lane_stages + 1
         for i in range(fxp.requant_latency):  # beside the requantiser's stages
             nxt = {k: Signal.like(v, name=f"wb{i}_{k}") for k, v in wb.items()}
