@@ -346,6 +346,8 @@ class SnaPEAConfig:
         that sees it."""
         return self.lane_stages + self.fxp.requant_latency + 3
 
+    readout_latency = 3  # bank read, the lane's read-data register, the output register
+
     def window_cycles(self, taps, performed, early):
         """Issue cycles of one window: ``taps`` (the lane's taps in this segment) when it
         runs to the end, else the ``performed`` taps plus up to ``lane_squash`` discarded
@@ -360,10 +362,10 @@ class SnaPEAConfig:
         output beat (or to the end of COMPUTE without read-out) inclusive, with inputs
         always valid and ``out.ready`` high: 1 command + ``act_beats`` input beats +
         ``taps`` weight beats + 1 launch + the slowest lane's ``lane_cycles`` issue cycles +
-        ``compute_tail`` + (on the last segment) 2 cycles for the bank read and the output
-        register + ``windows`` output beats."""
+        ``compute_tail`` + (on the last segment) ``readout_latency`` + ``windows`` output
+        beats."""
         return (2 + act_beats + taps + lane_cycles + self.compute_tail
-                + readout * (2 + windows))
+                + readout * (self.readout_latency + windows))
 
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}

@@ -84,7 +84,8 @@ class EarlyTerminationLane(wiring.Component):
     begins a command with the lane's ``params`` and the ``tile`` geometry, both held stable
     by the block until the lane is idle; ``act_addr`` -> ``act_banks``/``act_bank`` (three
     cycles later) is the lane's read port on the input buffer; with ``readout`` high,
-    ``ro_addr``/``ro_en`` read the bank (``ro_data`` one cycle later); ``busy`` is high
+    ``ro_addr``/``ro_en`` read the bank and ``ro_move`` loads the read data into ``ro_data``
+    (a register beside the bank: the way to the output register is long); ``busy`` is high
     from the cycle after ``start`` while windows remain or taps are in flight.
 
     Pipeline, one tap per cycle: I (issue: the tap counter addresses the weight/index buffer
@@ -126,6 +127,7 @@ class EarlyTerminationLane(wiring.Component):
             "readout": In(1),
             "ro_en": In(1),
             "ro_addr": In(range(cfg.max_windows)),
+            "ro_move": In(1),
             "ro_data": Out(unsigned(cfg.fxp.act_bits)),
             "busy": Out(1),
         })
@@ -139,7 +141,9 @@ class EarlyTerminationLane(wiring.Component):
         w_wr, w_rd = wbuf.write_port(), wbuf.read_port()
         b_wr, b_rd = bank.write_port(), bank.read_port()
         m.d.comb += [w_wr.en.eq(self.w_we), w_wr.addr.eq(self.w_addr),
-                     w_wr.data.eq(self.w_data), self.ro_data.eq(b_rd.data.value)]
+                     w_wr.data.eq(self.w_data)]
+        with m.If(self.ro_move):
+            m.d.sync += self.ro_data.eq(b_rd.data.value)
 
         # the window C ended early, by its number mod 16: the taps in flight span at most 11
         # consecutive windows (one per stage), so the low bits tell them apart
@@ -344,9 +348,11 @@ class SnaPEABlock(wiring.Component):
       - COMPUTE: each lane issues one tap per cycle over its windows (``S_l`` cycles up to
         its last useful tap); the block waits for the slowest lane, ``S = max S_l``, plus
         ``compute_tail`` cycles (pipeline, requantiser, bank write, the idle check);
-      - READOUT (``readout`` only): the banks are read into an output register, 2 cycles,
-        then ``windows`` output beats; then IDLE takes the next command.
-    A command takes ``2 + act_count + taps + S + compute_tail (+ 2 + windows)`` cycles.
+      - READOUT (``readout`` only): the banks are read, their data registered in the lanes
+        and then in the output register (``readout_latency`` = 3 cycles), then ``windows``
+        output beats; then IDLE takes the next command.
+    A command takes ``2 + act_count + taps + S + compute_tail (+ readout_latency +
+    windows)`` cycles.
     Backpressure on ``out`` holds the read-out; a missing input beat stalls the load.
     Neither changes results.
     """
@@ -372,7 +378,8 @@ class SnaPEABlock(wiring.Component):
         m.submodules.ibuf = ibuf = InputBuffer(cfg)
         command = Signal(lay.command)
         cnt = Signal(range(max(cfg.act_depth, cfg.max_taps, cfg.max_windows) + 1))
-        readout, pend, have = Signal(), Signal(), Signal()  # READOUT: bank word, output word
+        # READOUT: the banks' read data, the lanes' registers, the output register
+        readout, pend, mid, have = Signal(), Signal(), Signal(), Signal()
         more = Signal()  # READOUT: windows left to fetch (cnt != windows)
         out_word = Signal.like(self.out.payload)
         m.d.comb += self.out.payload.eq(out_word)
@@ -427,28 +434,34 @@ class SnaPEABlock(wiring.Component):
                 m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 with m.If(~any_busy):
-                    m.d.sync += [cnt.eq(0), pend.eq(0), have.eq(0)]
+                    m.d.sync += [cnt.eq(0), pend.eq(0), mid.eq(0), have.eq(0)]
                     with m.If(command.readout):
                         m.d.sync += [readout.eq(1), more.eq(command.tile.windows != 0)]
                         m.next = "READOUT"
                     with m.Else():
                         m.next = "IDLE"
             with m.State("READOUT"):
-                # two places: the banks' read data (held while not moved on) and the output
-                # register; a word is fetched when the read data is free or moves on
+                # three places: the banks' read data (held while not moved on), the lanes'
+                # registers and the output register; a word moves on when the place after
+                # it is free or moves on itself
                 # (readout, more: registers, as they fan out to every lane's bank)
                 take = have & self.out.ready
-                move = pend & (~have | take)
-                fetch = more & (~pend | move)
+                move_out = mid & (~have | take)
+                move_mid = pend & (~mid | move_out)
+                fetch = more & (~pend | move_mid)
                 m.d.comb += self.out.valid.eq(have)
                 for lane in lanes:
-                    m.d.comb += lane.ro_en.eq(fetch)
+                    m.d.comb += [lane.ro_en.eq(fetch), lane.ro_move.eq(move_mid)]
                 with m.If(fetch):
                     m.d.sync += [cnt.eq(cnt + 1), pend.eq(1),
                                  more.eq(cnt + 1 != command.tile.windows)]
-                with m.Elif(move):
+                with m.Elif(move_mid):
                     m.d.sync += pend.eq(0)
-                with m.If(move):
+                with m.If(move_mid):
+                    m.d.sync += mid.eq(1)
+                with m.Elif(move_out):
+                    m.d.sync += mid.eq(0)
+                with m.If(move_out):
                     m.d.sync += [have.eq(1), *(out_word[i].eq(lane.ro_data)
                                                for i, lane in enumerate(lanes))]
                 with m.Elif(take):

@@ -327,7 +327,8 @@ def layer_cycles(spec: ConvLayer, cfg: SnaPEAConfig, macs: np.ndarray, stopped: 
         seg_beats = np.clip(taps_g - t0, 0, cfg.max_taps) * active
         readout = active & (s == nseg - 1)
         cycles += int(len(tiles) * (active.sum() * (2 + cfg.compute_tail) + seg_beats.sum())
-                      + slow.sum() + readout.sum() * (2 + windows).sum())
+                      + slow.sum()
+                      + readout.sum() * (cfg.readout_latency + windows).sum())
     act_beats = np.array([spec.in_ch * t.in_rows * t.in_cols for t in tiles])
     cycles += int(act_beats.sum())
     return {"cycles": int(cycles), "compute_cycles": int(slowest.sum()),
