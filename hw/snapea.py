@@ -90,9 +90,9 @@ class EarlyTerminationLane(wiring.Component):
 
     Pipeline, one tap per cycle: I (issue: the tap counter addresses the weight/index buffer
     and the window number the bank) -> F (weight, offset and the window's bank entry
-    registered) -> A (input address = window base + offset; the window's initial sum from
-    the bias or the bank entry) -> R (the address registered in the input buffer) -> R2
-    (its banks read) -> R3 (their read data registered beside the RAMs) -> R4 (the bank's
+    registered) -> A (input address = window base + offset) -> R (the address registered in
+    the input buffer; the bank entry registered again, as a lane's RAMs can lie apart) -> R2
+    (its banks read; the window's initial sum from the bias or the bank entry) -> R3 (their read data registered beside the RAMs) -> R4 (the bank's
     activation selected and registered in the lane) -> M (registered again, as the way from
     a RAM to its lane is long; partial products of activation x weight) -> M2 (their sum,
     the product) -> C (accumulate: the first tap of a window starts from the bias in the
@@ -167,20 +167,22 @@ class EarlyTerminationLane(wiring.Component):
         p, tile = self.params, self.tile
         keep = ("valid", "win", "first", "last", "exact_ok", "spec_here")
         f = stage("f", {k: issue[k] for k in (*keep, "base")}, {})
-        # every RAM's read data goes straight into a register: the bank entry is taken
-        # apart in A -> R, the input buffer's banks are selected in M
+        # every RAM's read data goes straight into a register: the bank entry is registered
+        # twice (A, R) before it is taken apart in R -> R2, the input buffer's banks are
+        # selected in R3 -> R4
+        bank = ("bank_value", "bank_dead")
         a = stage("a", {k: f[k] for k in keep},
                   {"base": f["base"], "offset": w_rd.data.offset, "weight": w_rd.data.weight,
                    "bank_value": b_rd.data.value, "bank_dead": b_rd.data.dead})
         m.d.comb += self.act_addr.eq(a["base"] + a["offset"])
+        r = stage("r", {k: a[k] for k in (*keep, "weight", *bank)}, {})
         init = Signal(signed(fxp.acc_bits))
-        m.d.comb += init.eq(Mux(tile.first, p.bias, a["bank_value"]))
+        m.d.comb += init.eq(Mux(tile.first, p.bias, r["bank_value"]))
         carry = ("weight", "init", "dead")
-        r = stage("r", {k: a[k] for k in (*keep, "weight")},
-                  {"init": init, "init_th": init - p.threshold,
-                   "dead": ~tile.first & a["bank_dead"]})
         assert InputBuffer.latency == 3
-        r2 = stage("r2", {k: r[k] for k in (*keep, *carry, "init_th")}, {})
+        r2 = stage("r2", {k: r[k] for k in (*keep, "weight")},
+                   {"init": init, "init_th": init - p.threshold,
+                    "dead": ~tile.first & r["bank_dead"]})
         r3 = stage("r3", {k: r2[k] for k in (*keep, *carry, "init_th")}, {})
         # two registers between the input buffer's RAMs and the multiply: the copies spread
         # over the chip, and the way from a RAM to its lane is long
