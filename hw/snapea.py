@@ -92,9 +92,10 @@ class EarlyTerminationLane(wiring.Component):
     and the window number the bank) -> F (weight, offset and the window's bank entry
     registered) -> A (input address = window base + offset) -> R (the address registered in
     the input buffer; the bank entry registered again, as a lane's RAMs can lie apart) -> R2
-    (its banks read; the window's initial sum from the bias or the bank entry) -> R3 (their read data registered beside the RAMs) -> R4 (the bank's
-    activation selected and registered in the lane) -> M (registered again, as the way from
-    a RAM to its lane is long; partial products of activation x weight) -> M2 (their sum,
+    (its banks read; the window's initial sum from the bias or the bank entry) -> R3
+    (their read data registered beside the RAMs) -> R4 (the bank's activation selected and
+    registered in the lane) -> M (registered again, as the way from a RAM to its lane is
+    long; partial products of activation x weight) -> M2 (their sum,
     the product) -> C (accumulate: the first tap of a window starts from the bias in the
     first segment, else from the bank's partial sum) -> D (decide, from the registered sum:
     the exact check ``acc < 0``, the prediction ``acc < threshold``, the window's end).
