@@ -12,7 +12,7 @@ every lane is an eleven-stage pipeline (ECP5 timing for the default configuratio
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -241,7 +241,7 @@ class EarlyTerminationLane(wiring.Component):
                      b_wr.data.dead.eq(wb["zero"]),
                      b_wr.data.value.eq(Mux(p.last, Mux(wb["zero"], 0, rq.out), wb["sum"]))]
         # registered, so the block's idle check is not one long OR; set by start itself
-        m.d.sync += self.busy.eq(self.start | self._running | (sum(in_flight[1:]) != 0))
+        m.d.sync += self.busy.eq(self.start | self._running | Cat(*in_flight[1:]).any())
         return m
 
     def _issue(self, m, kill, kill_win):
@@ -403,7 +403,7 @@ class SnaPEABlock(wiring.Component):
         for lane in lanes:
             m.d.comb += lane.start.eq(launch)
         any_busy = Signal()  # registered: a lane's last write shows here two cycles later
-        m.d.sync += any_busy.eq(sum(lane.busy for lane in lanes) != 0)
+        m.d.sync += any_busy.eq(Cat(*(lane.busy for lane in lanes)).any())
         m.d.comb += [ibuf.wr_addr.eq(cnt), ibuf.wr_data.eq(self.acts.payload[0])]
 
         with m.FSM():
