@@ -326,10 +326,10 @@ class SnaPEAConfig:
         return max(1, self.max_windows.bit_length())
 
     # --- the cycle schedule (mirrored by sim.snapea and checked against the RTL) ---------
-    lane_stages = 10  # after issue: buffer read, address, address register, input read,
-    # input register, bank selected, activation registered again, partial products,
-    # product, accumulate, decide
-    # (hw.snapea.EarlyTerminationLane)
+    # after issue (hw.snapea.EarlyTerminationLane): buffer read, address, address register,
+    # input read, input register, bank selected, activation registered again, partial
+    # products, product, accumulate, decide
+    lane_stages = 10
 
     @property
     def lane_squash(self) -> int:
