@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 from .arith import MAC_GROUP, bank_select, partial_product_groups, tree_sum
 from .config import SnaPEAConfig
 from .layouts import snapea_layouts
-from .memories import banked_memory
+from .memories import banked_memory, sliced_memory
 from .requantize import Requantizer
 
 
@@ -138,21 +138,25 @@ class EarlyTerminationLane(wiring.Component):
         lay = snapea_layouts(cfg)
         m = Module()
         m.submodules.wbuf = wbuf = memory.Memory(shape=lay.tap, depth=cfg.max_taps, init=[])
-        m.submodules.bank = bank = memory.Memory(shape=lay.bank, depth=cfg.max_windows, init=[])
         w_wr, w_rd = wbuf.write_port(), wbuf.read_port()
-        b_wr, b_rd = bank.write_port(), bank.read_port()
         m.d.comb += [w_wr.en.eq(self.w_we), w_wr.addr.eq(self.w_addr),
                      w_wr.data.eq(self.w_data)]
+        # the bank, one entry per window: written by the write-back, read by I (or by the
+        # read-out); sliced by width, so its read data goes straight into a register
+        b_we, b_waddr = Signal(), Signal(range(cfg.max_windows))
+        b_wdata, b_raddr, b_ren = Signal(lay.bank), Signal(range(cfg.max_windows)), Signal()
+        b_rdata = sliced_memory(m, "bank_", lay.bank, cfg.max_windows, waddr=b_waddr,
+                                wdata=b_wdata, wen=b_we, raddr=b_raddr, ren=b_ren)
         with m.If(self.ro_move):
-            m.d.sync += self.ro_data.eq(b_rd.data.value)
+            m.d.sync += self.ro_data.eq(b_rdata.value)
 
         # the window C ended early, by its number mod 16: the taps in flight span at most 11
         # consecutive windows (one per stage), so the low bits tell them apart
         kill, kill_win = Signal(), Signal(_TAG)
         issue = self._issue(m, kill, kill_win)
         m.d.comb += [w_rd.addr.eq(issue["tap"]),
-                     b_rd.addr.eq(Mux(self.readout, self.ro_addr, issue["win"])),
-                     b_rd.en.eq(Mux(self.readout, self.ro_en, 1))]
+                     b_raddr.eq(Mux(self.readout, self.ro_addr, issue["win"])),
+                     b_ren.eq(Mux(self.readout, self.ro_en, 1))]
 
         def squashed(win):
             return kill & (kill_win == win[:_TAG])
@@ -174,7 +178,7 @@ class EarlyTerminationLane(wiring.Component):
         bank = ("bank_value", "bank_dead")
         a = stage("a", {k: f[k] for k in keep},
                   {"base": f["base"], "offset": w_rd.data.offset, "weight": w_rd.data.weight,
-                   "bank_value": b_rd.data.value, "bank_dead": b_rd.data.dead})
+                   "bank_value": b_rdata.value, "bank_dead": b_rdata.dead})
         m.d.comb += self.act_addr.eq(a["base"] + a["offset"])
         r = stage("r", {k: a[k] for k in (*keep, "weight", *bank)}, {})
         init = Signal(signed(fxp.acc_bits))
@@ -237,9 +241,9 @@ class EarlyTerminationLane(wiring.Component):
             m.d.sync += [nxt[k].eq(v) for k, v in wb.items()]
             wb = nxt
             in_flight.append(wb["valid"])
-        m.d.comb += [b_wr.en.eq(wb["valid"]), b_wr.addr.eq(wb["win"]),
-                     b_wr.data.dead.eq(wb["zero"]),
-                     b_wr.data.value.eq(Mux(p.last, Mux(wb["zero"], 0, rq.out), wb["sum"]))]
+        m.d.comb += [b_we.eq(wb["valid"]), b_waddr.eq(wb["win"]),
+                     b_wdata.dead.eq(wb["zero"]),
+                     b_wdata.value.eq(Mux(p.last, Mux(wb["zero"], 0, rq.out), wb["sum"]))]
         # registered, so the block's idle check is not one long OR; set by start itself
         m.d.sync += self.busy.eq(self.start | self._running | Cat(*in_flight[1:]).any())
         return m
