@@ -28,17 +28,21 @@ import time
 from pathlib import Path
 
 TARGETS = {
+    # devices: the default package of each (iCE40: the one with the most pins)
     "ecp5": {"synth": "synth_ecp5", "pnr": "nextpnr-ecp5", "device": "85k",
              # out of context: no I/O buffers, the block sits inside a larger design
-             "pnr_args": ["--package", "CABGA381", "--out-of-context"],
-             "devices": ("25k", "45k", "85k", "um-25k", "um-45k", "um-85k", "um5g-25k",
-                         "um5g-45k", "um5g-85k")},
+             "pnr_args": ["--out-of-context"],
+             "devices": {d: "CABGA381" for d in ("25k", "45k", "85k", "um-25k", "um-45k",
+                                                 "um-85k", "um5g-25k", "um5g-45k",
+                                                 "um5g-85k")}},
+    # nextpnr-ice40 has no out-of-context mode: every top-level port takes a package pin
     "ice40": {"synth": "synth_ice40 -dsp", "pnr": "nextpnr-ice40", "device": "up5k",
-              "pnr_args": ["--package", "sg48"],
-              "devices": ("lp384", "lp1k", "lp8k", "hx1k", "hx8k", "up5k", "up3k", "u4k")},
+              "pnr_args": [],
+              "devices": {"lp384": "cm49", "lp1k": "cm121", "lp8k": "cm225", "hx1k": "tq144",
+                          "hx8k": "ct256", "up5k": "sg48", "up3k": "sg48", "u4k": "sg48"}},
     "xilinx7": {"synth": "synth_xilinx -family xc7 -flatten", "pnr": None, "device": "xc7",
                 "pnr_args": [],
-                "devices": ("xc7",)},
+                "devices": {"xc7": None}},
 }
 
 INSTALL_HINT = {
@@ -108,16 +112,28 @@ def counts_from_cells(cells: dict, target: str) -> dict:
             "brams": total(lambda c: c == "RAMB36E1") + total(lambda c: c == "RAMB18E1") / 2}
 
 
-def place_and_route(top: str, target: str, device: str, freq: float, seed: int,
-                    work: Path) -> dict:
-    """nextpnr out of context; returns {"fmax_mhz", "utilization"} from its JSON report."""
+def place_and_route(top: str, target: str, device: str, package: str, freq: float,
+                    seed: int, work: Path) -> dict:
+    """nextpnr (ECP5 out of context); returns {"fmax_mhz", "utilization"} from its JSON
+    report."""
     t = TARGETS[target]
     report = work / f"{top}_{target}_pnr.json"
+    log = work / f"nextpnr_{target}.log"
     # relative paths from the work folder: the YoWASP builds see only the current folder
-    cmd = [*find_tool(t["pnr"]), f"--{device}", *t["pnr_args"], "--json",
-           f"{top}_{target}.json", "--freq", str(freq), "--timing-allow-fail", "--seed",
-           str(seed), "--report", report.name]
-    _run(cmd, work / f"nextpnr_{target}.log", "nextpnr", cwd=work)
+    cmd = [*find_tool(t["pnr"]), f"--{device}", "--package", package, *t["pnr_args"],
+           "--json", f"{top}_{target}.json", "--freq", str(freq), "--timing-allow-fail",
+           "--seed", str(seed), "--report", report.name]
+    try:
+        _run(cmd, log, "nextpnr", cwd=work)
+    except RuntimeError as e:
+        pins = re.search(r"SB_IO:\s+(\d+)/\s*(\d+)", log.read_text())
+        if pins and int(pins[1]) > int(pins[2]):
+            raise RuntimeError(
+                f"the top level needs {pins[1]} I/O pins and the {device} {package} package "
+                f"has {pins[2]} (iCE40 place and route has no out-of-context mode, so every "
+                "port takes a pin); try a narrower stream (--axis-bytes, down to 1) or a "
+                f"bigger package (--device hx8k: ct256, 206 pins); log {log}") from e
+        raise
     rep = json.loads(report.read_text())
     fmax = [c["achieved"] for c in rep.get("fmax", {}).values()]
     util = {k: v["used"] for k, v in rep.get("utilization", {}).items()}
@@ -136,7 +152,7 @@ def counts_from_pnr(util: dict, cells: dict, target: str) -> dict:
 
 def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed: int = 1,
           pnr: bool = True, bare: bool = False, max_bytes: int | None = None,
-          work_dir=None) -> dict:
+          work_dir=None, package: str | None = None) -> dict:
     """Synthesise (and place and route) ``cfg``'s AXI4-Stream top; returns the figures."""
     from hw.axi import DEFAULT_MAX_BYTES, generate_axi
     from hw.config import config_to_json
@@ -149,6 +165,7 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
     if device not in t["devices"]:
         raise ValueError(f"unknown {target} device {device!r}; choose one of: "
                          f"{', '.join(t['devices'])}")
+    package = package or t["devices"][device]
     if not freq > 0:
         raise ValueError(f"--freq must be a positive clock frequency in MHz, not {freq!r}")
     max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
@@ -162,20 +179,22 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
     t0 = time.perf_counter()
     cells = yosys_synth(vpath, top, target, work)
     t1 = time.perf_counter()
-    result = {"block": cfg.block, "target": target, "device": device, "top": top,
+    result = {"block": cfg.block, "target": target, "device": device, "package": package,
+              "top": top,
               "config": json.loads(config_to_json(cfg)),
               "axis_bytes": None if bare else max_bytes, "target_mhz": freq}
     routed, pnr_error = None, None
     if pnr and t["pnr"]:
         try:
-            routed = place_and_route(top, target, device, freq, seed, work)
+            routed = place_and_route(top, target, device, package, freq, seed, work)
         except RuntimeError as e:  # e.g. the design does not fit the device
             pnr_error = str(e)
     if routed:
         result.update(counts_from_pnr(routed["utilization"], cells, target))
         result["fmax_mhz"] = routed["fmax_mhz"]
         result["timing_met"] = routed["fmax_mhz"] is not None and routed["fmax_mhz"] >= freq
-        result["source"] = "nextpnr (placed and routed, out of context)"
+        result["source"] = ("nextpnr (placed and routed, out of context)" if target == "ecp5"
+                            else "nextpnr (placed and routed, every port on a package pin)")
     else:
         result.update(counts_from_cells(cells, target))
         result["fmax_mhz"] = None
@@ -193,7 +212,7 @@ def cmd_synth(args) -> None:
 
     cfg = config_from_args(args.block, args)
     res = synth(cfg, args.target, args.device, args.freq, args.seed, not args.no_pnr,
-                args.bare, args.axis_bytes, args.work_dir)
+                args.bare, args.axis_bytes, args.work_dir, args.package)
     fmax = "n/a" if res["fmax_mhz"] is None else f"{res['fmax_mhz']:.2f} MHz"
     met = {True: f" (meets {args.freq:g} MHz)", False: f" (FAILS {args.freq:g} MHz)",
            None: ""}[res["timing_met"]]
@@ -233,6 +252,8 @@ def add_parser(sub) -> None:
     s.add_argument("--target", required=True, choices=sorted(TARGETS),
                    help="ecp5 and ice40: Yosys + nextpnr; xilinx7: Yosys only")
     s.add_argument("--device", help="nextpnr device (default: 85k for ecp5, up5k for ice40)")
+    s.add_argument("--package", help="nextpnr package (default: CABGA381 for ecp5; for "
+                   "ice40 the device's package with the most pins, sg48 for up5k)")
     s.add_argument("--freq", type=float, default=100.0, help="target clock in MHz (default 100)")
     s.add_argument("--seed", type=int, default=1, help="placement seed (default 1)")
     s.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")

@@ -18,7 +18,7 @@ from hw.axi import (AxiStreamDeserializer, AxiStreamSerializer, SkidBuffer, axi_
                     port_layout)
 from hw.config import SystolicConfig
 from scripts.cli import main
-from scripts.fpga import counts_from_cells
+from scripts.fpga import counts_from_cells, find_tool
 
 
 def test_axi_port_widths_follow_the_documented_rule():
@@ -136,3 +136,28 @@ def test_synth_cli_reports_resources_of_a_tiny_array(tmp_path, capsys):
     assert res["dsps"] == 0
     assert res["ffs"] > 0 and res["luts"] > 0 and res["fmax_mhz"] is None
     assert "luts" in capsys.readouterr().out
+
+
+def _have(tool):
+    try:
+        return bool(find_tool(tool))
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not (_have("yosys") and _have("nextpnr-ice40")),
+                    reason="Yosys or nextpnr-ice40 is missing")
+def test_synth_ice40_places_a_narrow_top_on_a_big_package_and_names_the_pins(tmp_path,
+                                                                             capsys):
+    tiny = ["synth", "systolic", "--target", "ice40", "--rows", "1", "--cols", "1",
+            "--acc-depth", "4", "--axis-bytes", "1"]
+    # up5k's sg48 has 39 pins: too few for the ports, so no Fmax, and the message says why
+    assert main([*tiny, "--work-dir", str(tmp_path / "up5k")]) == 0
+    out = capsys.readouterr().out
+    assert "I/O pins and the up5k sg48 package has 39" in out and "fmax n/a" in out
+    res_path = tmp_path / "hx8k.json"
+    assert main([*tiny, "--device", "hx8k", "--work-dir", str(tmp_path / "hx8k"),
+                 "--json", str(res_path)]) == 0
+    res = json.loads(res_path.read_text())
+    assert res["package"] == "ct256" and res["fmax_mhz"] > 0 and res["luts"] > 0
+    assert "package pin" in res["source"]
