@@ -47,7 +47,7 @@ def block_ram_width(depth: int) -> int:
     """Data width of one 18-Kbit block RAM (ECP5 DP16KD, Xilinx RAMB18) configured for
     ``depth`` entries (rounded up to a power of two; 36 below 512, 1 above 16384)."""
     d = 1 << ceil_log2(max(1, depth))
-    return _BLOCK_RAM_WIDTH.get(min(max(d, 512), 16384))
+    return _BLOCK_RAM_WIDTH[min(max(d, 512), 16384)]
 
 
 def sliced_memory(m: Module, name: str, layout: data.Layout, depth: int, *, waddr, wdata,

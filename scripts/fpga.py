@@ -165,6 +165,9 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
     if device not in t["devices"]:
         raise ValueError(f"unknown {target} device {device!r}; choose one of: "
                          f"{', '.join(t['devices'])}")
+    if package and not t["pnr"]:
+        raise ValueError(f"--package is for place and route, which {target} does not have "
+                         "here (Yosys only); leave it out")
     package = package or t["devices"][device]
     if not freq > 0:
         raise ValueError(f"--freq must be a positive clock frequency in MHz, not {freq!r}")
@@ -180,8 +183,7 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
     cells = yosys_synth(vpath, top, target, work)
     t1 = time.perf_counter()
     result = {"block": cfg.block, "target": target, "device": device, "package": package,
-              "top": top,
-              "config": json.loads(config_to_json(cfg)),
+              "top": top, "config": json.loads(config_to_json(cfg)),
               "axis_bytes": None if bare else max_bytes, "target_mhz": freq}
     routed, pnr_error = None, None
     if pnr and t["pnr"]:

@@ -123,6 +123,8 @@ def test_synth_cli_rejects_bad_options(capsys):
     assert "unknown ecp5 device '12k'" in capsys.readouterr().err
     assert main(["synth", "systolic", "--target", "ecp5", "--axis-bytes", "0"]) == 2
     assert "not 0" in capsys.readouterr().err
+    assert main(["synth", "systolic", "--target", "xilinx7", "--package", "ffg900"]) == 2
+    assert "--package is for place and route" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not shutil.which("yosys"), reason="Yosys is not on PATH")
