@@ -93,8 +93,9 @@ def _range_start(a, d, h, top, k):
     """First half of ``sim.nullhop.kernel_range`` for ``a = coord + pad``, given
     ``d = a - top`` and ``h = a - (k - 1)`` (signed, computed beside ``a``), with
     ``top = (out_n - 1) * stride``: ``lo = max(0, a - top)``, ``am = min(a, top)``,
-    ``hi = min(a, k - 1)``."""
-    over = ~d[-1] & (d != 0)
+    ``hi = min(a, k - 1)``. Both choices agree at ``d == 0`` (``a == top``), so ``d >= 0``
+    (its sign bit, straight from the adder's carry chain) selects."""
+    over = ~d[-1]
     return {"lo": Mux(over, d, 0), "am": Mux(over, top, a), "hi": Mux(h[-1], a, k - 1)}
 
 
