@@ -31,13 +31,13 @@ TARGETS = {
     # devices: the default package of each (iCE40: the one with the most pins)
     "ecp5": {"synth": "synth_ecp5", "pnr": "nextpnr-ecp5", "device": "85k",
              # out of context: no I/O buffers, the block sits inside a larger design
-             "pnr_args": ["--out-of-context"],
+             "pnr_args": ["--out-of-context"], "placed": "out of context",
              "devices": {d: "CABGA381" for d in ("25k", "45k", "85k", "um-25k", "um-45k",
                                                  "um-85k", "um5g-25k", "um5g-45k",
                                                  "um5g-85k")}},
     # nextpnr-ice40 has no out-of-context mode: every top-level port takes a package pin
     "ice40": {"synth": "synth_ice40 -dsp", "pnr": "nextpnr-ice40", "device": "up5k",
-              "pnr_args": [],
+              "pnr_args": [], "placed": "every port on a package pin",
               "devices": {"lp384": "cm49", "lp1k": "cm121", "lp8k": "cm225", "hx1k": "tq144",
                           "hx8k": "ct256", "up5k": "sg48", "up3k": "sg48", "u4k": "sg48"}},
     "xilinx7": {"synth": "synth_xilinx -family xc7 -flatten", "pnr": None, "device": "xc7",
@@ -195,8 +195,7 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
         result.update(counts_from_pnr(routed["utilization"], cells, target))
         result["fmax_mhz"] = routed["fmax_mhz"]
         result["timing_met"] = routed["fmax_mhz"] is not None and routed["fmax_mhz"] >= freq
-        result["source"] = ("nextpnr (placed and routed, out of context)" if target == "ecp5"
-                            else "nextpnr (placed and routed, every port on a package pin)")
+        result["source"] = f"nextpnr (placed and routed, {t['placed']})"
     else:
         result.update(counts_from_cells(cells, target))
         result["fmax_mhz"] = None

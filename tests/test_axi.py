@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import pytest
 from amaranth import Module, unsigned
@@ -127,7 +126,14 @@ def test_synth_cli_rejects_bad_options(capsys):
     assert "--package is for place and route" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not shutil.which("yosys"), reason="Yosys is not on PATH")
+def _have(tool):
+    try:
+        return bool(find_tool(tool))
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(not _have("yosys"), reason="Yosys is missing")
 def test_synth_cli_reports_resources_of_a_tiny_array(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["synth", "systolic", "--target", "ecp5", "--no-pnr", "--rows", "1",
@@ -138,13 +144,6 @@ def test_synth_cli_reports_resources_of_a_tiny_array(tmp_path, capsys):
     assert res["dsps"] == 0
     assert res["ffs"] > 0 and res["luts"] > 0 and res["fmax_mhz"] is None
     assert "luts" in capsys.readouterr().out
-
-
-def _have(tool):
-    try:
-        return bool(find_tool(tool))
-    except RuntimeError:
-        return False
 
 
 @pytest.mark.skipif(not (_have("yosys") and _have("nextpnr-ice40")),
