@@ -17,10 +17,10 @@ from .config import config_to_json
 
 # block name -> (module, top-level component class); each block adds its line here
 RTL_TOPS = {
-    "systolic": ("hw.systolic", "SystolicBlock"),
-    "snapea": ("hw.snapea", "SnaPEABlock"),
-    "combined": ("hw.combined", "CombinedBlock"),
-    "nullhop": ("hw.nullhop", "NullHopBlock"),
+    "systolic": ("zeroskip.hw.systolic", "SystolicBlock"),
+    "snapea": ("zeroskip.hw.snapea", "SnaPEABlock"),
+    "combined": ("zeroskip.hw.combined", "CombinedBlock"),
+    "nullhop": ("zeroskip.hw.nullhop", "NullHopBlock"),
 }
 
 

@@ -483,7 +483,7 @@ def joint_optimize(alpha: int = 8, gamma: float = 0.5, block: int = 0, progress=
     cached under ``models.digits.cache_dir()``."""
     import torch
 
-    from models import digits
+    from zeroskip.models import digits
 
     check_params(alpha, gamma, block)
     key = hashlib.sha1(json.dumps([digits.RECIPE, RECIPE, alpha, float(gamma), block])
@@ -546,13 +546,13 @@ def joint_optimize(alpha: int = 8, gamma: float = 0.5, block: int = 0, progress=
 
 
 def _specs():
-    from models.workloads import digits_layers
+    from zeroskip.models.workloads import digits_layers
     return digits_layers()
 
 
 def joint_model(res: JointResult):
     """The retrained float net of a ``JointResult`` and its masks as torch tensors."""
-    from models import digits
+    from zeroskip.models import digits
 
     model = digits.DigitsNet()
     model.load_state_dict(res.state)
@@ -563,7 +563,7 @@ def joint_model(res: JointResult):
 
 def joint_quant_layers(res: JointResult, rule: str = "kl", fxp=None):
     """The packed net quantised: ``QuantLayer`` list with pruned, conflict-free weights."""
-    from models import digits
+    from zeroskip.models import digits
 
     model, masks = joint_model(res)
     data = digits.load_data()

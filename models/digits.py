@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hw.config import FixedPointConfig
-from models.quant import CLIP_RULES, clip_value, quantize_layer
-from models.reference import QuantLayer, network_forward
-from models.workloads import digits_layers
+from zeroskip.hw.config import FixedPointConfig
+from zeroskip.models.quant import CLIP_RULES, clip_value, quantize_layer
+from zeroskip.models.reference import QuantLayer, network_forward
+from zeroskip.models.workloads import digits_layers
 
 SEED = 0
 EPOCHS = 40

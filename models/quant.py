@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hw.config import FixedPointConfig
-from hw.fixedpoint import quantize_multiplier
-from models.reference import QuantLayer
-from models.workloads import ConvLayer
+from zeroskip.hw.config import FixedPointConfig
+from zeroskip.hw.fixedpoint import quantize_multiplier
+from zeroskip.models.reference import QuantLayer
+from zeroskip.models.workloads import ConvLayer
 
 CLIP_RULES = ("minmax", "percentile", "kl")
 

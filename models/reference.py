@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw.config import FixedPointConfig
-from hw.fixedpoint import requantize
-from models.workloads import ConvLayer
+from zeroskip.hw.config import FixedPointConfig
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.models.workloads import ConvLayer
 
 _EXACT = 1 << 53
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw.fixedpoint import requantize
-from models.reference import QuantLayer, conv_acc
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.models.reference import QuantLayer, conv_acc
 
 
 

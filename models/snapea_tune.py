@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw.fixedpoint import requantize
-from models.snapea import (LayerParams, eligible, reorder, snapea_network_forward, spec_weight,
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.models.snapea import (LayerParams, eligible, reorder, snapea_network_forward, spec_weight,
                            termination)
 
 N_FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
@@ -100,7 +100,7 @@ class Tuner:
 
     def __init__(self, layers, x_profile: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
                  check_every=1, quantize=None):
-        from models.digits import quantize_input
+        from zeroskip.models.digits import quantize_input
 
         quantize = quantize or quantize_input
         self.layers = layers
@@ -197,7 +197,7 @@ VAL_SEED = 4
 
 def digits_split():
     """(validation, held-out) index halves of the digits test split (seeded)."""
-    from models import digits
+    from zeroskip.models import digits
 
     n = len(digits.load_data().y_test)
     perm = np.random.default_rng(VAL_SEED).permutation(n)
@@ -207,7 +207,7 @@ def digits_split():
 def digits_tuner(check_every: int = 1, workload=None) -> Tuner:
     """A tuner on the bundled digits net: thresholds from calibration (training) images,
     accuracy budget on the validation half of the test split."""
-    from models import digits
+    from zeroskip.models import digits
 
     w = workload or digits.load_workload("kl")
     val, _ = digits_split()
@@ -218,7 +218,7 @@ def digits_tuner(check_every: int = 1, workload=None) -> Tuner:
 def digits_test_accuracy(layers, params, part: str = "all") -> float:
     """Test accuracy of the digits net with SnaPEA parameters (None: exact mode) on the whole
     test split (``all``) or its ``held_out`` half (not used for tuning)."""
-    from models import digits
+    from zeroskip.models import digits
 
     data = digits.load_data()
     x, y = data.x_test, data.y_test

@@ -32,8 +32,8 @@ BUDGET_RSS_GB = 4.0
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from sim.blocks import SIMULATORS
-from sim import compare, workload
+from zeroskip.sim.blocks import SIMULATORS
+from zeroskip.sim import compare, workload
 network, blocks = sys.argv[1], sys.argv[2:] or list(SIMULATORS)
 t_import = time.perf_counter()
 wl = workload.load(network)
@@ -77,7 +77,7 @@ def run_per_block(network: str, blocks: list[str]) -> dict:
     share of the cold-start cost is."""
     if not blocks:
         sys.path.insert(0, str(ROOT))
-        from sim.blocks import SIMULATORS
+        from zeroskip.sim.blocks import SIMULATORS
 
         blocks = list(SIMULATORS)
     runs = [run(network, [b]) for b in blocks]

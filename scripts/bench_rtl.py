@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hw.config import SystolicConfig  # noqa: E402
-from models.workloads import ConvLayer  # noqa: E402
+from zeroskip.hw.config import SystolicConfig  # noqa: E402
+from zeroskip.models.workloads import ConvLayer  # noqa: E402
 
 
 def timed(fn, min_seconds: float = 0.0):
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=Path, help="build folder to keep (default: a temp folder)")
     args = ap.parse_args(argv)
 
-    from sim.systolic import Gemm, StepModel, layer_cycles, simulate_layer
+    from zeroskip.sim.systolic import Gemm, StepModel, layer_cycles, simulate_layer
     from tb.cases import gemm_case, random_layer
     from tb.runner import run_rtl
 

@@ -56,8 +56,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hw.config import SystolicConfig, ceil_div  # noqa: E402
-from models.workloads import ConvLayer, network_layers  # noqa: E402
+from zeroskip.hw.config import SystolicConfig, ceil_div  # noqa: E402
+from zeroskip.models.workloads import ConvLayer, network_layers  # noqa: E402
 
 VENV = ROOT / ".venv-scalesim"
 PIP_SPEC = ["scalesim==3.0.0", "numpy<2.4"]
@@ -215,7 +215,7 @@ def run_scalesim(py: Path, spec: ConvLayer, workdir: Path) -> dict:
 
 
 def run_zeroskip(spec: ConvLayer, acc_depth: int | None, min_seconds: float = 0.5) -> dict:
-    from sim.systolic import simulate_layer
+    from zeroskip.sim.systolic import simulate_layer
 
     m = spec.gemm[0]
     cfg = SystolicConfig(rows=ROWS, cols=COLS, acc_depth=acc_depth or m)
@@ -238,8 +238,8 @@ def run_step_model(name: str, spec: ConvLayer, cfg: SystolicConfig) -> dict:
     import numpy as np
     from numpy.lib.stride_tricks import sliding_window_view
 
-    from sim import workload
-    from sim.systolic import Gemm, StepModel, layer_outputs
+    from zeroskip.sim import workload
+    from zeroskip.sim.systolic import Gemm, StepModel, layer_outputs
 
     net = name.split(".", 1)[0]
     wl = workload.load(net)

@@ -6,10 +6,10 @@ against the integer reference)."""
 import importlib
 
 SIMULATORS = {
-    "systolic": "sim.systolic",
-    "snapea": "sim.snapea",
-    "combined": "sim.combined",
-    "nullhop": "sim.nullhop",
+    "systolic": "zeroskip.sim.systolic",
+    "snapea": "zeroskip.sim.snapea",
+    "combined": "zeroskip.sim.combined",
+    "nullhop": "zeroskip.sim.nullhop",
 }
 
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.config import CombinedConfig, ceil_div
-from hw.fixedpoint import requantize
-from models import column_combining as cc
-from models.workloads import ConvLayer
+from zeroskip.hw.config import CombinedConfig, ceil_div
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.models import column_combining as cc
+from zeroskip.models.workloads import ConvLayer
 
 from . import systolic
 from .report import LayerReport, NetworkReport

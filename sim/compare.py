@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from hw import config as hwcfg
+from zeroskip.hw import config as hwcfg
 
 from .blocks import SIMULATORS, simulator
 from .report import NetworkReport

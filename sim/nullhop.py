@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.config import NullHopConfig, ceil_div
-from hw.fixedpoint import requantize
-from models.workloads import ConvLayer
+from zeroskip.hw.config import NullHopConfig, ceil_div
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.models.workloads import ConvLayer
 
 from .energy import price
 from .report import LayerReport, NetworkReport
@@ -401,7 +401,7 @@ def simulate_layer(spec: ConvLayer, cfg: NullHopConfig, datas, table=None,
     """One layer over the images in ``datas`` (a list of ``sim.workload.LayerData``), with
     the dense systolic array (``baseline``, its default preset if None) and this block with
     zero-skipping disabled (same schedule, every input value treated as non-zero)."""
-    from hw.config import PRESETS
+    from zeroskip.hw.config import PRESETS
 
     from . import systolic
 
@@ -463,7 +463,7 @@ def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) ->
         reports.append(simulate_layer(spec, cfg, datas, table))
         if progress:
             progress(spec.name)
-    from hw.config import PRESETS
+    from zeroskip.hw.config import PRESETS
 
     base = PRESETS["systolic"]["default"]
     notes = [workload.description, f"{workload.batch} image(s)",

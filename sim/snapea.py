@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.config import SnaPEAConfig, ceil_div
-from hw.fixedpoint import requantize
-from models.snapea import (KernelOrder, LayerParams, Termination, block_outputs, eligible,
+from zeroskip.hw.config import SnaPEAConfig, ceil_div
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.models.snapea import (KernelOrder, LayerParams, Termination, block_outputs, eligible,
                            reorder, termination)
-from models.workloads import ConvLayer
+from zeroskip.models.workloads import ConvLayer
 
 from .report import LayerReport, NetworkReport
 
@@ -498,7 +498,7 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
     without ReLU always run dense. For the digits net in predictive mode every layer's input
     is the previous layer's SnaPEA output (mispredictions propagate). Every window of every
     layer is evaluated (exact) unless ``sample_limit`` opts in to the sampled estimate."""
-    from models.snapea import snapea_network_forward
+    from zeroskip.models.snapea import snapea_network_forward
 
     if mode not in ("exact", "predictive", "dense"):
         raise ValueError(f"mode must be exact, predictive or dense, not {mode!r}")
@@ -527,7 +527,7 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
                           params[i] if term else None, term, sample_limit) for d in datas]
         sys_rep = None
         if systolic:
-            from hw.config import PRESETS
+            from zeroskip.hw.config import PRESETS
 
             from . import systolic as sys_sim
             sys_rep = sys_sim.simulate_layer(spec, PRESETS["systolic"]["default"], table,
@@ -545,7 +545,7 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
                                                                       for n, k in sampled))
     rep = NetworkReport("snapea", cfg.to_dict(), reports, notes)
     if workload.real:
-        from models import digits
+        from zeroskip.models import digits
 
         data = digits.load_data()
         x = digits.quantize_input(data.x_test)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.config import SystolicConfig, ceil_div
-from hw.fixedpoint import requantize
-from models.workloads import ConvLayer
+from zeroskip.hw.config import SystolicConfig, ceil_div
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.models.workloads import ConvLayer
 
 from .energy import price
 from .report import LayerReport, NetworkReport

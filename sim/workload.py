@@ -21,7 +21,7 @@ from functools import cached_property
 
 import numpy as np
 
-from models.workloads import ConvLayer, network_layers
+from zeroskip.models.workloads import ConvLayer, network_layers
 
 SEED = 2018
 # input density (fraction of non-zero activations) by depth fraction through the network
@@ -77,8 +77,8 @@ class Workload:
 
 
 def _model_layer(layers: list[ConvLayer], i: int, seed: int) -> LayerData:
-    from hw.config import FixedPointConfig
-    from hw.fixedpoint import quantize_multiplier
+    from zeroskip.hw.config import FixedPointConfig
+    from zeroskip.hw.fixedpoint import quantize_multiplier
 
     spec = layers[i]
     rng = np.random.default_rng([seed, i])
@@ -102,9 +102,9 @@ def load(name: str, images: int = 8, rule: str = "kl", progress=None) -> Workloa
     layers = network_layers(name)
     if name != "digits":
         return Workload(name, layers, "layer shapes with the seeded activation model of "
-                        "sim.workload (random int8 weights, per-layer input densities "
+                        "sim/workload.py (random int8 weights, per-layer input densities "
                         f"{', '.join(f'{activation_density(i, len(layers)):.2f}' for i in range(len(layers)))})")
-    from models import digits
+    from zeroskip.models import digits
 
     w = digits.load_workload(rule, progress=progress)
     x = w.data.x_calib[:images]

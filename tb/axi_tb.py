@@ -16,7 +16,7 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge, with_timeout
 from cocotbext.axi import AxiStreamBus, AxiStreamFrame, AxiStreamSink, AxiStreamSource
 
-from hw.axi import axi_ports
+from zeroskip.hw.axi import axi_ports
 from tb.runner import load_case
 from tb.streams import start_clock_and_reset
 

@@ -8,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from hw.config import FixedPointConfig
-from hw.fixedpoint import quantize_multiplier
-from models.reference import QuantLayer, im2col, layer_forward
-from models.workloads import ConvLayer
+from zeroskip.hw.config import FixedPointConfig
+from zeroskip.hw.fixedpoint import quantize_multiplier
+from zeroskip.models.reference import QuantLayer, im2col, layer_forward
+from zeroskip.models.workloads import ConvLayer
 
 
 def random_layer(spec: ConvLayer, seed: int, fxp: FixedPointConfig | None = None,

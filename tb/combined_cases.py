@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from models import column_combining as cc
-from sim.combined import CombinedStepModel, PackedGemm, layer_cycles, packing_arrays
+from zeroskip.models import column_combining as cc
+from zeroskip.sim.combined import CombinedStepModel, PackedGemm, layer_cycles, packing_arrays
 from tb.cases import gemm_case
 from tb.runner import run_rtl
 

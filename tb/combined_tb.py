@@ -6,9 +6,9 @@ count (and the cycle of every output beat) against the simulator's step model.""
 import cocotb
 import numpy as np
 
-from hw.layouts import combined_layouts, unpack_array
-from sim.combined import PackedGemm, packing_from_arrays, pass_beats, plan_packed
-from sim.streams import handshake_patterns
+from zeroskip.hw.layouts import combined_layouts, unpack_array
+from zeroskip.sim.combined import PackedGemm, packing_from_arrays, pass_beats, plan_packed
+from zeroskip.sim.streams import handshake_patterns
 from tb.runner import load_case
 from tb.streams import StreamBench, start_clock_and_reset
 

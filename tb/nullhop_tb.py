@@ -7,9 +7,9 @@ simulator's step model."""
 import cocotb
 import numpy as np
 
-from hw.nullhop import nullhop_layouts
-from hw.layouts import unpack
-from sim.streams import handshake_patterns
+from zeroskip.hw.nullhop import nullhop_layouts
+from zeroskip.hw.layouts import unpack
+from zeroskip.sim.streams import handshake_patterns
 from tb.runner import load_case
 from tb.streams import StreamBench, start_clock_and_reset
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.config import config_to_json
+from zeroskip.hw.config import config_to_json
 
 ICARUS_HINT = ("Icarus Verilog ('iverilog' and 'vvp') is not on PATH: install it with "
                "'apt-get update && apt-get install -y iverilog' (scripts/setup.sh does this "
@@ -54,7 +54,7 @@ def build(cfg, build_dir: Path, generator=None) -> tuple[object, str]:
     AXI4-Stream top of ``hw.axi``)."""
     from cocotb_tools.runner import get_runner
 
-    from hw.gen import generate
+    from zeroskip.hw.gen import generate
 
     check_icarus()
     vpath = (generator or generate)(cfg, build_dir)
@@ -109,7 +109,7 @@ def load_case() -> tuple[object, dict]:
     """Inside a cocotb test: the config and the case arrays the pytest side stored."""
     import os
 
-    from hw.config import config_from_dict
+    from zeroskip.hw.config import config_from_dict
 
     cfg = config_from_dict(json.loads(os.environ["ZS_CFG"]))
     with np.load(os.environ["ZS_CASE"]) as f:

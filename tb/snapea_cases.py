@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from models.snapea import snapea_layer_forward
-from sim.snapea import StepModel, layer_commands, run_layer
+from zeroskip.models.snapea import snapea_layer_forward
+from zeroskip.sim.snapea import StepModel, layer_commands, run_layer
 from tb.runner import run_rtl
 
 

@@ -6,11 +6,11 @@ simulator."""
 import cocotb
 import numpy as np
 
-from hw.layouts import snapea_layouts, unpack_array
-from models.snapea import LayerParams
-from models.workloads import ConvLayer
-from sim.snapea import layer_commands
-from sim.streams import handshake_patterns
+from zeroskip.hw.layouts import snapea_layouts, unpack_array
+from zeroskip.models.snapea import LayerParams
+from zeroskip.models.workloads import ConvLayer
+from zeroskip.sim.snapea import layer_commands
+from zeroskip.sim.streams import handshake_patterns
 from tb.runner import load_case
 from tb.streams import StreamBench, start_clock_and_reset
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from hw.layouts import pack
-from sim.streams import Source
+from zeroskip.hw.layouts import pack
+from zeroskip.sim.streams import Source
 
 
 async def start_clock_and_reset(dut, cycles: int = 2) -> None:

@@ -5,9 +5,9 @@ the cycle of every output beat) against the simulator's step model."""
 import cocotb
 import numpy as np
 
-from hw.layouts import systolic_layouts, unpack_array
-from sim.streams import handshake_patterns
-from sim.systolic import Gemm, pass_beats, plan_layer
+from zeroskip.hw.layouts import systolic_layouts, unpack_array
+from zeroskip.sim.streams import handshake_patterns
+from zeroskip.sim.systolic import Gemm, pass_beats, plan_layer
 from tb.runner import load_case
 from tb.streams import StreamBench, start_clock_and_reset
 

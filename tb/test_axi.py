@@ -14,17 +14,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hw.axi import AXI_LATENCY, axi_ports, generate_axi
-from hw.config import (CombinedConfig, NullHopConfig, PRESETS, SnaPEAConfig,
+from zeroskip.hw.axi import AXI_LATENCY, axi_ports, generate_axi
+from zeroskip.hw.config import (CombinedConfig, NullHopConfig, PRESETS, SnaPEAConfig,
                        SystolicConfig)
-from hw.layouts import pack, systolic_layouts
-from models.workloads import ConvLayer
+from zeroskip.hw.layouts import pack, systolic_layouts
+from zeroskip.models.workloads import ConvLayer
 from tb.cases import gemm_case, random_layer
 from tb.runner import run_rtl
 
 
 def systolic_streams(cfg, layer, x):
-    from sim.systolic import Gemm, StepModel, pass_beats, plan_layer
+    from zeroskip.sim.systolic import Gemm, StepModel, pass_beats, plan_layer
 
     case = gemm_case(layer, x)
     g = Gemm(case["a"], case["w"], case["bias"], case["mult"], case["shift"], case["relu"])
@@ -55,11 +55,11 @@ def systolic_streams(cfg, layer, x):
 def nullhop_streams(cfg, layer, x):
     """Compressed (SM + NZVL) words in and out: the expected output words are the encoder's
     stream of the integer reference, which decodes to the reference (checked here)."""
-    from hw.nullhop import nullhop_layouts
-    from models.reference import layer_forward
-    from sim.nullhop import StepModel, layer_beats
-    from sim.sparse_format import decode
-    from sim.workload import LayerData
+    from zeroskip.hw.nullhop import nullhop_layouts
+    from zeroskip.models.reference import layer_forward
+    from zeroskip.sim.nullhop import StepModel, layer_beats
+    from zeroskip.sim.sparse_format import decode
+    from zeroskip.sim.workload import LayerData
 
     lay = nullhop_layouts(cfg)
     spec = layer.spec
@@ -94,9 +94,9 @@ def snapea_streams(cfg, layer, x):
     fall, which the reference's ReLU makes invisible."""
     from dataclasses import replace
 
-    from hw.layouts import snapea_layouts
-    from models.snapea import snapea_layer_forward
-    from sim.snapea import StepModel, layer_commands
+    from zeroskip.hw.layouts import snapea_layouts
+    from zeroskip.models.snapea import snapea_layer_forward
+    from zeroskip.sim.snapea import StepModel, layer_commands
 
     lay = snapea_layouts(cfg)
     spec = replace(layer.spec, pool=1)
@@ -122,13 +122,13 @@ def snapea_streams(cfg, layer, x):
 def combined_streams(cfg, layer, x):
     """The layer pruned and packed (alpha, gamma of the config); the reference is the plain
     integer convolution on the pruned, conflict-free weights."""
-    from hw.layouts import combined_layouts
-    from models import column_combining as cc
+    from zeroskip.hw.layouts import combined_layouts
+    from zeroskip.models import column_combining as cc
     from dataclasses import replace
 
     import torch
 
-    from sim.combined import CombinedStepModel, PackedGemm, pass_beats, plan_packed
+    from zeroskip.sim.combined import CombinedStepModel, PackedGemm, pass_beats, plan_packed
 
     packing = cc.prune_and_pack(layer.weight_matrix.numpy(), cfg.alpha, cfg.gamma, 0.6)
     # the layer with the packing's pruned, conflict-free weights
@@ -223,7 +223,7 @@ def test_axi_top_on_digits_layer(block, digits, tmp_path):
 
 
 def _lint_configs():
-    from hw.gen import RTL_TOPS
+    from zeroskip.hw.gen import RTL_TOPS
 
     for block in RTL_TOPS:
         yield pytest.param(block, "block", id=f"{block}-block")
@@ -236,8 +236,8 @@ def test_generated_verilog_is_lint_clean(block, top, tmp_path):
     the default configuration of every block, bare and behind its AXI4-Stream top."""
     import shutil
 
-    from hw.gen import generate
-    from hw.lint import VERILATOR_HINT, lint
+    from zeroskip.hw.gen import generate
+    from zeroskip.hw.lint import VERILATOR_HINT, lint
 
     if not shutil.which("verilator"):
         pytest.skip(VERILATOR_HINT)

@@ -5,10 +5,10 @@ array sizes; alpha = 1 is the dense array cycle for cycle."""
 
 import pytest
 
-from hw.config import CombinedConfig
-from models import column_combining as cc
-from models.workloads import ConvLayer
-from sim import systolic
+from zeroskip.hw.config import CombinedConfig
+from zeroskip.models import column_combining as cc
+from zeroskip.models.workloads import ConvLayer
+from zeroskip.sim import systolic
 from tb.cases import random_layer
 from tb.combined_cases import verify_packed
 
@@ -53,7 +53,7 @@ def test_combined_rtl_packed_digits_layers_match_reference_and_simulator(digits,
 def test_combined_rtl_on_jointly_optimised_digits_layers(name, tmp_path):
     """The retrained, packed net of ``zeroskip combine --alpha 8 --gamma 0.5`` on the array,
     with its own real activations."""
-    from models import digits as d
+    from zeroskip.models import digits as d
 
     res = cc.joint_optimize(8, 0.5)
     layers = cc.joint_quant_layers(res)

@@ -10,12 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from hw.config import NullHopConfig
-from models.reference import layer_forward
-from models.workloads import ConvLayer, fc
-from sim.nullhop import StepModel, layer_beats, layer_cycles
-from sim.sparse_format import decode
-from sim.workload import LayerData
+from zeroskip.hw.config import NullHopConfig
+from zeroskip.models.reference import layer_forward
+from zeroskip.models.workloads import ConvLayer, fc
+from zeroskip.sim.nullhop import StepModel, layer_beats, layer_cycles
+from zeroskip.sim.sparse_format import decode
+from zeroskip.sim.workload import LayerData
 from tb.cases import random_layer
 from tb.runner import run_rtl
 
@@ -80,7 +80,7 @@ def run_case(cfg, layer, x, tmp_path, valid_p=1.0, ready_p=1.0, seed=0):
 
 def _check_decodes_to_reference(expected, passes, spec, cfg, ref):
     """Cut the expected stream into passes, regroup per output slice, decode, compare."""
-    from sim.sparse_format import Stream
+    from zeroskip.sim.sparse_format import Stream
 
     bounds = np.flatnonzero(expected.last) + 1
     pieces = np.split(np.arange(len(expected)), bounds[:-1])

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from hw.config import SnaPEAConfig
-from models.snapea import LayerParams
-from models.workloads import ConvLayer, fc
+from zeroskip.hw.config import SnaPEAConfig
+from zeroskip.models.snapea import LayerParams
+from zeroskip.models.workloads import ConvLayer, fc
 from tb.cases import random_layer
 from tb.runner import run_rtl
 from tb.snapea_cases import snapea_case

@@ -3,9 +3,9 @@ reference and cycle-exact against the simulator, for several array sizes and lay
 
 import pytest
 
-from hw.config import SystolicConfig
-from models.workloads import ConvLayer, fc
-from sim.systolic import Gemm, StepModel, layer_cycles
+from zeroskip.hw.config import SystolicConfig
+from zeroskip.models.workloads import ConvLayer, fc
+from zeroskip.sim.systolic import Gemm, StepModel, layer_cycles
 from tb.cases import gemm_case, random_layer
 from tb.verify import verify_gemm
 

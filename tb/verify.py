@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from sim.systolic import Gemm, StepModel
+from zeroskip.sim.systolic import Gemm, StepModel
 from tb.cases import gemm_case
 from tb.runner import run_rtl
 

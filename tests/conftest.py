@@ -12,7 +12,7 @@ class DigitsFixture:
 
 @pytest.fixture(scope="session")
 def digits():
-    from models import digits as d
+    from zeroskip.models import digits as d
 
     w = d.load_workload("kl")
     images = d.sample_images(w.data, 4)

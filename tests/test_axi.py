@@ -13,11 +13,11 @@ from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw.axi import (AxiStreamDeserializer, AxiStreamSerializer, SkidBuffer, axi_ports,
+from zeroskip.hw.axi import (AxiStreamDeserializer, AxiStreamSerializer, SkidBuffer, axi_ports,
                     port_layout)
-from hw.config import SystolicConfig
-from scripts.cli import main
-from scripts.fpga import counts_from_cells, find_tool
+from zeroskip.hw.config import SystolicConfig
+from zeroskip.cli import main
+from zeroskip.commands.fpga import counts_from_cells, find_tool
 
 
 def test_axi_port_widths_follow_the_documented_rule():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from scripts.cli import main
+from zeroskip.cli import main
 from tb import runner
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from hw.config import CombinedConfig, SystolicConfig
-from models import column_combining as cc
-from models.reference import gemm_reference, layer_forward
-from models.workloads import ConvLayer, fc
-from sim import combined as sc
-from sim import systolic as ss
+from zeroskip.hw.config import CombinedConfig, SystolicConfig
+from zeroskip.models import column_combining as cc
+from zeroskip.models.reference import gemm_reference, layer_forward
+from zeroskip.models.workloads import ConvLayer, fc
+from zeroskip.sim import combined as sc
+from zeroskip.sim import systolic as ss
 
 
 def sparse_matrix(k, n, density, seed):
@@ -235,7 +235,7 @@ def test_combined_alpha1_step_model_is_the_dense_step_model():
 
 
 def test_combined_alpha1_network_simulation_is_the_dense_array(digits):
-    from sim import workload
+    from zeroskip.sim import workload
 
     wl = workload.load("digits", images=2)
     cfg = CombinedConfig(alpha=1)
@@ -253,7 +253,7 @@ def test_combined_alpha1_network_simulation_is_the_dense_array(digits):
 def test_combined_layer_outputs_equal_torch_reference_on_pruned_weights(digits):
     from dataclasses import replace
 
-    from sim.workload import LayerData
+    from zeroskip.sim.workload import LayerData
 
     layer = digits.layers[2]  # conv3
     x = digits.inputs[2][0]
@@ -278,7 +278,7 @@ def test_combined_simulation_counts_fewer_tiles_and_select_overhead():
 
 
 def test_shape_only_network_packs_random_pruned_matrices():
-    from sim import workload
+    from zeroskip.sim import workload
 
     wl = workload.load("alexnet")
     wl.layers = wl.layers[2:4]  # two small layers keep this fast
@@ -318,14 +318,14 @@ def test_joint_optimisation_packs_3x_with_at_most_1pp_accuracy_loss():
     assert columns / packed >= 3
     assert res.accuracy_before - res.accuracy_after <= 0.01
     # the accuracy is the quantised net's own: recompute it independently
-    from models import digits
+    from zeroskip.models import digits
 
     data = digits.load_data()
     assert digits.int_accuracy(layers, data.x_test, data.y_test) == res.accuracy_after
 
 
 def test_combine_cli_writes_the_figures(tmp_path):
-    from scripts.cli import main
+    from zeroskip.cli import main
 
     out = tmp_path / "c.json"
     assert main(["combine", "--network", "digits", "--alpha", "8", "--gamma", "0.5",
@@ -339,7 +339,7 @@ def test_combine_cli_writes_the_figures(tmp_path):
 
 
 def test_combine_cli_rejects_bad_alpha_in_one_line(capsys):
-    from scripts.cli import main
+    from zeroskip.cli import main
 
     assert main(["combine", "--alpha", "0"]) == 2
     err = capsys.readouterr().err

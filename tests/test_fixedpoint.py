@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw.config import FixedPointConfig
-from hw.fixedpoint import quantize_multiplier, requantize
+from zeroskip.hw.config import FixedPointConfig
+from zeroskip.hw.fixedpoint import quantize_multiplier, requantize
 
 FXP = FixedPointConfig()
 

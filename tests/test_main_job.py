@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hw import config as hwcfg
-from models.reference import layer_forward
-from sim import compare
-from sim.blocks import SIMULATORS, simulator
+from zeroskip.hw import config as hwcfg
+from zeroskip.models.reference import layer_forward
+from zeroskip.sim import compare
+from zeroskip.sim.blocks import SIMULATORS, simulator
 
 # blocks whose layer_outputs include the 2x2 max-pool of the layer
 POOLED = {"nullhop"}
@@ -17,7 +17,7 @@ POOLED = {"nullhop"}
 
 @pytest.fixture(scope="module")
 def workload():
-    from sim import workload as wl
+    from zeroskip.sim import workload as wl
     return wl.load("digits", images=2)
 
 

@@ -8,7 +8,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.memories import block_ram_width, sliced_memory
+from zeroskip.hw.memories import block_ram_width, sliced_memory
 
 LAYOUT = data.StructLayout({"value": signed(32), "dead": 1})
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models import quant
-from models.workloads import ConvLayer, alexnet, network_layers, resnet18
+from zeroskip.models import quant
+from zeroskip.models.workloads import ConvLayer, alexnet, network_layers, resnet18
 
 
 def test_known_network_sizes():

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from hw.config import PRESETS, NullHopConfig
-from models.reference import im2col, layer_forward
-from models.workloads import ConvLayer, fc
-from sim import nullhop as nh
-from sim.sparse_format import decode
-from sim.workload import LayerData
+from zeroskip.hw.config import PRESETS, NullHopConfig
+from zeroskip.models.reference import im2col, layer_forward
+from zeroskip.models.workloads import ConvLayer, fc
+from zeroskip.sim import nullhop as nh
+from zeroskip.sim.sparse_format import decode
+from zeroskip.sim.workload import LayerData
 from tb.cases import random_layer
 
 CONFIGS = {
@@ -146,7 +146,7 @@ def test_nullhop_zero_skipping_pays_off_with_sparsity():
 
 
 def test_nullhop_digits_report(digits):
-    from sim.workload import Workload
+    from zeroskip.sim.workload import Workload
 
     wl = Workload("digits", [l.spec for l in digits.layers], "digits", quant=digits.layers,
                   real_inputs=digits.inputs)
@@ -186,7 +186,7 @@ def test_nullhop_config_validation(kw, needle):
 
 
 def test_nullhop_cli_gen_and_sim(tmp_path):
-    from scripts.cli import main
+    from zeroskip.cli import main
 
     assert main(["gen", "nullhop", "--preset", "tiny", "-o", str(tmp_path)]) == 0
     assert (tmp_path / "zeroskip_nullhop.v").exists()

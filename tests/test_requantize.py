@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.config import FixedPointConfig
-from hw.fixedpoint import requantize
-from hw.requantize import Requantizer
+from zeroskip.hw.config import FixedPointConfig
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.hw.requantize import Requantizer
 
 FXPS = {
     "default": FixedPointConfig(),

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from hw.config import FixedPointConfig, SnaPEAConfig
-from models.reference import layer_forward
-from models.snapea import LayerParams, reorder, snapea_layer_forward, termination
-from models.workloads import ConvLayer, fc
+from zeroskip.hw.config import FixedPointConfig, SnaPEAConfig
+from zeroskip.models.reference import layer_forward
+from zeroskip.models.snapea import LayerParams, reorder, snapea_layer_forward, termination
+from zeroskip.models.workloads import ConvLayer, fc
 from tb.cases import random_layer
 
 
@@ -114,7 +114,7 @@ def test_snapea_blocked_termination_equals_full_partial_sums(mode, check_every):
     once (``_termination_by_cumsum``) on random layers with negative biases, zero weights,
     all-positive/all-negative/all-zero kernels, and run counts below and above the tail
     length; the tail walk as a third implementation."""
-    from models.snapea import _termination_blocked
+    from zeroskip.models.snapea import _termination_blocked
 
     for seed in range(3):
         rng = np.random.default_rng(100 + seed)
@@ -143,8 +143,8 @@ def test_snapea_run_layer_counts_every_window_by_default():
     """No sampling unless asked for: on a medium layer (more windows than the all-partial-
     sums threshold) ``run_layer``'s per-window MAC counts equal a per-window, per-kernel
     count from every partial sum, and the cycles follow from all of them."""
-    from models.reference import im2col
-    from sim.snapea import layer_cycles, run_layer
+    from zeroskip.models.reference import im2col
+    from zeroskip.sim.snapea import layer_cycles, run_layer
 
     spec = ConvLayer("c", 16, 24, 24, 24, k=3, pad=1)
     layer, x = random_layer(spec, seed=7, density=0.5)
@@ -170,8 +170,8 @@ def test_snapea_exact_mode_never_changes_an_output():
         # mix negative and positive biases
         ref = layer_forward(x, layer)
         assert torch.equal(snapea_layer_forward(x, layer), ref)
-        from models.reference import im2col
-        from models.snapea import block_outputs
+        from zeroskip.models.reference import im2col
+        from zeroskip.models.snapea import block_outputs
         a = im2col(x, spec).numpy()
         o = reorder(layer.weight.numpy())
         t = termination(a, layer.weight_matrix.numpy(), layer.bias.numpy(), o)
@@ -195,7 +195,7 @@ SIM_SHAPES = [ConvLayer("c", 4, 5, 7, 6, k=3, pad=1), ConvLayer("s", 2, 4, 9, 9,
                          f"k{c.check_every}")
 @pytest.mark.parametrize("spec", SIM_SHAPES, ids=lambda s: s.name)
 def test_snapea_vectorised_simulator_matches_step_model_and_reference(spec, cfg, mode):
-    from sim.snapea import StepModel, layer_commands, run_layer
+    from zeroskip.sim.snapea import StepModel, layer_commands, run_layer
 
     layer, x = random_layer(spec, seed=3, fxp=cfg.fxp, density=0.5)
     rng = np.random.default_rng(1)
@@ -220,7 +220,7 @@ def test_snapea_vectorised_simulator_matches_step_model_and_reference(spec, cfg,
 def test_snapea_exact_mode_on_digits_keeps_outputs_and_saves_macs(digits):
     """Real activations of the trained net: every eligible layer's block outputs equal the
     integer reference and some windows stop early."""
-    from sim.snapea import run_layer
+    from zeroskip.sim.snapea import run_layer
 
     cfg = SnaPEAConfig(lanes=4)
     for i, layer in enumerate(digits.layers):
@@ -239,7 +239,7 @@ def test_snapea_exact_mode_on_digits_keeps_outputs_and_saves_macs(digits):
 
 def test_snapea_sampled_estimate_is_close_to_exact_count():
     """The window sampling used for very large layers estimates MACs and cycles closely."""
-    from sim.snapea import run_layer
+    from zeroskip.sim.snapea import run_layer
 
     spec = ConvLayer("c", 8, 16, 20, 20, k=3, pad=1)
     layer, x = random_layer(spec, seed=4, density=0.5)
@@ -253,7 +253,7 @@ def test_snapea_sampled_estimate_is_close_to_exact_count():
 
 
 def test_snapea_config_and_driver_errors_name_the_fix():
-    from sim.snapea import plan_layer
+    from zeroskip.sim.snapea import plan_layer
 
     with pytest.raises(ValueError, match="lanes must be"):
         SnaPEAConfig(lanes=0)
@@ -264,7 +264,7 @@ def test_snapea_config_and_driver_errors_name_the_fix():
 def test_snapea_tiles_cover_every_window_once_and_fit_the_buffers():
     """Whole rows where they fit, equal column tiles where a row's input does not; every
     tile's input fits the input buffer and its windows the banks."""
-    from sim.snapea import plan_layer
+    from zeroskip.sim.snapea import plan_layer
 
     for spec, cfg in [(ConvLayer("c", 64, 8, 224, 224, k=3, pad=1), SnaPEAConfig()),
                       (ConvLayer("s", 3, 8, 227, 227, k=11, stride=4), SnaPEAConfig()),
@@ -284,8 +284,8 @@ def test_snapea_tiles_cover_every_window_once_and_fit_the_buffers():
 def test_snapea_default_runs_vgg16_fc6_in_segments():
     """VGG-16's fc6 kernels (25088 taps) exceed the default weight buffers (512): the
     driver splits them into segments and the simulator counts them."""
-    from models.workloads import vgg16
-    from sim.snapea import layer_cycles, segments
+    from zeroskip.models.workloads import vgg16
+    from zeroskip.sim.snapea import layer_cycles, segments
 
     cfg = SnaPEAConfig()
     fc6 = next(l for l in vgg16() if l.name == "fc6")
@@ -300,7 +300,7 @@ def test_snapea_default_runs_vgg16_fc6_in_segments():
 def test_snapea_tuner_respects_the_budget_on_validation(digits):
     """The optimiser's choice keeps validation accuracy within the budget and saves MACs
     against exact mode; a larger budget never saves fewer."""
-    from models.snapea_tune import digits_tuner
+    from zeroskip.models.snapea_tune import digits_tuner
 
     tuner = digits_tuner()
     saved = []

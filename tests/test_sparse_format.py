@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.sparse_format import decode, encode, encoded_words
+from zeroskip.sim.sparse_format import decode, encode, encoded_words
 
 
 def _expected_size(x, sm_bits, slice_ch):

@@ -4,11 +4,11 @@ the integer torch reference."""
 import numpy as np
 import pytest
 
-from hw.config import SystolicConfig
-from models.reference import layer_forward
-from models.workloads import ConvLayer, fc, vgg16
-from sim import systolic
-from sim.systolic import Gemm, StepModel, layer_cycles, plan_layer
+from zeroskip.hw.config import SystolicConfig
+from zeroskip.models.reference import layer_forward
+from zeroskip.models.workloads import ConvLayer, fc, vgg16
+from zeroskip.sim import systolic
+from zeroskip.sim.systolic import Gemm, StepModel, layer_cycles, plan_layer
 from tb.cases import gemm_case, random_layer
 
 CONFIGS = [SystolicConfig(1, 1, 1), SystolicConfig(2, 3, 5), SystolicConfig(4, 4, 16),
@@ -43,7 +43,7 @@ def test_step_model_under_stalls_keeps_outputs_and_costs_cycles():
 def test_layer_outputs_match_torch_reference():
     spec = ConvLayer("c", 4, 6, 7, 6, k=3, stride=2, pad=1)
     layer, x = random_layer(spec, seed=3)
-    from sim.workload import LayerData
+    from zeroskip.sim.workload import LayerData
     data = LayerData(x.numpy(), layer.weight.numpy(), layer.bias.numpy(), layer.mult.numpy(),
                      layer.shift.numpy())
     ref = layer_forward(x, layer).numpy()

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 
 def _tuned(budget: float, check_every: int):
-    from models.snapea_tune import digits_tuner
+    from zeroskip.models.snapea_tune import digits_tuner
 
     tuner = digits_tuner(check_every)
     return tuner, tuner.tune(budget)
@@ -40,15 +40,15 @@ def _tuned(budget: float, check_every: int):
 def cmd_tune(args) -> None:
     from rich.table import Table
 
-    from models import digits
-    from models.snapea_tune import digits_test_accuracy, digits_tuner
-    from scripts.cli import _console
+    from zeroskip.models import digits
+    from zeroskip.models.snapea_tune import digits_test_accuracy, digits_tuner
+    from zeroskip.cli import _console
 
     budgets = args.budget or list(DEFAULT_BUDGETS)
     for b in budgets:
         if not 0 <= b <= 100:
             raise ValueError(f"--budget must be in 0..100 percentage points, not {b!r}")
-    from hw.config import SnaPEAConfig
+    from zeroskip.hw.config import SnaPEAConfig
     SnaPEAConfig(check_every=args.check_every)  # validates
     t0 = time.perf_counter()
     w = digits.load_workload("kl")
@@ -89,15 +89,15 @@ def cmd_tune(args) -> None:
 
 def cmd_sim(args, plain) -> None:
     """``zeroskip sim``: SnaPEA gets its modes; every other block runs unchanged."""
-    from scripts.cli import CliError
+    from zeroskip.cli import CliError
 
     if args.block != "snapea":
         if args.mode is not None or args.budget is not None:
             raise CliError("--mode and --budget apply to block snapea only")
         return plain(args)
-    from scripts.cli import _console, config_from_args, load_workload, print_layer_table
-    from sim import snapea
-    from sim.energy import load_table
+    from zeroskip.cli import _console, config_from_args, load_workload, print_layer_table
+    from zeroskip.sim import snapea
+    from zeroskip.sim.energy import load_table
 
     mode = args.mode or "exact"
     if mode != "predictive" and args.budget is not None:

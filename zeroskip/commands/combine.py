@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hw import config as hwcfg
+from zeroskip.hw import config as hwcfg
 
 
 def add_parser(sub) -> None:
@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
 def _cfg(args, block: int):
     import dataclasses
 
-    from scripts.cli import CliError
+    from zeroskip.cli import CliError
 
     presets = hwcfg.PRESETS["combined"]
     if args.preset not in presets:
@@ -84,12 +84,12 @@ def _network_figures(report) -> dict:
 
 def run_combine(network: str, cfg, table=None, progress=None) -> dict:
     """All figures of one column-combining run (what ``zeroskip combine`` prints)."""
-    from models import column_combining as cc
-    from sim import combined, workload
+    from zeroskip.models import column_combining as cc
+    from zeroskip.sim import combined, workload
 
     wl = workload.load(network)
     if wl.real:
-        from models.digits import load_data
+        from zeroskip.models.digits import load_data
 
         res = cc.joint_optimize(cfg.alpha, cfg.gamma, cfg.group_block, progress=progress)
         layers = cc.joint_quant_layers(res, fxp=cfg.fxp)
@@ -128,7 +128,7 @@ def run_combine(network: str, cfg, table=None, progress=None) -> dict:
 def _print(result: dict, title: str) -> None:
     from rich.table import Table
 
-    from scripts.cli import _console
+    from zeroskip.cli import _console
 
     t = Table(title=title)
     for col in ("layer", "columns", "non-empty", "packed", "col. red.", "tiles", "dense tiles",
@@ -145,8 +145,8 @@ def _print(result: dict, title: str) -> None:
 
 
 def cmd_combine(args) -> None:
-    from scripts.cli import _progress
-    from sim.energy import load_table
+    from zeroskip.cli import _progress
+    from zeroskip.sim.energy import load_table
 
     table = load_table(args.energy_table)
     cfg = _cfg(args, args.block)

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from hw import config as hwcfg
-from models.workloads import NETWORKS
+from zeroskip.hw import config as hwcfg
+from zeroskip.models.workloads import NETWORKS
 
 
 class CliError(Exception):
@@ -95,7 +95,7 @@ def print_layer_table(report, title: str) -> None:
 
 
 def load_workload(network: str, images: int = 8):
-    from sim import workload
+    from zeroskip.sim import workload
 
     if network not in NETWORKS:
         raise CliError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
@@ -117,7 +117,7 @@ def _progress():
 
 
 def simulate(block: str, cfg, wl, table):
-    from sim.blocks import simulator
+    from zeroskip.sim.blocks import simulator
 
     mod = simulator(block)
     with _progress() as prog:
@@ -129,7 +129,7 @@ def simulate(block: str, cfg, wl, table):
 
 
 def cmd_gen(args) -> None:
-    from hw.gen import generate
+    from zeroskip.hw.gen import generate
 
     cfg = config_from_args(args.block, args)
     vpath = generate(cfg, args.out)
@@ -137,7 +137,7 @@ def cmd_gen(args) -> None:
 
 
 def cmd_sim(args) -> None:
-    from sim.energy import load_table
+    from zeroskip.sim.energy import load_table
 
     cfg = config_from_args(args.block, args)
     table = load_table(args.energy_table)
@@ -194,10 +194,10 @@ def print_layer_comparison(reports: dict, title: str) -> None:
 
 def cmd_run(args) -> None:
     """The main job: every block on the network, one comparison, report files, Verilog."""
-    from hw.gen import RTL_TOPS, generate
-    from sim import compare
-    from sim.blocks import SIMULATORS
-    from sim.energy import load_table
+    from zeroskip.hw.gen import RTL_TOPS, generate
+    from zeroskip.sim import compare
+    from zeroskip.sim.blocks import SIMULATORS
+    from zeroskip.sim.energy import load_table
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,8 +270,8 @@ def cmd_verify(args) -> None:
 
 def cmd_digits(args) -> None:
     """Train (or load) the digits CNN and report float and int8 accuracy per clip rule."""
-    from models import digits
-    from models.quant import CLIP_RULES
+    from zeroskip.models import digits
+    from zeroskip.models.quant import CLIP_RULES
 
     model = digits.trained_model(retrain=args.retrain)
     data = digits.load_data()
@@ -341,7 +341,7 @@ EXTENSIONS: list = []
 
 
 def _combine_subcommand(sub) -> None:
-    from scripts.combine import add_parser  # imported late: it uses this module's helpers
+    from zeroskip.commands.combine import add_parser  # imported late: it uses this module's helpers
     add_parser(sub)
 
 
@@ -349,7 +349,7 @@ EXTENSIONS.append(_combine_subcommand)
 
 
 def _snapea_subcommand(sub) -> None:
-    from scripts.snapea import add_parser  # snapea-tune, and sim's --mode/--budget for snapea
+    from zeroskip.commands.snapea import add_parser  # snapea-tune, and sim's --mode/--budget for snapea
     add_parser(sub)
 
 
@@ -357,7 +357,7 @@ EXTENSIONS.append(_snapea_subcommand)
 
 
 def _fpga_subcommands(sub) -> None:
-    from scripts.fpga import add_parser  # synth (Yosys + nextpnr) and gen-axi
+    from zeroskip.commands.fpga import add_parser  # synth (Yosys + nextpnr) and gen-axi
     add_parser(sub)
 
 

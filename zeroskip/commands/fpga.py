@@ -154,9 +154,9 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
           pnr: bool = True, bare: bool = False, max_bytes: int | None = None,
           work_dir=None, package: str | None = None) -> dict:
     """Synthesise (and place and route) ``cfg``'s AXI4-Stream top; returns the figures."""
-    from hw.axi import DEFAULT_MAX_BYTES, generate_axi
-    from hw.config import config_to_json
-    from hw.gen import generate
+    from zeroskip.hw.axi import DEFAULT_MAX_BYTES, generate_axi
+    from zeroskip.hw.config import config_to_json
+    from zeroskip.hw.gen import generate
 
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
@@ -173,7 +173,7 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
         raise ValueError(f"--freq must be a positive clock frequency in MHz, not {freq!r}")
     max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
     if not bare:
-        from hw.axi import _check_max_bytes
+        from zeroskip.hw.axi import _check_max_bytes
         _check_max_bytes(max_bytes)
     work = Path(work_dir or Path("zeroskip-synth") / f"{cfg.block}_{target}")
     work.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
 
 
 def cmd_synth(args) -> None:
-    from scripts.cli import config_from_args
+    from zeroskip.cli import config_from_args
 
     cfg = config_from_args(args.block, args)
     res = synth(cfg, args.target, args.device, args.freq, args.seed, not args.no_pnr,
@@ -230,8 +230,8 @@ def cmd_synth(args) -> None:
 
 
 def cmd_gen_axi(args) -> None:
-    from hw.axi import DEFAULT_MAX_BYTES, generate_axi
-    from scripts.cli import config_from_args
+    from zeroskip.hw.axi import DEFAULT_MAX_BYTES, generate_axi
+    from zeroskip.cli import config_from_args
 
     cfg = config_from_args(args.block, args)
     vpath = generate_axi(cfg, args.out,
@@ -243,8 +243,8 @@ def cmd_gen_axi(args) -> None:
 
 
 def add_parser(sub) -> None:
-    from hw import config as hwcfg
-    from scripts.cli import add_config_options
+    from zeroskip.hw import config as hwcfg
+    from zeroskip.cli import add_config_options
 
     blocks = sorted(hwcfg.BLOCK_CONFIGS)
     s = sub.add_parser("synth", help="synthesise a block's AXI4-Stream top for an FPGA: "

@@ -1,0 +1,9 @@
+"""zeroskip: design, simulate and verify CNN accelerator blocks that skip useless work.
+
+The installed package has one import name. Its parts live in the checkout's top-level folders:
+``zeroskip.hw`` (hw/, Amaranth RTL and the configs), ``zeroskip.sim`` (sim/, the cycle-level
+simulators), ``zeroskip.models`` (models/, torch networks and integer reference ops), and here
+``zeroskip.blocks`` (the one record per block) and ``zeroskip.cli`` (the ``zeroskip`` command).
+"""
+
+__version__ = "0.1.0"
