@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 def ceil_log2(n: int) -> int:
@@ -121,8 +122,49 @@ class FixedPointConfig:
                 f"use --acc-bits {need} or more")
 
 
+class BlockConfig:
+    """Base of every block's frozen config dataclass.
+
+    A subclass declares its fields (``fxp: FixedPointConfig`` last), its ``block`` name and a
+    ``validate()`` that checks each field with ``check_int`` / ``check_power_of_two``; derived
+    widths are properties of the subclass. Here: the fixed-point coercion (``fxp`` may be
+    given as the dict ``to_dict()`` wrote), ``to_dict`` / ``to_json`` / ``from_dict``.
+    """
+
+    block: ClassVar[str] = ""
+
+    def __post_init__(self):
+        if isinstance(self.fxp, dict):
+            object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field that is out of range."""
+
+    def check_int(self, name: str, lo: int, hi: int | None = None, hint: str = "") -> None:
+        _check_int(name, getattr(self, name), lo, hi, hint)
+
+    def check_power_of_two(self, name: str, lo: int, hi: int) -> None:
+        _check_power_of_two(name, getattr(self, name), lo, hi)
+
+    def to_dict(self) -> dict:
+        return {"block": self.block, **dataclasses.asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The config ``to_dict()`` wrote (its ``block`` key, if any, must be this class's)."""
+        d = dict(d)
+        block = d.pop("block", cls.block)
+        if block != cls.block:
+            raise ValueError(f"a {block!r} config cannot be read as a {cls.block!r} config")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class SystolicConfig:
+class SystolicConfig(BlockConfig):
     """Dense weight-stationary systolic array (see ``hw.systolic.SystolicBlock``).
 
     ``rows`` is the reduction dimension (input channels x kernel positions), ``cols`` the
@@ -137,12 +179,10 @@ class SystolicConfig:
 
     block = "systolic"
 
-    def __post_init__(self):
-        _check_int("rows", self.rows, 1, 256, " (the array needs at least one row)")
-        _check_int("cols", self.cols, 1, 256, " (the array needs at least one column)")
-        _check_int("acc_depth", self.acc_depth, 1, 1 << 20)
-        if isinstance(self.fxp, dict):
-            object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
+    def validate(self):
+        self.check_int("rows", 1, 256, " (the array needs at least one row)")
+        self.check_int("cols", 1, 256, " (the array needs at least one column)")
+        self.check_int("acc_depth", 1, 1 << 20)
 
     # --- derived widths -------------------------------------------------------------------
     @property
@@ -184,9 +224,6 @@ class SystolicConfig:
         requantiser's stages and the output FIFO after the last one."""
         return self.fxp.requant_latency + 1 + passes * self.pass_cycles(0) + pixels
 
-    def to_dict(self) -> dict:
-        return {"block": self.block, **dataclasses.asdict(self)}
-
 
 @dataclass(frozen=True)
 class CombinedConfig(SystolicConfig):
@@ -206,13 +243,12 @@ class CombinedConfig(SystolicConfig):
 
     block = "combined"
 
-    def __post_init__(self):
-        super().__post_init__()
-        _check_int("alpha", self.alpha, 1, 64, " (original columns per packed row)")
+    def validate(self):
+        super().validate()
+        self.check_int("alpha", 1, 64, " (original columns per packed row)")
         if not isinstance(self.gamma, (int, float)) or not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be a number in 0..1, not {self.gamma!r}")
-        _check_int("group_block", self.group_block, 0, 1 << 16,
-                   " (0 groups all output channels together)")
+        self.check_int("group_block", 0, 1 << 16, " (0 groups all output channels together)")
 
     @property
     def sel_bits(self) -> int:
@@ -226,22 +262,16 @@ class CombinedConfig(SystolicConfig):
 
 
 def config_from_dict(d: dict):
-    """Rebuild a block config from ``to_dict()`` output (the JSON written beside the Verilog)."""
-    d = dict(d)
-    block = d.pop("block")
-    try:
-        cls = BLOCK_CONFIGS[block]
-    except KeyError:
-        raise ValueError(f"unknown block {block!r}; expected one of {sorted(BLOCK_CONFIGS)}")
-    fxp = FixedPointConfig(**d.pop("fxp", {}))
-    return cls(fxp=fxp, **d)
+    """Rebuild a block config from ``to_dict()`` output (the JSON written beside the Verilog);
+    the block's record (``zeroskip.blocks``) names its config class."""
+    from zeroskip.blocks import get_block
+
+    return get_block(d.get("block")).config.from_dict(d)
 
 
 def config_to_json(cfg) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)
+    return cfg.to_json()
 
-
-BLOCK_CONFIGS: dict[str, type] = {"systolic": SystolicConfig}
 
 SYSTOLIC_PRESETS = {
     "tiny": SystolicConfig(rows=4, cols=4, acc_depth=64),
@@ -249,12 +279,7 @@ SYSTOLIC_PRESETS = {
     "large": SystolicConfig(rows=32, cols=32, acc_depth=1024),
 }
 
-# block name -> presets; every block registers its config class in BLOCK_CONFIGS and its
-# presets (at least "default") here
-PRESETS: dict[str, dict] = {"systolic": SYSTOLIC_PRESETS}
-
-BLOCK_CONFIGS["combined"] = CombinedConfig
-PRESETS["combined"] = {
+COMBINED_PRESETS = {
     "tiny": CombinedConfig(rows=4, cols=4, acc_depth=64, alpha=4),
     "default": CombinedConfig(rows=8, cols=8, acc_depth=256, alpha=8),
     "dense": CombinedConfig(rows=8, cols=8, acc_depth=256, alpha=1),
@@ -263,7 +288,7 @@ PRESETS["combined"] = {
 
 
 @dataclass(frozen=True)
-class SnaPEAConfig:
+class SnaPEAConfig(BlockConfig):
     """Early-termination block (``hw.snapea.SnaPEABlock``, Akhlaghi et al., ISCA 2018).
 
     ``lanes`` time-folded MAC lanes, each walking the windows of a tile through its own
@@ -295,15 +320,13 @@ class SnaPEAConfig:
 
     block = "snapea"
 
-    def __post_init__(self):
-        _check_int("lanes", self.lanes, 1, 64, " (the block needs at least one lane)")
-        _check_int("max_taps", self.max_taps, 1, 1 << 16)
-        _check_int("act_depth", self.act_depth, 1, 1 << 24)
-        _check_int("max_windows", self.max_windows, 1, 1 << 20)
-        _check_int("check_every", self.check_every, 1, 64, " (MACs between sign checks)")
-        _check_power_of_two("act_bank_depth", self.act_bank_depth, 1, 1 << 24)
-        if isinstance(self.fxp, dict):
-            object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
+    def validate(self):
+        self.check_int("lanes", 1, 64, " (the block needs at least one lane)")
+        self.check_int("max_taps", 1, 1 << 16)
+        self.check_int("act_depth", 1, 1 << 24)
+        self.check_int("max_windows", 1, 1 << 20)
+        self.check_int("check_every", 1, 64, " (MACs between sign checks)")
+        self.check_power_of_two("act_bank_depth", 1, 1 << 24)
 
     @property
     def addr_bits(self) -> int:
@@ -313,7 +336,7 @@ class SnaPEAConfig:
     @property
     def act_banks(self) -> int:
         """Banks of the input buffer (``act_depth / act_bank_depth``, rounded up)."""
-        return -(-self.act_depth // self.act_bank_depth)
+        return ceil_div(self.act_depth, self.act_bank_depth)
 
     @property
     def tap_bits(self) -> int:
@@ -367,12 +390,8 @@ class SnaPEAConfig:
         return (2 + act_beats + taps + lane_cycles + self.compute_tail
                 + readout * (self.readout_latency + windows))
 
-    def to_dict(self) -> dict:
-        return {"block": self.block, **dataclasses.asdict(self)}
 
-
-BLOCK_CONFIGS["snapea"] = SnaPEAConfig
-PRESETS["snapea"] = {
+SNAPEA_PRESETS = {
     "tiny": SnaPEAConfig(lanes=2, max_taps=512, act_depth=2048, max_windows=64),
     "default": SnaPEAConfig(),
     "check4": SnaPEAConfig(check_every=4),
@@ -382,7 +401,7 @@ PRESETS["snapea"] = {
 
 
 @dataclass(frozen=True)
-class NullHopConfig:
+class NullHopConfig(BlockConfig):
     """Sparse-feature-map block (``hw.nullhop.NullHopBlock``, Aimar et al., TNNLS 2018).
 
     ``macs`` MAC units (a power of two; NullHop has 128), ``macs_per_channel`` (M, 1..8) of
@@ -411,20 +430,17 @@ class NullHopConfig:
 
     block = "nullhop"
 
-    def __post_init__(self):
-        for name, value, lo, hi in (("macs", self.macs, 1, 256),
-                                    ("sm_bits", self.sm_bits, 2, 64),
-                                    ("psum_bank_depth", self.psum_bank_depth, 1, 1 << 20)):
-            _check_power_of_two(name, value, lo, hi)
+    def validate(self):
+        self.check_power_of_two("macs", 1, 256)
+        self.check_power_of_two("sm_bits", 2, 64)
+        self.check_power_of_two("psum_bank_depth", 1, 1 << 20)
         if self.macs_per_channel not in (1, 2, 4, 8) or self.macs_per_channel > self.macs:
             raise ValueError(f"macs_per_channel must be 1, 2, 4 or 8 and at most macs "
                              f"({self.macs}), not {self.macs_per_channel!r}")
-        _check_int("kernel_depth", self.kernel_depth, 1, 1 << 20)
-        _check_int("acc_depth", self.acc_depth, 1, 1 << 20)
-        _check_int("max_dim", self.max_dim, 1, 1 << 14)
-        _check_int("max_k", self.max_k, 1, 15)
-        if isinstance(self.fxp, dict):
-            object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
+        self.check_int("kernel_depth", 1, 1 << 20)
+        self.check_int("acc_depth", 1, 1 << 20)
+        self.check_int("max_dim", 1, 1 << 14)
+        self.check_int("max_k", 1, 15)
 
     # --- derived widths -------------------------------------------------------------------
     @property
@@ -450,7 +466,7 @@ class NullHopConfig:
     @property
     def psum_banks(self) -> int:
         """Banks of the partial-sum memory (``acc_depth / psum_bank_depth``, rounded up)."""
-        return -(-self.acc_depth // self.psum_bank_depth)
+        return ceil_div(self.acc_depth, self.psum_bank_depth)
 
     # --- the cycle schedule (mirrored by sim.nullhop and checked against the RTL) ----------
     prime_cycles = 3  # after the command: pass constants, the first row's kernel rows
@@ -507,12 +523,8 @@ class NullHopConfig:
                 + sm_words * (1 + self.decode_cycles) + dead_values + collected
                 + 2 - last_no_mac * 1 + emit * (self.drain_cycles + output))
 
-    def to_dict(self) -> dict:
-        return {"block": self.block, **dataclasses.asdict(self)}
 
-
-BLOCK_CONFIGS["nullhop"] = NullHopConfig
-PRESETS["nullhop"] = {
+NULLHOP_PRESETS = {
     "tiny": NullHopConfig(macs=4, sm_bits=8, kernel_depth=512, acc_depth=128, max_dim=32,
                           max_k=5),
     "default": NullHopConfig(),

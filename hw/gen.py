@@ -15,24 +15,11 @@ from amaranth.hdl import Value
 from .config import config_to_json
 
 
-# block name -> (module, top-level component class); each block adds its line here
-RTL_TOPS = {
-    "systolic": ("zeroskip.hw.systolic", "SystolicBlock"),
-    "snapea": ("zeroskip.hw.snapea", "SnaPEABlock"),
-    "combined": ("zeroskip.hw.combined", "CombinedBlock"),
-    "nullhop": ("zeroskip.hw.nullhop", "NullHopBlock"),
-}
-
-
 def block_component(cfg):
-    """The top-level component of a block config."""
-    import importlib
+    """The top-level component of a block config (its block record names it)."""
+    from zeroskip.blocks import block_of
 
-    try:
-        module, cls = RTL_TOPS[cfg.block]
-    except KeyError:
-        raise ValueError(f"no RTL for block {cfg.block!r}; blocks with RTL: {', '.join(RTL_TOPS)}")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    return block_of(cfg).component(cfg)
 
 
 def generate(cfg, out_dir, name: str | None = None) -> Path:

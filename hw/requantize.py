@@ -101,3 +101,16 @@ class Requantizer(wiring.Component):
         assert len(stages) + 1 == REQUANT_LATENCY
         return m
 
+
+
+def delay_stages(m, signals: dict, stages: int, name: str) -> list[dict]:
+    """Carry ``signals`` (name -> value) through ``stages`` register stages on ``m.d.sync``,
+    e.g. a valid flag and its payload beside the requantiser's ``REQUANT_LATENCY`` stages, so
+    they leave the requantiser in the same cycle as its result. Stage ``i``'s registers are
+    named ``name.format(i=i, k=key)``. Returns every stage's dict; the last is the output."""
+    out = []
+    for i in range(stages):
+        nxt = {k: Signal.like(v, name=name.format(i=i, k=k)) for k, v in signals.items()}
+        m.d.sync += [nxt[k].eq(v) for k, v in signals.items()]
+        out.append(signals := nxt)
+    return out

@@ -20,7 +20,7 @@ from .arith import MAC_GROUP, bank_select, partial_product_groups, tree_sum
 from .config import SnaPEAConfig
 from .layouts import snapea_layouts
 from .memories import banked_memory, sliced_memory
-from .requantize import Requantizer
+from .requantize import Requantizer, delay_stages
 
 
 _TAG = 4  # window-number bits that tell the windows in a lane's pipeline apart
@@ -236,11 +236,9 @@ class EarlyTerminationLane(wiring.Component):
                      r3["valid"], r4["valid"], mm["valid"], m2["valid"], c["valid"],
                      dd["valid"]]
         assert len(in_flight) == cfg.lane_stages + 1
-        for i in range(fxp.requant_latency):  # beside the requantiser's stages
-            nxt = {k: Signal.like(v, name=f"wb{i}_{k}") for k, v in wb.items()}
-            m.d.sync += [nxt[k].eq(v) for k, v in wb.items()]
-            wb = nxt
-            in_flight.append(wb["valid"])
+        stages = delay_stages(m, wb, fxp.requant_latency, "wb{i}_{k}")  # beside the requantiser
+        in_flight += [s["valid"] for s in stages]
+        wb = stages[-1]
         m.d.comb += [b_we.eq(wb["valid"]), b_waddr.eq(wb["win"]),
                      b_wdata.dead.eq(wb["zero"]),
                      b_wdata.value.eq(Mux(p.last, Mux(wb["zero"], 0, rq.out), wb["sum"]))]

@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 from .arith import multiply_accumulate
 from .config import SystolicConfig
 from .layouts import acc_shape, act_shape, systolic_layouts, weight_shape
-from .requantize import Requantizer
+from .requantize import Requantizer, delay_stages
 
 
 class ProcessingElement(wiring.Component):
@@ -259,9 +259,8 @@ class SystolicBlock(wiring.Component):
                 rq.bias.eq(command.requant.bias[c]), rq.mult.eq(command.requant.mult[c]),
                 rq.shift.eq(command.requant.shift[c]), row[c].eq(rq.out),
             ]
-        valid = stage_b & command.emit
-        for i in range(fxp.requant_latency):
-            valid = self._register(m, valid, f"out_valid_{i}")
+        valid = delay_stages(m, {"valid": stage_b & command.emit}, fxp.requant_latency,
+                             "out_valid_{i}")[-1]["valid"]
         m.d.comb += [fifo.w_en.eq(valid), fifo.w_data.eq(row),
                      self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.out.ready)]

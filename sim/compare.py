@@ -11,9 +11,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from zeroskip.hw import config as hwcfg
+from zeroskip import blocks as registry
 
-from .blocks import SIMULATORS, simulator
 from .report import NetworkReport
 
 BASELINE = "systolic"
@@ -22,9 +21,10 @@ BASELINE = "systolic"
 def run_blocks(workload, table=None, blocks=None, progress=None) -> dict[str, NetworkReport]:
     """Simulate ``workload`` on each block's default configuration."""
     reports = {}
-    for block in blocks or SIMULATORS:
-        cfg = hwcfg.PRESETS[block]["default"]
-        reports[block] = simulator(block).simulate_network(
+    for block in blocks or registry.names("simulator"):
+        rec = registry.get_block(block, "simulator")
+        cfg = rec.default
+        reports[block] = rec.part("simulator").simulate_network(
             workload, cfg, table, progress=(lambda name, b=block: progress(b, name))
             if progress else None)
     return reports

@@ -401,7 +401,7 @@ def simulate_layer(spec: ConvLayer, cfg: NullHopConfig, datas, table=None,
     """One layer over the images in ``datas`` (a list of ``sim.workload.LayerData``), with
     the dense systolic array (``baseline``, its default preset if None) and this block with
     zero-skipping disabled (same schedule, every input value treated as non-zero)."""
-    from zeroskip.hw.config import PRESETS
+    from zeroskip.hw.config import SYSTOLIC_PRESETS
 
     from . import systolic
 
@@ -426,7 +426,7 @@ def simulate_layer(spec: ConvLayer, cfg: NullHopConfig, datas, table=None,
     rep = LayerReport(spec.name, total.cycles, spec.macs * n, total.useful_macs, cfg.macs,
                       events).priced(table)
     noskip = price(_events(dense, spec, cfg), table)["energy_pj"]
-    base_cfg = baseline or PRESETS["systolic"]["default"]
+    base_cfg = baseline or SYSTOLIC_PRESETS["default"]
     base = systolic.simulate_layer(spec, base_cfg, table, batch=n)
     word_bytes = ceil_div(cfg.word_bits, 8)
     in_dense = spec.input_size * n
@@ -463,9 +463,9 @@ def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) ->
         reports.append(simulate_layer(spec, cfg, datas, table))
         if progress:
             progress(spec.name)
-    from zeroskip.hw.config import PRESETS
+    from zeroskip.hw.config import SYSTOLIC_PRESETS
 
-    base = PRESETS["systolic"]["default"]
+    base = SYSTOLIC_PRESETS["default"]
     notes = [workload.description, f"{workload.batch} image(s)",
              f"per layer 'extra': speedup and energy ratio against the dense systolic array's "
              f"default preset ({base.rows}x{base.cols} = {base.rows * base.cols} MACs; also "

@@ -527,10 +527,10 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
                           params[i] if term else None, term, sample_limit) for d in datas]
         sys_rep = None
         if systolic:
-            from zeroskip.hw.config import PRESETS
+            from zeroskip.hw.config import SYSTOLIC_PRESETS
 
             from . import systolic as sys_sim
-            sys_rep = sys_sim.simulate_layer(spec, PRESETS["systolic"]["default"], table,
+            sys_rep = sys_sim.simulate_layer(spec, SYSTOLIC_PRESETS["default"], table,
                                              workload.batch)
         reports.append(_layer_report(spec, cfg, runs, table, term, mode, sys_rep))
         if progress:

@@ -39,7 +39,7 @@ def _cfg(args, block: int):
 
     from zeroskip.cli import CliError
 
-    presets = hwcfg.PRESETS["combined"]
+    presets = hwcfg.COMBINED_PRESETS
     if args.preset not in presets:
         raise CliError(f"unknown preset {args.preset!r} for combined; choose one of: "
                        f"{', '.join(presets)}")
