@@ -56,3 +56,14 @@ def quantize_multiplier(real: float, fxp: FixedPointConfig) -> tuple[int, int]:
         mult >>= 1
         shift -= 1
     return int(mult), int(shift)
+
+
+def max_pool(y, pool: int):
+    """``pool`` x ``pool`` max-pooling of requantised [C, H, W] outputs (numpy), after the
+    requantisation as the integer reference does it (the two orders agree: requantisation is
+    monotonic); a ragged last row or column is dropped, as in torch's ``max_pool2d``."""
+    if pool <= 1:
+        return y
+    c, h, w = y.shape
+    h, w = h // pool * pool, w // pool * pool
+    return y[:, :h, :w].reshape(c, h // pool, pool, w // pool, pool).max(axis=(2, 4))

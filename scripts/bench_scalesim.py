@@ -234,12 +234,12 @@ def run_zeroskip(spec: ConvLayer, acc_depth: int | None, min_seconds: float = 0.
 
 def run_step_model(name: str, spec: ConvLayer, cfg: SystolicConfig) -> dict:
     """zeroskip's step-per-cycle model on the layer with the workload's seeded int8 data;
-    its outputs are checked against ``sim.systolic.layer_outputs``."""
+    its outputs are checked against ``sim.systolic.array_outputs``."""
     import numpy as np
     from numpy.lib.stride_tricks import sliding_window_view
 
     from zeroskip.sim import workload
-    from zeroskip.sim.systolic import Gemm, StepModel, layer_outputs
+    from zeroskip.sim.systolic import Gemm, StepModel, array_outputs
 
     net = name.split(".", 1)[0]
     wl = workload.load(net)
@@ -251,9 +251,9 @@ def run_step_model(name: str, spec: ConvLayer, cfg: SystolicConfig) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     out, trace = StepModel(cfg).run(g)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    ref = layer_outputs(data, spec, cfg.fxp).reshape(spec.out_ch, -1).T & cfg.fxp.act_max
+    ref = array_outputs(data, spec, cfg.fxp).reshape(spec.out_ch, -1).T & cfg.fxp.act_max
     if not (out == ref).all():
-        raise RuntimeError(f"step model outputs differ from layer_outputs on {name}")
+        raise RuntimeError(f"step model outputs differ from array_outputs on {name}")
     return {"cycles": trace["cycles"], "seconds": wall, "cpu_s": cpu}
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zeroskip.hw.config import CombinedConfig, ceil_div
-from zeroskip.hw.fixedpoint import requantize
+from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models import column_combining as cc
 from zeroskip.models.workloads import ConvLayer
 
@@ -305,6 +305,12 @@ def simulate_network(workload, cfg: CombinedConfig, table=None, progress=None,
 
 
 def layer_outputs(data, spec: ConvLayer, fxp, packing: cc.Packing | None = None) -> np.ndarray:
+    """The layer's output as the integer reference computes it: the array's outputs
+    (``array_outputs``), max-pooled by the host where the layer pools."""
+    return max_pool(array_outputs(data, spec, fxp, packing), spec.pool)
+
+
+def array_outputs(data, spec: ConvLayer, fxp, packing: cc.Packing | None = None) -> np.ndarray:
     """The block's outputs for one layer's ``sim.workload.LayerData`` ([N, H, W] before any
     pooling), computed as the array does: each cell multiplies the lane its select picks.
     Without a ``packing`` the weights are used as they are (alpha = 1)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zeroskip.hw.config import NullHopConfig, ceil_div
-from zeroskip.hw.fixedpoint import requantize
+from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models.workloads import ConvLayer
 
 from .energy import price
@@ -137,10 +137,7 @@ def layer_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:
     acc = acc + np.asarray(data.bias, np.int64)[:, None, None]
     y = requantize(acc, np.asarray(data.mult, np.int64)[:, None, None],
                    np.asarray(data.shift, np.int64)[:, None, None], fxp, spec.relu)
-    if spec.pool == 2:
-        n, h, w_ = y.shape
-        y = y.reshape(n, h // 2, 2, w_ // 2, 2).max(axis=(2, 4))
-    return y
+    return max_pool(y, spec.pool)
 
 
 def output_stream(y: np.ndarray, p: Pass, spec: ConvLayer, cfg: NullHopConfig) -> Stream:

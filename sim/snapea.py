@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zeroskip.hw.config import SnaPEAConfig, ceil_div
-from zeroskip.hw.fixedpoint import requantize
+from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models.snapea import (KernelOrder, LayerParams, Termination, block_outputs, eligible,
                            reorder, termination)
 from zeroskip.models.workloads import ConvLayer
@@ -570,6 +570,13 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
 
 def layer_outputs(data, spec: ConvLayer, fxp, cfg: SnaPEAConfig | None = None,
                   params: LayerParams | None = None) -> np.ndarray:
+    """The layer's output as the integer reference computes it: the lanes' outputs
+    (``lane_outputs``), max-pooled by the host where the layer pools."""
+    return max_pool(lane_outputs(data, spec, fxp, cfg, params), spec.pool)
+
+
+def lane_outputs(data, spec: ConvLayer, fxp, cfg: SnaPEAConfig | None = None,
+                 params: LayerParams | None = None) -> np.ndarray:
     """The block's outputs for one layer's ``LayerData`` ([N, H, W] before pooling)."""
     from dataclasses import replace
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zeroskip.hw.config import SystolicConfig, ceil_div
-from zeroskip.hw.fixedpoint import requantize
+from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models.workloads import ConvLayer
 
 from .energy import price
@@ -281,6 +281,12 @@ def simulate_network(workload, cfg: SystolicConfig, table=None, progress=None) -
 
 
 def layer_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:
+    """The layer's output as the integer reference computes it: the array's outputs
+    (``array_outputs``), max-pooled by the host where the layer pools."""
+    return max_pool(array_outputs(data, spec, fxp), spec.pool)
+
+
+def array_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:
     """The block's outputs for one layer's ``sim.workload.LayerData`` ([N, H, W] before any
     pooling), computed as the array does: the tiled GEMM with the shared requantisation."""
     from numpy.lib.stride_tricks import sliding_window_view

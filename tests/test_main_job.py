@@ -1,18 +1,14 @@
 """The main job's report: totals are sums of layers, and every block's simulated outputs
 equal the integer torch reference on the digits net with real activations."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 
-from zeroskip.hw import config as hwcfg
+from zeroskip import blocks
 from zeroskip.models.reference import layer_forward
 from zeroskip.sim import compare
-from zeroskip.sim.blocks import SIMULATORS, simulator
 
-# blocks whose layer_outputs include the 2x2 max-pool of the layer
-POOLED = {"nullhop"}
+SIMULATED = blocks.names("simulator")
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +17,22 @@ def workload():
     return wl.load("digits", images=2)
 
 
-@pytest.mark.parametrize("block", SIMULATORS)
+@pytest.mark.parametrize("block", SIMULATED)
 def test_block_outputs_equal_integer_reference_on_digits(block, workload):
-    fxp = hwcfg.PRESETS[block]["default"].fxp
+    """One contract for every block: ``layer_outputs`` is the layer's output, pooled where the
+    layer pools (on the block or by the host), as the integer reference computes it."""
+    record = blocks.get_block(block)
     for i, q in enumerate(workload.quant):
         data = workload.layer_data(i)
-        spec = q.spec if block in POOLED else replace(q.spec, pool=1)
-        ref = layer_forward(torch.from_numpy(data.x), replace(q, spec=spec)).numpy()
-        got = simulator(block).layer_outputs(data, q.spec, fxp)
+        ref = layer_forward(torch.from_numpy(data.x), q).numpy()
+        got = record.part("simulator").layer_outputs(data, q.spec, record.default.fxp)
         assert got.shape == ref.shape and (got == ref).all(), f"{block} {q.spec.name}"
 
 
 def test_report_totals_are_sums_of_layers(workload):
     reports = compare.run_blocks(workload)
     rep = compare.report_dict(workload, reports)
-    assert set(rep["blocks"]) == set(SIMULATORS)
+    assert set(rep["blocks"]) == set(SIMULATED)
     for block, d in rep["blocks"].items():
         for key in ("cycles", "macs_dense", "macs_performed", "energy_pj"):
             total = sum(l[key] for l in d["layers"])

@@ -1,7 +1,8 @@
 """``zeroskip``: generate Verilog, simulate networks, run the main job.
 
-Block options are generated from each block's config dataclass (``hw.config``), so a new
-config field is a new CLI option with no change here.
+Every subcommand lists and accepts the blocks whose record (``zeroskip.blocks``) has the part
+it needs; block options are generated from each block's config dataclass, so a new block or a
+new config field is a new CLI choice or option with no change here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from zeroskip import blocks as registry
 from zeroskip.hw import config as hwcfg
 from zeroskip.models.workloads import NETWORKS
 
@@ -30,7 +32,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="default",
                    help="start from a named configuration (see 'zeroskip presets')")
     seen = set()
-    classes = [hwcfg.FixedPointConfig, *hwcfg.BLOCK_CONFIGS.values()]
+    classes = [hwcfg.FixedPointConfig, *_config_classes()]
     for cls in classes:
         for f in dataclasses.fields(cls):
             if f.name == "fxp" or f.name in seen:
@@ -46,8 +48,12 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                                help=f"{cls.__name__}.{f.name}")
 
 
+def _config_classes() -> list[type]:
+    return list(dict.fromkeys(b.config for b in registry.BLOCKS.values()))
+
+
 def config_from_args(block: str, args) -> object:
-    presets = hwcfg.PRESETS.get(block, {})
+    presets = registry.get_block(block).presets
     if args.preset not in presets:
         raise CliError(f"unknown preset {args.preset!r} for {block}; "
                        f"choose one of: {', '.join(presets) or '(none)'}")
@@ -58,7 +64,7 @@ def config_from_args(block: str, args) -> object:
         fxp_over["bias_bits"] = None  # follows the accumulator width
     over = {f.name: getattr(args, f.name) for f in dataclasses.fields(base)
             if f.name != "fxp" and getattr(args, f.name, None) is not None}
-    foreign = [f.name for cls in hwcfg.BLOCK_CONFIGS.values() if cls is not type(base)
+    foreign = [f.name for cls in _config_classes() if cls is not type(base)
                for f in dataclasses.fields(cls)
                if f.name not in over and f.name != "fxp" and getattr(args, f.name, None) is not None
                and f.name not in {g.name for g in dataclasses.fields(base)}]
@@ -117,9 +123,7 @@ def _progress():
 
 
 def simulate(block: str, cfg, wl, table):
-    from zeroskip.sim.blocks import simulator
-
-    mod = simulator(block)
+    mod = registry.get_block(block, "simulator").part("simulator")
     with _progress() as prog:
         task = prog.add_task(f"{block}: simulating {wl.name}", total=len(wl.layers))
         report = mod.simulate_network(
@@ -194,9 +198,8 @@ def print_layer_comparison(reports: dict, title: str) -> None:
 
 def cmd_run(args) -> None:
     """The main job: every block on the network, one comparison, report files, Verilog."""
-    from zeroskip.hw.gen import RTL_TOPS, generate
+    from zeroskip.hw.gen import generate
     from zeroskip.sim import compare
-    from zeroskip.sim.blocks import SIMULATORS
     from zeroskip.sim.energy import load_table
 
     out = Path(args.out)
@@ -206,7 +209,8 @@ def cmd_run(args) -> None:
     print(f"workload: {wl.description}")
     t0 = time.perf_counter()
     with _progress() as prog:
-        task = prog.add_task("simulating", total=len(SIMULATORS) * len(wl.layers))
+        task = prog.add_task("simulating",
+                             total=len(registry.names("simulator")) * len(wl.layers))
         reports = compare.run_blocks(wl, table, progress=lambda b, name: prog.update(
             task, advance=1, description=f"{b}: {name}"))
     dt = time.perf_counter() - t0
@@ -223,26 +227,26 @@ def cmd_run(args) -> None:
     (out / "report.json").write_text(json.dumps(compare.report_dict(wl, reports), indent=2))
     compare.write_csv(reports, out / "report.csv")
     pngs = compare.plot(reports, out, wl.name)
+    with_rtl = registry.names("rtl")
     with _progress() as prog:
-        task = prog.add_task("generating Verilog", total=len(RTL_TOPS))
-        for block in RTL_TOPS:
+        task = prog.add_task("generating Verilog", total=len(with_rtl))
+        for block in with_rtl:
             prog.update(task, description=f"generating Verilog: {block}")
-            generate(hwcfg.PRESETS[block]["default"], out / "verilog")
+            generate(registry.get_block(block).default, out / "verilog")
             prog.update(task, advance=1)
     print(f"wrote {out / 'report.json'}, {out / 'report.csv'}, "
           f"{', '.join(p.name for p in pngs)} and {out / 'verilog'}/ "
-          f"({', '.join(RTL_TOPS)})")
+          f"({', '.join(with_rtl)})")
 
 
 def cmd_verify(args) -> None:
     """Run a block's RTL (Icarus + cocotb) on layers of the digits net with real activations."""
     import tempfile
 
-    from tb.runner import check_icarus
-    from tb.verify import verifier
-
     cfg = config_from_args(args.block, args)
-    check = verifier(args.block)
+    check = _checkout_part(args.block, "verifier")
+    from tb.runner import check_icarus
+
     check_icarus()
     wl = load_workload("digits", images=max(1, args.image + 1))
     names = [l.name for l in wl.layers]
@@ -268,6 +272,23 @@ def cmd_verify(args) -> None:
         raise CliError(f"{failed} of {len(chosen)} layers failed RTL verification")
 
 
+def _checkout_part(block: str, part: str):
+    """A part of a block that lives in a checkout's tb/ (the cocotb testbenches, which stay out
+    of the wheel): the checkout that ``zeroskip.hw`` was installed from (editable) goes on
+    ``sys.path``."""
+    root = Path(hwcfg.__file__).resolve().parents[1]
+    if (root / "tb" / "__init__.py").exists() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return registry.get_block(block, part).part(part)
+    except ModuleNotFoundError as e:
+        if e.name not in ("tb", "cocotb", "cocotb_tools"):
+            raise
+        raise CliError(f"zeroskip verify needs the cocotb testbenches (tb/) of a zeroskip "
+                       f"checkout and the test extras ({e.name} is missing): run it from a "
+                       f"checkout set up with 'bash scripts/setup.sh --rtl'") from None
+
+
 def cmd_digits(args) -> None:
     """Train (or load) the digits CNN and report float and int8 accuracy per clip rule."""
     from zeroskip.models import digits
@@ -283,25 +304,24 @@ def cmd_digits(args) -> None:
 
 
 def cmd_presets(args) -> None:
-    for block, presets in hwcfg.PRESETS.items():
-        for name, cfg in presets.items():
-            print(f"{block:10s} {name:10s} {hwcfg.config_to_json(cfg)}")
+    for block in registry.names():
+        for name, cfg in registry.get_block(block).presets.items():
+            print(f"{block:10s} {name:10s} {cfg.to_json()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zeroskip", description=(
         "Design, simulate and verify CNN accelerator blocks that skip useless work."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    blocks = sorted(hwcfg.BLOCK_CONFIGS)
 
     g = sub.add_parser("gen", help="write a block's Verilog and its config JSON")
-    g.add_argument("block", choices=blocks)
+    add_block_argument(g, "rtl")
     g.add_argument("-o", "--out", default="out", help="output folder (default: out)")
     add_config_options(g)
     g.set_defaults(func=cmd_gen)
 
     s = sub.add_parser("sim", help="simulate a network on a block: per-layer cycles and energy")
-    s.add_argument("block", choices=blocks)
+    add_block_argument(s, "simulator")
     s.add_argument("--network", default="digits", help=f"one of {', '.join(NETWORKS)}")
     s.add_argument("--json", help="also write the report as JSON to this file")
     s.add_argument("--images", type=int, default=8, help="digits images to run (default 8)")
@@ -318,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("verify", help="run a block's RTL (Icarus) on digits layers and check it")
-    v.add_argument("block", choices=blocks)
+    add_block_argument(v, "verifier")
     v.add_argument("--layer", action="append", help="layer name (repeatable; default: all)")
     v.add_argument("--image", type=int, default=0, help="which calibration image (default 0)")
     v.add_argument("--build", help="build folder (default: a new temporary folder)")
@@ -331,37 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("presets", help="list every block's named configurations")
     pr.set_defaults(func=cmd_presets)
-    for extend in EXTENSIONS:
-        extend(sub)
+
+    from zeroskip.commands import fpga  # synth (Yosys + nextpnr) and gen-axi
+
+    fpga.add_parser(sub)
+    for block in registry.names("cli"):  # each block's own subcommands and options
+        registry.get_block(block).part("cli")(sub)
     return p
 
 
-# other modules add subcommands here: f(subparsers) -> None
-EXTENSIONS: list = []
-
-
-def _combine_subcommand(sub) -> None:
-    from zeroskip.commands.combine import add_parser  # imported late: it uses this module's helpers
-    add_parser(sub)
-
-
-EXTENSIONS.append(_combine_subcommand)
-
-
-def _snapea_subcommand(sub) -> None:
-    from zeroskip.commands.snapea import add_parser  # snapea-tune, and sim's --mode/--budget for snapea
-    add_parser(sub)
-
-
-EXTENSIONS.append(_snapea_subcommand)
-
-
-def _fpga_subcommands(sub) -> None:
-    from zeroskip.commands.fpga import add_parser  # synth (Yosys + nextpnr) and gen-axi
-    add_parser(sub)
-
-
-EXTENSIONS.append(_fpga_subcommands)
+def add_block_argument(p: argparse.ArgumentParser, part: str) -> None:
+    """The positional BLOCK of a subcommand: the blocks whose record has ``part``."""
+    p.add_argument("block", choices=registry.names(part),
+                   help=f"one of: {', '.join(registry.names(part))}")
 
 
 def main(argv=None) -> int:

@@ -243,13 +243,11 @@ def cmd_gen_axi(args) -> None:
 
 
 def add_parser(sub) -> None:
-    from zeroskip.hw import config as hwcfg
-    from zeroskip.cli import add_config_options
+    from zeroskip.cli import add_block_argument, add_config_options
 
-    blocks = sorted(hwcfg.BLOCK_CONFIGS)
     s = sub.add_parser("synth", help="synthesise a block's AXI4-Stream top for an FPGA: "
                        "LUTs, FFs, DSPs, BRAMs and Fmax")
-    s.add_argument("block", choices=blocks)
+    add_block_argument(s, "rtl")
     s.add_argument("--target", required=True, choices=sorted(TARGETS),
                    help="ecp5 and ice40: Yosys + nextpnr; xilinx7: Yosys only")
     s.add_argument("--device", help="nextpnr device (default: 85k for ecp5, up5k for ice40)")
@@ -269,7 +267,7 @@ def add_parser(sub) -> None:
     s.set_defaults(func=cmd_synth)
 
     g = sub.add_parser("gen-axi", help="write a block's AXI4-Stream top level Verilog")
-    g.add_argument("block", choices=blocks)
+    add_block_argument(g, "rtl")
     g.add_argument("-o", "--out", default="out", help="output folder (default: out)")
     g.add_argument("--axis-bytes", type=int, default=None,
                    help="widest AXI4-Stream tdata in bytes (default 64)")
