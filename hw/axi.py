@@ -210,7 +210,7 @@ class SkidBuffer(wiring.Component):
 class AxiTop(wiring.Component):
     """A block behind AXI4-Stream ports (see the module docstring for names, packing and the
     ``AXI_LATENCY`` schedule). Built from the block's config; the block's stream ports decide
-    the AXI ports, so every registered block (``hw.gen.RTL_TOPS``) gets one."""
+    the AXI ports, so every block with RTL (``zeroskip.blocks``) gets one."""
 
     def __init__(self, cfg, max_bytes: int = DEFAULT_MAX_BYTES):
         from .gen import block_component

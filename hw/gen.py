@@ -1,6 +1,6 @@
 """Verilog generation: ``generate(block_config, out_dir)`` -> ``<top>.v`` + ``<top>.json``.
 
-The JSON holds the config (``hw.config.config_from_dict`` rebuilds it) and the top-level
+The JSON holds the config (``zeroskip.hw.config.config_from_dict`` rebuilds it) and the top-level
 ports, so testbenches and FPGA flows reload exactly what the Verilog was built from.
 """
 

@@ -8,7 +8,7 @@ loads the workload with ``sim.workload.load`` and runs ``sim.compare.run_blocks`
 at a time on each block's "default" preset, the same work ``zeroskip run`` does. The child
 reports per-block wall times; the parent measures the whole child (interpreter start,
 imports, workload, every block) and its peak resident memory (``getrusage(RUSAGE_CHILDREN)``).
-Blocks are whatever ``sim.blocks.SIMULATORS`` holds when the script runs.
+Blocks are those whose record (``zeroskip.blocks``) has a simulator.
 
 The issue's budget: the whole VGG-16 on every block in <= 60 s and < 4 GB.
 """
@@ -32,14 +32,14 @@ BUDGET_RSS_GB = 4.0
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from zeroskip.sim.blocks import SIMULATORS
+from zeroskip.blocks import names
 from zeroskip.sim import compare, workload
-network, blocks = sys.argv[1], sys.argv[2:] or list(SIMULATORS)
+network, blocks = sys.argv[1], sys.argv[2:] or names("simulator")
 t_import = time.perf_counter()
 wl = workload.load(network)
 t_load = time.perf_counter()
 print(json.dumps({"import_s": t_import - t0, "load_s": t_load - t_import,
-                  "blocks": list(SIMULATORS)}), flush=True)
+                  "blocks": names("simulator")}), flush=True)
 for b in blocks:
     t, c = time.perf_counter(), time.process_time()
     try:
@@ -76,10 +76,9 @@ def run_per_block(network: str, blocks: list[str]) -> dict:
     """Each block in its own cold process: per-block peak memory, and what each block's
     share of the cold-start cost is."""
     if not blocks:
-        sys.path.insert(0, str(ROOT))
-        from zeroskip.sim.blocks import SIMULATORS
+        from zeroskip.blocks import names
 
-        blocks = list(SIMULATORS)
+        blocks = names("simulator")
     runs = [run(network, [b]) for b in blocks]
     for r in runs:
         r["blocks"][0]["process_wall_s"] = r["wall_s"]
@@ -96,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--network", default="vgg16",
                     help="network of models.workloads.NETWORKS (default vgg16)")
     ap.add_argument("--blocks", nargs="*", default=[],
-                    help="blocks to run (default: every block in sim.blocks.SIMULATORS)")
+                    help="blocks to run (default: every block with a simulator)")
     ap.add_argument("--per-block", action="store_true",
                     help="one cold process per block (per-block peak RSS; totals add up the "
                     "processes, so each pays its own start-up)")
