@@ -346,3 +346,8 @@ def packing_from_arrays(d: dict) -> cc.Packing:
     for b, row in zip(d["pk_group_block"], d["pk_groups"]):
         groups[int(b)].append(tuple(int(c) for c in row if c >= 0))
     return cc.pack_with_groups(d["pk_weight"], groups, alpha, float(d["pk_gamma"]), block)
+
+
+# the names of the simulator API that every block's module has (``zeroskip.blocks``)
+plan_layer = plan_packed
+StepModel = CombinedStepModel

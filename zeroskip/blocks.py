@@ -1,14 +1,17 @@
 """The one record per block: every subcommand, the main job and the test matrix read it.
 
 A block declares itself here, once: its config class and presets (``zeroskip.hw.config``),
-its RTL top, its simulator, its RTL verifier and its extra command-line options. A part a
+its RTL top and stream layouts, its simulator, its RTL verifier and its extra command-line
+options. A part a
 block does not have is ``None``, and the commands that need that part neither list nor accept
 the block (``names("rtl")``: the blocks ``gen`` and ``synth`` take).
 
 Parts are named as ``"module:attribute"`` (or a module), imported on first use, so reading
 the records costs no amaranth, torch or cocotb import. The simulator module of every block has
-one API: ``simulate_network(workload, cfg, table=None, progress=None) -> NetworkReport`` and
-``layer_outputs(layer_data, spec, fxp)``, the layer's integer output as
+one API (``SIMULATOR_API``): ``plan_layer`` (the host's tiling into passes or commands),
+``StepModel`` (the step-per-cycle model, the oracle), ``layer_cycles`` (the vectorised count
+it is tested against), ``simulate_network(workload, cfg, table=None, progress=None) ->
+NetworkReport`` and ``layer_outputs(layer_data, spec, fxp)``, the layer's integer output as
 ``zeroskip.models.reference.layer_forward`` computes it (pooled where the layer pools).
 The verifier, ``verify_layer(cfg, layer, x, build_dir) -> {"outputs", "cycles"}``, lives with
 the cocotb testbenches in a checkout's ``tb/`` (they stay out of the wheel).
@@ -23,7 +26,8 @@ from typing import Mapping
 
 from zeroskip.hw import config as hwcfg
 
-PARTS = ("rtl", "simulator", "verifier", "cli")
+PARTS = ("rtl", "layouts", "simulator", "verifier", "cli")
+SIMULATOR_API = ("plan_layer", "StepModel", "layer_cycles", "simulate_network", "layer_outputs")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Block:
     config: type
     presets: Mapping[str, hwcfg.BlockConfig]
     rtl: str | None = None  # "module:Component", built as Component(cfg)
+    layouts: str | None = None  # "module:function", function(cfg) -> the streams' layouts
     simulator: str | None = None  # module with simulate_network and layer_outputs
     verifier: str | None = None  # "tb.module:function", from a checkout
     cli: str | None = None  # "module:function", function(subparsers) adds the block's options
@@ -112,20 +117,24 @@ def block_of(cfg) -> Block:
 register(Block(
     "systolic", "dense weight-stationary systolic array (the baseline)",
     hwcfg.SystolicConfig, hwcfg.SYSTOLIC_PRESETS,
-    rtl="zeroskip.hw.systolic:SystolicBlock", simulator="zeroskip.sim.systolic",
+    rtl="zeroskip.hw.systolic:SystolicBlock", layouts="zeroskip.hw.layouts:systolic_layouts",
+    simulator="zeroskip.sim.systolic",
     verifier="tb.systolic_cases:verify_layer"))
 register(Block(
     "snapea", "early termination (Akhlaghi et al., SnaPEA, ISCA 2018)",
     hwcfg.SnaPEAConfig, hwcfg.SNAPEA_PRESETS,
-    rtl="zeroskip.hw.snapea:SnaPEABlock", simulator="zeroskip.sim.snapea",
+    rtl="zeroskip.hw.snapea:SnaPEABlock", layouts="zeroskip.hw.layouts:snapea_layouts",
+    simulator="zeroskip.sim.snapea",
     verifier="tb.snapea_cases:verify_layer", cli="zeroskip.commands.snapea:add_parser"))
 register(Block(
     "combined", "column combining (Kung et al., ASPLOS 2019)",
     hwcfg.CombinedConfig, hwcfg.COMBINED_PRESETS,
-    rtl="zeroskip.hw.combined:CombinedBlock", simulator="zeroskip.sim.combined",
+    rtl="zeroskip.hw.combined:CombinedBlock", layouts="zeroskip.hw.layouts:combined_layouts",
+    simulator="zeroskip.sim.combined",
     verifier="tb.combined_cases:verify_layer", cli="zeroskip.commands.combine:add_parser"))
 register(Block(
     "nullhop", "sparse feature maps (Aimar et al., NullHop, TNNLS 2018)",
     hwcfg.NullHopConfig, hwcfg.NULLHOP_PRESETS,
-    rtl="zeroskip.hw.nullhop:NullHopBlock", simulator="zeroskip.sim.nullhop",
+    rtl="zeroskip.hw.nullhop:NullHopBlock", layouts="zeroskip.hw.layouts:nullhop_layouts",
+    simulator="zeroskip.sim.nullhop",
     verifier="tb.nullhop_cases:verify_layer"))
