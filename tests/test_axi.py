@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zeroskip.hw.axi import (AxiStreamDeserializer, AxiStreamSerializer, SkidBuffer, axi_ports,
-                    port_layout)
+                             port_layout)
 from zeroskip.hw.config import SystolicConfig
 from zeroskip.cli import main
 from zeroskip.commands.fpga import counts_from_cells, find_tool

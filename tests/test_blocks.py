@@ -1,5 +1,6 @@
 """The block records: one declaration per block, read by every subcommand; one import name."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -86,8 +87,11 @@ def test_every_preset_round_trips_through_its_json(block):
 
 def test_the_wheel_installs_one_top_level_name(tmp_path):
     """hw/, sim/ and models/ go in as zeroskip.*; tb/, tests/ and scripts/ stay out."""
+    src = tmp_path / "src"  # a copy: building writes build/ beside the sources
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".*", "build", "*.egg-info", "__pycache__", "zeroskip-out*"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    "-q", "-w", str(tmp_path), str(src)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("zeroskip-*.whl")
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"zeroskip"}
@@ -102,3 +106,16 @@ def test_generic_names_are_not_importable_from_outside_the_checkout(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True,
                          capture_output=True, text=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("block", blocks.names())
+def test_every_part_of_every_record_imports_and_simulators_share_one_api(block):
+    record = blocks.get_block(block)
+    for part in blocks.PARTS:
+        if getattr(record, part) is not None:
+            assert callable(record.part(part)) or part == "simulator", part
+    sim = record.part("simulator")
+    missing = [name for name in blocks.SIMULATOR_API if not callable(getattr(sim, name, None))]
+    assert not missing, f"{sim.__name__} lacks {missing}"
+    layouts = record.part("layouts")(record.default)
+    assert layouts is not None
