@@ -58,12 +58,28 @@ class QuantLayer:
 
 
 def im2col(x: torch.Tensor, spec: ConvLayer) -> torch.Tensor:
-    """[C, H, W] integer activations -> [M, K] int64 patch matrix (M row-major over outputs)."""
-    if tuple(x.shape) != (spec.in_ch, spec.in_h, spec.in_w):
+    """[C, H, W] integer activations -> [M, K] int64 patch matrix (M row-major over outputs,
+    K ordered channel, ky, kx like ``unfold``)."""
+    return torch.from_numpy(im2col_np(x.numpy(), spec))
+
+
+def im2col_np(x: np.ndarray, spec: ConvLayer) -> np.ndarray:
+    """``im2col`` on numpy, for the simulators: [C, H, W] -> [M, K] int64, or a batch
+    [B, C, H, W] -> [B * M, K] (image after image)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    x = np.asarray(x)
+    x = np.rint(x).astype(np.int64) if x.dtype.kind == "f" else x.astype(np.int64)
+    if tuple(x.shape[-3:]) != (spec.in_ch, spec.in_h, spec.in_w) or x.ndim not in (3, 4):
         raise ValueError(f"layer {spec.name!r}: input shape {tuple(x.shape)} does not match "
-                         f"({spec.in_ch}, {spec.in_h}, {spec.in_w})")
-    cols = F.unfold(x[None].double(), spec.k, padding=spec.pad, stride=spec.stride)
-    return cols[0].T.round().long()
+                         f"([B,] {spec.in_ch}, {spec.in_h}, {spec.in_w})")
+    pad = spec.pad
+    xp = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(pad, pad), (pad, pad)])
+    win = sliding_window_view(xp, (spec.k, spec.k), axis=(-2, -1))
+    win = win[..., ::spec.stride, ::spec.stride, :, :]
+    # [..., C, Ho, Wo, ky, kx] -> [..., Ho, Wo, C, ky, kx]: one row per output pixel
+    win = np.moveaxis(win, -5, -3)
+    return np.array(win.reshape(-1, spec.in_ch * spec.k * spec.k))  # writable, owns its data
 
 
 def conv_acc(x: torch.Tensor, layer: QuantLayer) -> torch.Tensor:

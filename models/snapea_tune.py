@@ -78,8 +78,9 @@ class TuneResult:
 
 def _im2col(x: torch.Tensor, spec) -> np.ndarray:
     """[B, C, H, W] -> [B * M, K] windows of every image."""
-    cols = F.unfold(x.double(), spec.k, padding=spec.pad, stride=spec.stride)  # [B, K, M]
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).round().long().numpy()
+    from zeroskip.models.reference import im2col_np
+
+    return im2col_np(x.numpy(), spec)
 
 
 def _thresholds(p_n: np.ndarray, positive: np.ndarray, eps: float) -> np.ndarray:

@@ -32,6 +32,7 @@ from zeroskip.hw.config import SnaPEAConfig, ceil_div
 from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models.snapea import (KernelOrder, LayerParams, Termination, block_outputs, eligible,
                            reorder, termination)
+from zeroskip.models.reference import im2col_np
 from zeroskip.models.workloads import ConvLayer
 
 from .report import LayerReport, NetworkReport
@@ -105,15 +106,6 @@ def segments(taps: int, cfg: SnaPEAConfig) -> range:
 def layer_order(w: np.ndarray, spec: ConvLayer, cfg: SnaPEAConfig,
                 params: LayerParams | None) -> KernelOrder:
     return reorder(w, params)
-
-
-def im2col_np(x: np.ndarray, spec: ConvLayer) -> np.ndarray:
-    """[C, H, W] -> [M, K] (K ordered channel, ky, kx), as ``models.reference.im2col``."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    xp = np.pad(np.asarray(x, np.int64), ((0, 0), (spec.pad, spec.pad), (spec.pad, spec.pad)))
-    win = sliding_window_view(xp, (spec.k, spec.k), axis=(1, 2))[:, ::spec.stride, ::spec.stride]
-    return win.transpose(1, 2, 0, 3, 4).reshape(spec.out_h * spec.out_w, -1)
 
 
 # --- the host driver: stream beats ---------------------------------------------------------
