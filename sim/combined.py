@@ -28,6 +28,7 @@ import numpy as np
 from zeroskip.hw.config import CombinedConfig, ceil_div
 from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models import column_combining as cc
+from zeroskip.models.reference import im2col_np
 from zeroskip.models.workloads import ConvLayer
 
 from . import systolic
@@ -314,11 +315,7 @@ def array_outputs(data, spec: ConvLayer, fxp, packing: cc.Packing | None = None)
     """The block's outputs for one layer's ``sim.workload.LayerData`` ([N, H, W] before any
     pooling), computed as the array does: each cell multiplies the lane its select picks.
     Without a ``packing`` the weights are used as they are (alpha = 1)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    x = np.pad(data.x, ((0, 0), (spec.pad, spec.pad), (spec.pad, spec.pad)))
-    win = sliding_window_view(x, (spec.k, spec.k), axis=(1, 2))[:, ::spec.stride, ::spec.stride]
-    a = win.transpose(1, 2, 0, 3, 4).reshape(spec.out_h * spec.out_w, -1).astype(np.int64)
+    a = im2col_np(data.x, spec)
     if packing is None:
         packing = identity_packing(data.w.reshape(spec.out_ch, -1).T)
     acc = packing.apply(a).astype(np.int64)

@@ -16,6 +16,7 @@ import numpy as np
 
 from zeroskip.hw.config import SystolicConfig, ceil_div
 from zeroskip.hw.fixedpoint import max_pool, requantize
+from zeroskip.models.reference import im2col_np
 from zeroskip.models.workloads import ConvLayer
 
 from .energy import price
@@ -289,11 +290,7 @@ def layer_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:
 def array_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:
     """The block's outputs for one layer's ``sim.workload.LayerData`` ([N, H, W] before any
     pooling), computed as the array does: the tiled GEMM with the shared requantisation."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    x = np.pad(data.x, ((0, 0), (spec.pad, spec.pad), (spec.pad, spec.pad)))
-    win = sliding_window_view(x, (spec.k, spec.k), axis=(1, 2))[:, ::spec.stride, ::spec.stride]
-    a = win.transpose(1, 2, 0, 3, 4).reshape(spec.out_h * spec.out_w, -1)
+    a = im2col_np(data.x, spec)
     w = data.w.reshape(spec.out_ch, -1).T
     y = requantize(a @ w + data.bias, data.mult, data.shift, fxp, spec.relu)
     return y.T.reshape(spec.out_ch, spec.out_h, spec.out_w)
