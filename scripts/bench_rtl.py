@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     from zeroskip.sim.systolic import Gemm, StepModel, layer_cycles, simulate_layer
     from tb.cases import gemm_case, random_layer
     from tb.runner import run_rtl
+    from tb.systolic_cases import systolic_case
 
     try:
         cfg = SystolicConfig(rows=args.rows, cols=args.cols, acc_depth=args.acc_depth)
@@ -78,9 +79,7 @@ def main(argv=None) -> int:
     rep, t_vec = timed(lambda: simulate_layer(spec, cfg), min_seconds=0.5)
     assert rep.cycles == cycles
 
-    first = trace["cmd"][0]
-    rtl_case = dict(case, cycles=cycles, out_cycles=[c - first for c in trace["out"]],
-                    valid_p=1.0, ready_p=1.0, seed=0)
+    rtl_case = systolic_case(cfg, case)
     with tempfile.TemporaryDirectory(prefix="zs-bench-rtl-") as tmp:
         build = args.keep or Path(tmp)
         t0 = time.perf_counter()

@@ -1,5 +1,6 @@
 """Test cases for the RTL: random layers with a seed, and layers of the trained digits net
-fed with real activations. Each case carries its integer torch reference."""
+fed with real activations. Each case carries its integer torch reference; the helpers here
+turn the GEMM blocks' (systolic, combined) tiled passes and lane outputs into a ``Case``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch
 
 from zeroskip.hw.config import FixedPointConfig
 from zeroskip.hw.fixedpoint import quantize_multiplier
+from zeroskip.hw.layouts import pack
 from zeroskip.models.reference import QuantLayer, im2col, layer_forward
 from zeroskip.models.workloads import ConvLayer
+from tb.scoreboard import Case
 
 
 def random_layer(spec: ConvLayer, seed: int, fxp: FixedPointConfig | None = None,
@@ -45,3 +48,42 @@ def gemm_case(layer: QuantLayer, x: torch.Tensor) -> dict:
         "relu": spec.relu,
         "expected": ref.reshape(spec.out_ch, -1).T.numpy(),
     }
+
+
+def lane_beats(layout, ref: np.ndarray, slices, act_bits: int) -> tuple[list[int], list[int]]:
+    """Output beats of a lane vector (``layout``, an ArrayLayout) from the reference [M, N]:
+    one per ``(pixel, first channel, lanes used)``; lanes past those used are padding, left
+    out of the mask."""
+    beats, masks = [], []
+    for pixel, n0, width in slices:
+        row = [int(v) for v in ref[pixel, n0:n0 + width]]
+        beats.append(pack(layout, row + [0] * (layout.length - width)))
+        masks.append((1 << (act_bits * width)) - 1)
+    return beats, masks
+
+
+def step_prediction(trace: dict, out_port: str = "out") -> dict:
+    """The step model's cycle prediction as ``Case`` fields: total cycles and every output
+    beat's cycle, counted from the first command."""
+    first = trace["cmd"][0]
+    return {"cycles": int(trace["cycles"]),
+            "out_cycles": {out_port: [c - first for c in trace[out_port]]}}
+
+
+def gemm_stream_case(lay, g, passes, beats_of, width_of, step_model, expected, fxp,
+                     valid_p=1.0, ready_p=1.0, seed=0) -> Case:
+    """A tiled GEMM block's ``Case``: per pass, ``beats_of(pass)`` is (command, weight rows,
+    activation vectors) and ``width_of(pass)`` the output lanes it fills; the step model
+    (same handshake patterns) predicts the cycles and must itself match the reference."""
+    want = expected & fxp.act_max
+    outputs, trace = step_model.run(g, valid_p, ready_p, seed)
+    if not (outputs == want).all():
+        raise AssertionError("the step model's outputs differ from the integer reference")
+    beats = [beats_of(p) for p in passes]
+    inputs = {"cmd": [pack(lay.command, b[0]) for b in beats],
+              "weights": [pack(lay.weight_row, r) for b in beats for r in b[1]],
+              "acts": [pack(lay.act_vector, v) for b in beats for v in b[2]]}
+    slices = [(p.m0 + j, p.n0, width_of(p)) for p in passes if p.emit for j in range(p.count)]
+    out, masks = lane_beats(lay.out_vector, want, slices, fxp.act_bits)
+    return Case(inputs, {"out": out}, masks={"out": masks}, valid_p=valid_p, ready_p=ready_p,
+                seed=seed, **step_prediction(trace))

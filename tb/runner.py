@@ -1,8 +1,8 @@
 """Run a cocotb testbench on a block's generated Verilog with Icarus, from pytest.
 
 ``run_rtl(cfg, "tb.systolic_tb", case, build_dir)`` generates the Verilog for ``cfg``, builds
-it, stores the test case (numpy arrays) beside it and runs the cocotb module; it raises
-``AssertionError`` if any cocotb test failed.
+it, stores the ``tb.scoreboard.Case`` beside it (``case.npz``) and runs the cocotb module; it
+raises ``AssertionError`` if any cocotb test failed.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-
-import numpy as np
 
 from zeroskip.hw.config import config_to_json
 
@@ -67,7 +65,7 @@ def build(cfg, build_dir: Path, generator=None) -> tuple[object, str]:
     return runner, top
 
 
-def run_rtl(cfg, tb_module: str, case: dict, build_dir, testcase: str | None = None,
+def run_rtl(cfg, tb_module: str, case, build_dir, testcase: str | None = None,
             generator=None) -> Path:
     """Build and run one cocotb test module against ``cfg``'s Verilog on ``case``."""
     from cocotb_tools.runner import get_results
@@ -76,7 +74,7 @@ def run_rtl(cfg, tb_module: str, case: dict, build_dir, testcase: str | None = N
     build_dir.mkdir(parents=True, exist_ok=True)
     runner, top = build(cfg, build_dir, generator)
     case_path = build_dir / "case.npz"
-    np.savez(case_path, **{k: np.asarray(v) for k, v in case.items()})
+    case.save(case_path)
     log = build_dir / "sim.log"
     results = build_dir / "results.xml"
     try:
@@ -105,13 +103,11 @@ def _failure_excerpt(log: Path) -> str:
     return "\n".join(lines[-40:])
 
 
-def load_case() -> tuple[object, dict]:
-    """Inside a cocotb test: the config and the case arrays the pytest side stored."""
+def load_case():
+    """Inside a cocotb test: the config and the ``Case`` the pytest side stored."""
     import os
 
     from zeroskip.hw.config import config_from_dict
+    from tb.scoreboard import Case
 
-    cfg = config_from_dict(json.loads(os.environ["ZS_CFG"]))
-    with np.load(os.environ["ZS_CASE"]) as f:
-        case = {k: f[k] for k in f.files}
-    return cfg, case
+    return config_from_dict(json.loads(os.environ["ZS_CFG"])), Case.load(os.environ["ZS_CASE"])

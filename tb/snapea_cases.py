@@ -1,21 +1,24 @@
-"""SnaPEA RTL cases: a layer, its input and (Th, n) parameters -> the case dict the cocotb
+"""SnaPEA RTL cases: a layer, its input and (Th, n) parameters -> the ``Case`` the cocotb
 testbench (``tb.snapea_tb``) checks, with the integer torch reference and the simulator's
-cycle prediction; ``verify_snapea_layer`` backs ``zeroskip verify snapea``."""
+cycle prediction; ``verify_layer`` backs ``zeroskip verify snapea``."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
+from zeroskip.hw.layouts import pack, snapea_layouts
 from zeroskip.models.snapea import snapea_layer_forward
 from zeroskip.sim.snapea import StepModel, layer_commands, run_layer
+from tb.cases import lane_beats
 from tb.runner import run_rtl
+from tb.scoreboard import Case
 
 
-def snapea_case(cfg, layer, x, params=None, terminate=True, ready_p=1.0, seed=0):
-    """The case dict: inputs, reference outputs, and the simulator's cycle prediction (the
-    step model and the vectorised count must agree first)."""
+def snapea_case(cfg, layer, x, params=None, terminate=True, ready_p=1.0, seed=0) -> Case:
+    """The host driver's beats, the reference outputs, and the simulator's cycle prediction
+    (the step model and the vectorised count must agree first; under backpressure the step
+    model predicts no cycles). ``extra`` counts the segments, column tiles and windows that
+    stopped before their kernel's last segment (their flags kept in the bank)."""
     spec = replace(layer.spec, pool=1)
     layer = replace(layer, spec=spec)
     ref = snapea_layer_forward(x, layer, params)
@@ -29,20 +32,24 @@ def snapea_case(cfg, layer, x, params=None, terminate=True, ready_p=1.0, seed=0)
     assert (run.outputs == expected).all(), "vectorised simulator != torch reference"
     assert run.cyc["cycles"] == stats["cycles"], "vectorised cycles != step model"
     assert int(run.t.macs.sum()) == stats["macs"]
-    g = [spec.in_ch, spec.out_ch, spec.in_h, spec.in_w, spec.k, spec.stride, spec.pad]
-    return {"x": xn, "w": w, "bias": b, "mult": m, "shift": s, "geometry": np.array(g),
-            "relu": spec.relu, "terminate": terminate, "expected": expected,
-            "spec_n": np.zeros(0, np.int64) if params is None else params.spec_n,
-            "threshold": np.zeros(0, np.int64) if params is None else params.threshold,
-            "cycles": stats["cycles"], "ready_p": ready_p, "seed": seed,
-            "segments": run.cyc["segments"], "tiles": run.cyc["tiles"],
-            # windows that stopped before their kernel's last segment (flags in the bank)
-            "carried_stops": int((run.t.zeroed & (run.t.macs <= (
-                -(-run.order.taps // cfg.max_taps) - 1)[None] * cfg.max_taps)).sum())}
+    lay = snapea_layouts(cfg)
+    inputs = {"cmd": [pack(lay.command, c.cmd) for c in cmds],
+              "acts": [pack(lay.act, [int(v)]) for c in cmds for v in c.acts],
+              "weights": [pack(lay.weight_row, r) for c in cmds for r in c.weights]}
+    slices = [(c.pixels[j], c.channel0, c.lanes_used)
+              for c in cmds if c.cmd["readout"] for j in range(c.windows)]
+    beats, masks = lane_beats(lay.out_vector, expected & cfg.fxp.act_max, slices,
+                              cfg.fxp.act_bits)
+    last_segment = (-(-run.order.taps // cfg.max_taps) - 1)[None] * cfg.max_taps
+    return Case(inputs, {"out": beats}, masks={"out": masks},
+                cycles=int(stats["cycles"]) if ready_p == 1.0 else -1, ready_p=ready_p,
+                seed=seed, extra={"segments": run.cyc["segments"], "tiles": run.cyc["tiles"],
+                                  "carried_stops": int((run.t.zeroed
+                                                        & (run.t.macs <= last_segment)).sum())})
 
 
-def verify_snapea_layer(cfg, layer, x, build_dir) -> dict:
+def verify_layer(cfg, layer, x, build_dir) -> dict:
     """Exact mode on one layer (termination on for ReLU layers: the inputs are unsigned)."""
     case = snapea_case(cfg, layer, x, None, terminate=layer.spec.relu)
     run_rtl(cfg, "tb.snapea_tb", case, build_dir)
-    return {"outputs": int(case["expected"].size), "cycles": int(case["cycles"])}
+    return {"outputs": layer.spec.gemm[0] * layer.spec.out_ch, "cycles": case.cycles}

@@ -6,8 +6,8 @@ from __future__ import annotations
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from zeroskip.hw.layouts import pack
-from zeroskip.sim.streams import Source
+from zeroskip.sim.streams import Source, handshake_patterns
+from tb.scoreboard import LINGER_CYCLES, Case, Scoreboard
 
 
 async def start_clock_and_reset(dut, cycles: int = 2) -> None:
@@ -21,49 +21,50 @@ async def start_clock_and_reset(dut, cycles: int = 2) -> None:
 class StreamBench:
     """Drives ``amaranth.lib.stream`` input ports and collects output ports, one cycle at a time.
 
-    ``sources``: port name -> (layout, beats, pattern); ``sinks``: port name -> pattern.
-    ``run`` returns, per port, the list of (cycle, payload bits) transfers; cycle 0 is the
-    first cycle after reset.
+    ``sources``: port name -> (beats as packed integers, pattern); ``sinks``: port name ->
+    pattern. ``run`` returns, per port, the list of (cycle, payload bits) transfers; cycle 0
+    is the first cycle after reset.
     """
 
     def __init__(self, dut, sources: dict, sinks: dict):
         self.dut = dut
-        self.sources = {name: (layout, Source(beats, pattern))
-                        for name, (layout, beats, pattern) in sources.items()}
+        self.sources = {name: Source(beats, pattern)
+                        for name, (beats, pattern) in sources.items()}
         self.sinks = sinks
         self.transfers = {name: [] for name in [*sources, *sinks]}
 
     def _sig(self, port, field):
         return getattr(self.dut, f"{port}__{field}")
 
-    async def run(self, until, max_cycles: int = 2_000_000) -> dict:
-        """Run until ``until(transfers)`` is true (checked after every cycle)."""
-        # handles resolved once; a payload is packed and written only when a new beat is
-        # offered (Icarus + cocotb spend most of a cycle on signal writes)
-        srcs = [(name, layout, src, self._sig(name, "valid"), self._sig(name, "ready"),
-                 self._sig(name, "payload")) for name, (layout, src) in self.sources.items()]
+    async def run(self, until, linger: int = 0, max_cycles: int = 2_000_000) -> dict:
+        """Run until ``until(transfers)`` is true (checked after every cycle), then ``linger``
+        more cycles with every sink ready, so a beat too many is seen."""
+        # handles resolved once; a payload is written only when a new beat is offered
+        # (Icarus + cocotb spend most of a cycle on signal writes)
+        srcs = [(name, src, self._sig(name, "valid"), self._sig(name, "ready"),
+                 self._sig(name, "payload")) for name, src in self.sources.items()]
         sinks = [(name, pattern, self._sig(name, "valid"), self._sig(name, "ready"),
                   self._sig(name, "payload")) for name, pattern in self.sinks.items()]
         shown = {name: None for name, *_ in srcs}  # beat index on each payload port
         driven = {}  # last value written to each valid/ready port
         clk = self.dut.clk
-        for name, _, _, valid_sig, _, _ in srcs:
+        for name, _, valid_sig, _, _ in srcs:
             valid_sig.value = 0
             driven[name] = 0
-        t = 0
+        t, stop = 0, None
         while True:
             offered = []
-            for name, layout, src, valid_sig, ready_sig, payload_sig in srcs:
+            for name, src, valid_sig, ready_sig, payload_sig in srcs:
                 valid = int(src.valid(t))
                 if valid != driven[name]:
                     valid_sig.value = driven[name] = valid
                 if valid:
                     if shown[name] != src.pos:
-                        payload_sig.value = pack(layout, src.payload())
+                        payload_sig.value = src.payload()
                         shown[name] = src.pos
                     offered.append((name, src, ready_sig))
             for name, pattern, _, ready_sig, _ in sinks:
-                ready = int(pattern(t))
+                ready = 1 if stop is not None else int(pattern(t))
                 if ready != driven.get(name):
                     ready_sig.value = driven[name] = ready
             await ReadOnly()
@@ -79,7 +80,32 @@ class StreamBench:
             for src in fired:
                 src.advance()
             t += 1
-            if until(self.transfers):
+            if stop is None and until(self.transfers):
+                stop = t + linger
+            if stop is not None and t >= stop:
                 return self.transfers
             if t >= max_cycles:
                 raise TimeoutError(f"no completion after {max_cycles} cycles")
+
+
+async def run_stream_case(dut, case: Case, describe=None) -> dict:
+    """The whole bench of a block with ``amaranth.lib.stream`` ports: reset, drive
+    ``case.inputs`` and collect ``case.outputs`` with the step model's handshake patterns,
+    then check with the ``Scoreboard``. Returns the transfers."""
+    pat = handshake_patterns(case.valid_p, case.ready_p, case.seed,
+                             sources=tuple(case.inputs), sinks=tuple(case.outputs))
+    await start_clock_and_reset(dut)
+    bench = StreamBench(dut, sources={p: (b, pat[p]) for p, b in case.inputs.items()},
+                        sinks={p: pat[p] for p in case.outputs})
+    want = {p: len(b) for p, b in case.outputs.items()}
+    tr = await bench.run(lambda tr: all(len(tr[p]) >= n for p, n in want.items()),
+                         linger=LINGER_CYCLES)
+    Scoreboard(case, describe).check(tr, log=dut._log)
+    return tr
+
+
+def describe_lanes(layout):
+    """A payload of lane vector ``layout`` as its lanes, for the Scoreboard's messages."""
+    from zeroskip.hw.layouts import unpack_array
+
+    return lambda port, bits: str(unpack_array(layout, bits))

@@ -14,7 +14,7 @@ from tb.combined_cases import verify_packed
 
 
 def run_case(cfg, layer, x, packing, tmp_path, valid_p=1.0, ready_p=1.0, seed=0):
-    return verify_packed(cfg, layer, x, packing, tmp_path, valid_p, ready_p, seed)["trace"]
+    return verify_packed(cfg, layer, x, packing, tmp_path, valid_p, ready_p, seed)
 
 
 def digits_layer(digits, name):
@@ -71,9 +71,9 @@ def test_combined_rtl_alpha1_is_the_dense_array(tmp_path):
     cfg = CombinedConfig(rows=4, cols=3, acc_depth=24, alpha=1)
     layer, x = random_layer(ConvLayer("c", 3, 5, 6, 5, k=3, pad=1), seed=5, fxp=cfg.fxp)
     packing = cc.pack(layer.weight_matrix.numpy(), 1, 0.0)
-    trace = run_case(cfg, layer, x, packing, tmp_path)
+    res = run_case(cfg, layer, x, packing, tmp_path)
     m, k, n = layer.spec.gemm
-    assert trace["cycles"] == systolic.layer_cycles(m, k, n, cfg.dense())
+    assert res["cycles"] == systolic.layer_cycles(m, k, n, cfg.dense())
 
 
 @pytest.mark.rtl

@@ -4,19 +4,12 @@ reference), and its cycle count equals the simulator's, for several MAC counts, 
 sizes, strides, densities, pooling, band/tile splits, and layers of the trained digits net
 fed with real activations."""
 
-import json
-from dataclasses import replace
-
-import numpy as np
 import pytest
 
 from zeroskip.hw.config import NullHopConfig
-from zeroskip.models.reference import layer_forward
 from zeroskip.models.workloads import ConvLayer, fc
-from zeroskip.sim.nullhop import StepModel, layer_beats, layer_cycles
-from zeroskip.sim.sparse_format import decode
-from zeroskip.sim.workload import LayerData
 from tb.cases import random_layer
+from tb.nullhop_cases import nullhop_case
 from tb.runner import run_rtl
 
 # psum_bank_depth < acc_depth: the partial-sum memory in several banks
@@ -49,65 +42,25 @@ SHAPES = {
 }
 
 
-def layer_data(layer, x) -> LayerData:
-    return LayerData(x.numpy(), layer.weight.numpy(), layer.bias.numpy(),
-                     layer.mult.numpy(), layer.shift.numpy())
-
-
 def run_case(cfg, layer, x, tmp_path, valid_p=1.0, ready_p=1.0, seed=0):
-    spec = layer.spec
-    d = layer_data(layer, x)
-    cmds, weights, words, expected, plan, passes = layer_beats(d, spec, cfg)
-    # the expected stream, decoded per output slice, is the torch reference
-    ref = layer_forward(x, layer).numpy()
-    outs, trace = StepModel(cfg).run(cmds, weights, words, len(expected), valid_p, ready_p, seed)
-    assert [o[0] for o in outs] == expected.data.astype(np.int64).tolist(), "step model != encoder"
-    _check_decodes_to_reference(expected, passes, spec, cfg, ref)
-    if valid_p == ready_p == 1.0:
-        assert trace["cycles"] == layer_cycles(d, spec, cfg)
-    first = trace["cmd"][0]
-    case = {
-        "cmds": np.array([json.dumps(c) for c in cmds]),
-        "weights": np.array(weights, np.int64),
-        "words": np.array([[w["data"], w["first"], w["last"]] for w in words], np.int64),
-        "expected": np.stack([expected.data.astype(np.int64), expected.first.astype(np.int64),
-                              expected.last.astype(np.int64)], 1),
-        "cycles": trace["cycles"], "out_cycles": [c - first for c in trace["act_out"]],
-        "valid_p": valid_p, "ready_p": ready_p, "seed": seed,
-    }
-    run_rtl(cfg, "tb.nullhop_tb", case, tmp_path)
+    run_rtl(cfg, "tb.nullhop_tb", nullhop_case(cfg, layer, x, valid_p, ready_p, seed), tmp_path)
 
 
-def _check_decodes_to_reference(expected, passes, spec, cfg, ref):
-    """Cut the expected stream into passes, regroup per output slice, decode, compare."""
-    from zeroskip.sim.sparse_format import Stream
-
-    bounds = np.flatnonzero(expected.last) + 1
-    pieces = np.split(np.arange(len(expected)), bounds[:-1])
-    emits = [p for p in passes if p.emit]
-    per_group = {}
-    for p, idx in zip(emits, pieces):
-        per_group.setdefault(p.group, []).append(idx)
-    ho, wo = spec.out_h // spec.pool, spec.out_w // spec.pool
-    for g, idxs in per_group.items():
-        sel = np.concatenate(idxs)
-        n0 = g * cfg.lanes
-        got = decode(expected.data[sel], (cfg.lanes, ho, wo), cfg.sm_bits, cfg.lanes,
-                     cfg.fxp.act_bits)
-        want = ref[n0:n0 + cfg.lanes] & cfg.fxp.act_max
-        assert (got[:len(want)] == want).all(), f"group {g} decodes to something else"
-        assert not got[len(want):].any(), "padding channels are not zero"
+def run_random(size, shape, tmp_path, layer_seed=None, **stalls):
+    """A random layer of ``SHAPES[shape]`` (seeded by the test's ids unless given) on
+    ``CONFIGS[size]``."""
+    cfg = CONFIGS[size]
+    spec, density = SHAPES[shape]
+    seed = sum(map(ord, size + shape)) if layer_seed is None else layer_seed
+    layer, x = random_layer(spec, seed=seed, fxp=cfg.fxp, density=density)
+    run_case(cfg, layer, x, tmp_path, **stalls)
 
 
 @pytest.mark.rtl
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("size", ["4mac-sm8", "8mac-sm16"])
 def test_nullhop_rtl_matches_reference_and_simulator(size, shape, tmp_path):
-    cfg = CONFIGS[size]
-    spec, density = SHAPES[shape]
-    layer, x = random_layer(spec, seed=sum(map(ord, size + shape)), fxp=cfg.fxp,
-                            density=density)
-    run_case(cfg, layer, x, tmp_path)
+    run_random(size, shape, tmp_path)
 
 
 @pytest.mark.rtl
@@ -116,10 +69,7 @@ def test_nullhop_rtl_matches_reference_and_simulator(size, shape, tmp_path):
 def test_nullhop_rtl_wide_pixels_bands_and_tiles(size, shape, tmp_path):
     """``macs > sm_bits`` (a pixel spans SM words) and buffers so small that layers split
     into several row bands and input-channel tiles (partial sums kept across tiles)."""
-    cfg = CONFIGS[size]
-    spec, density = SHAPES[shape]
-    layer, x = random_layer(spec, seed=11, fxp=cfg.fxp, density=density)
-    run_case(cfg, layer, x, tmp_path)
+    run_random(size, shape, tmp_path, layer_seed=11)
 
 
 @pytest.mark.rtl
@@ -129,21 +79,15 @@ def test_nullhop_rtl_wide_pixels_bands_and_tiles(size, shape, tmp_path):
 def test_nullhop_rtl_macs_sharing_a_channel(size, shape, tmp_path):
     """``macs_per_channel`` > 1: up to M non-zeros of one pixel are multiplied at once and
     their products summed into one partial sum per output channel."""
-    cfg = CONFIGS[size]
-    spec, density = SHAPES[shape]
-    layer, x = random_layer(spec, seed=sum(map(ord, size + shape)), fxp=cfg.fxp,
-                            density=density)
-    run_case(cfg, layer, x, tmp_path)
+    run_random(size, shape, tmp_path)
 
 
 @pytest.mark.rtl
 def test_nullhop_rtl_stalls_keep_results_and_predicted_cycles(tmp_path):
     """Idle input cycles and output backpressure: same stream, and the step model still
     predicts every output word's cycle."""
-    cfg = CONFIGS["8mac-sm16"]
-    spec, density = SHAPES["conv3x3-pool"]
-    layer, x = random_layer(spec, seed=5, fxp=cfg.fxp, density=density)
-    run_case(cfg, layer, x, tmp_path, valid_p=0.7, ready_p=0.6, seed=3)
+    run_random("8mac-sm16", "conv3x3-pool", tmp_path, layer_seed=5, valid_p=0.7, ready_p=0.6,
+               seed=3)
 
 
 @pytest.mark.rtl

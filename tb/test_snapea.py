@@ -96,7 +96,8 @@ def test_snapea_rtl_segments_in_predictive_mode(tmp_path):
     layer, x = random_layer(ConvLayer("c", 3, 4, 6, 7, k=3, pad=1), seed=11, density=0.6)
     params = some_params(layer, 3, frac=0.15)
     case = snapea_case(cfg, layer, x, params)
-    assert case["segments"] > 1 and case["tiles"] > 1 and case["carried_stops"] > 0
+    assert case.extra["segments"] > 1 and case.extra["tiles"] > 1
+    assert case.extra["carried_stops"] > 0
     run_rtl(cfg, "tb.snapea_tb", case, tmp_path)
 
 

@@ -7,7 +7,7 @@ from zeroskip.hw.config import SystolicConfig
 from zeroskip.models.workloads import ConvLayer, fc
 from zeroskip.sim.systolic import Gemm, StepModel, layer_cycles
 from tb.cases import gemm_case, random_layer
-from tb.verify import verify_gemm
+from tb.systolic_cases import verify_gemm
 
 CONFIGS = {
     "2x2": SystolicConfig(rows=2, cols=2, acc_depth=16),
