@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from zeroskip.hw.fixedpoint import requantize
 from zeroskip.models.snapea import (LayerParams, eligible, reorder, snapea_network_forward, spec_weight,
