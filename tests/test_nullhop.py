@@ -12,9 +12,9 @@ from zeroskip.hw.config import PRESETS, NullHopConfig
 from zeroskip.models.reference import im2col, layer_forward
 from zeroskip.models.workloads import ConvLayer, fc
 from zeroskip.sim import nullhop as nh
-from zeroskip.sim.sparse_format import decode
 from zeroskip.sim.workload import LayerData
 from tb.cases import random_layer
+from tb.nullhop_cases import check_decodes_to
 
 CONFIGS = {
     "tiny": PRESETS["nullhop"]["tiny"],
@@ -68,19 +68,8 @@ def test_nullhop_step_model_stream_decodes_to_torch_reference(shape):
     cmds, weights, words, expected, plan, passes = nh.layer_beats(_data(layer, x), spec, cfg)
     assert plan.groups > 1 and (plan.bands > 1 or plan.tiles > 1 or spec.kind == "fc")
     outs, _ = nh.StepModel(cfg).run(cmds, weights, words, len(expected))
-    data = np.array([o[0] for o in outs])
-    ends = np.flatnonzero([o[2] for o in outs]) + 1
-    pieces = np.split(data, ends[:-1])
-    ref = layer_forward(x, layer).numpy()
-    ho, wo = spec.out_h // spec.pool, spec.out_w // spec.pool
-    per_group = {}
-    for p, piece in zip([p for p in passes if p.emit], pieces):
-        per_group.setdefault(p.group, []).append(piece)
-    for g, parts in per_group.items():
-        got = decode(np.concatenate(parts), (cfg.lanes, ho, wo), cfg.sm_bits, cfg.lanes,
-                     signed=not spec.relu)
-        n0 = g * cfg.lanes
-        assert (got[:len(ref[n0:n0 + cfg.lanes])] == ref[n0:n0 + cfg.lanes]).all()
+    check_decodes_to([o[0] for o in outs], [o[2] for o in outs], passes, spec, cfg,
+                     layer_forward(x, layer).numpy())
 
 
 def test_nullhop_macs_sharing_a_channel_cut_mac_cycles():
