@@ -119,3 +119,18 @@ def test_every_part_of_every_record_imports_and_simulators_share_one_api(block):
     assert not missing, f"{sim.__name__} lacks {missing}"
     layouts = record.part("layouts")(record.default)
     assert layouts is not None
+
+
+def failing_verifier(cfg, layer, x, build_dir):
+    raise AssertionError("output 3: got 7, want 9")
+
+
+def test_a_failed_verification_exits_non_zero(monkeypatch, capsys):
+    from tb import runner
+
+    monkeypatch.setattr(runner, "check_icarus", lambda: None)
+    with blocks.registered(fake_block(verifier="tests.test_blocks:failing_verifier")):
+        assert main(["verify", "fake", "--layer", "conv1"]) == 2
+    captured = capsys.readouterr()
+    assert "conv1: FAILED: output 3: got 7, want 9" in captured.out
+    assert captured.err.strip() == "zeroskip: error: 1 of 1 layers failed RTL verification"
