@@ -449,6 +449,46 @@ class NullHopConfig(BlockConfig):
         return max(self.sm_bits, self.fxp.act_bits)
 
     @property
+    def dim_bits(self) -> int:
+        """Width of a command's row/column counts (``in_h``, ``in_w``, ``out_h``, ``out_w``)."""
+        return max(1, self.max_dim.bit_length())
+
+    @property
+    def k_bits(self) -> int:
+        """Width of a command's kernel size and paddings (``k``, ``pad_top``, ``pad_left``)."""
+        return max(1, self.max_k.bit_length())
+
+    @property
+    def slices_bits(self) -> int:
+        """Width of a command's input-slice count (up to ``kernel_depth``)."""
+        return max(1, self.kernel_depth.bit_length())
+
+    @property
+    def kernel_addr_bits(self) -> int:
+        """Width of a kernel-memory word count (up to ``kernel_depth * max_k**2``)."""
+        return max(1, (self.kernel_depth * self.max_k * self.max_k).bit_length())
+
+    @property
+    def position_bits(self) -> int:
+        """Width of a position count along an input row (all slices, plus one SM word)."""
+        return max(1, (self.kernel_depth * self.max_dim + self.sm_bits).bit_length())
+
+    @property
+    def psum_count_bits(self) -> int:
+        """Width of a count of partial-sum entries (up to ``acc_depth``)."""
+        return max(1, self.acc_depth.bit_length())
+
+    @property
+    def psum_addr_bits(self) -> int:
+        """Width of a partial-sum memory address (up to ``acc_depth - 1``)."""
+        return max(1, (self.acc_depth - 1).bit_length())
+
+    @property
+    def slice_log2_bits(self) -> int:
+        """Width of a command's ``slice_log2`` (the slice count Cp is ``1 << slice_log2``)."""
+        return max(1, ceil_log2(self.kernel_depth).bit_length())
+
+    @property
     def group(self) -> int:
         """Values moved into the encoder's chunk register per fill cycle (``min(lanes, S)``)."""
         return min(self.lanes, self.sm_bits)

@@ -12,7 +12,7 @@ from amaranth import signed, unsigned
 from amaranth.hdl import Const
 from amaranth.lib import data
 
-from .config import FixedPointConfig, SystolicConfig, ceil_log2
+from .config import FixedPointConfig, NullHopConfig, SystolicConfig, ceil_log2
 
 
 def act_shape(fxp: FixedPointConfig):
@@ -144,3 +144,33 @@ def snapea_layouts(cfg) -> SnaPEALayouts:
                          weight_row=data.ArrayLayout(tap, cfg.lanes),
                          act=data.ArrayLayout(act_shape(fxp), 1),
                          out_vector=data.ArrayLayout(unsigned(fxp.act_bits), cfg.lanes))
+
+
+@dataclass(frozen=True)
+class NullHopLayouts:
+    command: data.StructLayout
+    weight_row: data.ArrayLayout
+    word: data.StructLayout
+
+
+def nullhop_layouts(cfg: NullHopConfig) -> NullHopLayouts:
+    """Payload layouts of the block's streams (the tb and the driver pack with these)."""
+    fxp = cfg.fxp
+    dim, kb = cfg.dim_bits, cfg.k_bits
+    command = data.StructLayout({
+        "load": 1,  # load kernels (else reuse the previous pass's kernel memory)
+        "emit": 1,  # last input-channel tile: run the output stage (else keep the psums)
+        "relu": 1,
+        "pool": 1,  # 2x2 max-pooling, stride 2 (needs relu and even out_h, out_w)
+        "k": unsigned(kb),
+        "stride_log2": 2,  # stride 1, 2, 4 or 8
+        "pad_top": unsigned(kb),  # zero rows above the pass input (offset of output row 0)
+        "pad_left": unsigned(kb),
+        "in_h": unsigned(dim), "in_w": unsigned(dim),  # the pass's input rows / width
+        "out_h": unsigned(dim), "out_w": unsigned(dim),  # its output (before pooling)
+        "slices": unsigned(cfg.slices_bits),  # input slices in this pass
+        "slice_log2": unsigned(cfg.slice_log2_bits),  # Cp = 1 << slice_log2
+        "requant": requant_layout(fxp, cfg.lanes),
+    })
+    word = data.StructLayout({"data": unsigned(cfg.word_bits), "first": 1, "last": 1})
+    return NullHopLayouts(command, data.ArrayLayout(weight_shape(fxp), cfg.lanes), word)

@@ -17,51 +17,15 @@ into a double-buffered encoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import MAC_GROUP, bank_select, partial_product_groups, product, tree_or, tree_sum
 from .config import NullHopConfig, ceil_log2
-from .layouts import acc_shape, act_shape, requant_layout, weight_shape
+from .layouts import acc_shape, act_shape, nullhop_layouts
 from .memories import banked_memory
 from .requantize import Requantizer
-
-
-@dataclass(frozen=True)
-class NullHopLayouts:
-    command: data.StructLayout
-    weight_row: data.ArrayLayout
-    word: data.StructLayout
-
-
-def _bits(n: int) -> int:
-    return max(1, int(n).bit_length())
-
-
-def nullhop_layouts(cfg: NullHopConfig) -> NullHopLayouts:
-    """Payload layouts of the block's streams (the tb and the driver pack with these)."""
-    fxp = cfg.fxp
-    dim, kb = _bits(cfg.max_dim), _bits(cfg.max_k)
-    command = data.StructLayout({
-        "load": 1,  # load kernels (else reuse the previous pass's kernel memory)
-        "emit": 1,  # last input-channel tile: run the output stage (else keep the psums)
-        "relu": 1,
-        "pool": 1,  # 2x2 max-pooling, stride 2 (needs relu and even out_h, out_w)
-        "k": unsigned(kb),
-        "stride_log2": 2,  # stride 1, 2, 4 or 8
-        "pad_top": unsigned(kb),  # zero rows above the pass input (offset of output row 0)
-        "pad_left": unsigned(kb),
-        "in_h": unsigned(dim), "in_w": unsigned(dim),  # the pass's input rows / width
-        "out_h": unsigned(dim), "out_w": unsigned(dim),  # its output (before pooling)
-        "slices": unsigned(_bits(cfg.kernel_depth)),  # input slices in this pass
-        "slice_log2": unsigned(_bits(ceil_log2(cfg.kernel_depth))),  # Cp = 1 << slice_log2
-        "requant": requant_layout(fxp, cfg.lanes),
-    })
-    word = data.StructLayout({"data": unsigned(cfg.word_bits), "first": 1, "last": 1})
-    return NullHopLayouts(command, data.ArrayLayout(weight_shape(fxp), cfg.lanes), word)
 
 
 def _lowest_onehot(value):
@@ -123,7 +87,7 @@ class PartialSumMemory(wiring.Component):
     def __init__(self, cfg: NullHopConfig):
         self._cfg = cfg
         row = data.ArrayLayout(acc_shape(cfg.fxp), cfg.lanes)
-        abits = _bits(cfg.acc_depth - 1)
+        abits = cfg.psum_addr_bits
         super().__init__({
             "waddr": In(abits), "wdata": In(row), "wen": In(1),
             "raddr": In(abits), "ren": In(1),
@@ -244,9 +208,9 @@ class NullHopBlock(wiring.Component):
     def _pass_constants(self, m, cmd):
         cfg = self._cfg
         S = cfg.sm_bits
-        dim, kb = _bits(cfg.max_dim), _bits(cfg.max_k)
-        kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
-        p_bits = _bits(cfg.kernel_depth * cfg.max_dim + S)
+        dim, kb = cfg.dim_bits, cfg.k_bits
+        kdb = cfg.kernel_addr_bits
+        p_bits = cfg.position_bits
         values = {
             "kk": (product(cmd.k, cmd.k), 2 * kb),
             "stride": (Const(1, 4) << cmd.stride_log2, 4),
@@ -296,15 +260,15 @@ class NullHopBlock(wiring.Component):
 
     # ---- input decoder ---------------------------------------------------------------------
     def _decoder(self, m, cmd, k):
-        """SM words, the per-position kernel boxes of each chunk (two DECODE cycles), the
+        """SM words, the per-position kernel boxes of each chunk (``NullHopConfig.decode_cycles`` DECODE cycles), the
         kernel rows of each input row (in the background) and the value take."""
         cfg = self._cfg
         S, M = cfg.sm_bits, cfg.macs_per_channel
         log2s = ceil_log2(S)
-        dim, kb = _bits(cfg.max_dim), _bits(cfg.max_k)
-        kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
-        p_bits = _bits(cfg.kernel_depth * cfg.max_dim + S)
-        abits = _bits(cfg.acc_depth)
+        dim, kb = cfg.dim_bits, cfg.k_bits
+        kdb = cfg.kernel_addr_bits
+        p_bits = cfg.position_bits
+        abits = cfg.psum_count_bits
         sw = dim + kb + 4  # coordinate + padding arithmetic
 
         d = {}  # registers, and what the rest of the block reads
@@ -438,9 +402,9 @@ class NullHopBlock(wiring.Component):
     def _mac_loop(self, m, cmd, k):
         cfg, fxp = self._cfg, self._cfg.fxp
         M, L = cfg.macs_per_channel, cfg.lanes
-        kb = _bits(cfg.max_k)
-        kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
-        abits = _bits(cfg.acc_depth)
+        kb = cfg.k_bits
+        kdb = cfg.kernel_addr_bits
+        abits = cfg.psum_count_bits
         r = {}
         r["vals"] = vals = [Signal(act_shape(fxp), name=f"val_{j}") for j in range(M)]
         r["chans"] = chans = [Signal(kdb, name=f"chan_{j}") for j in range(M)]
@@ -542,8 +506,8 @@ class NullHopBlock(wiring.Component):
         cfg, fxp = self._cfg, self._cfg.fxp
         S, L, G, parts = cfg.sm_bits, cfg.lanes, cfg.group, cfg.parts
         slots = S // G
-        dim = _bits(cfg.max_dim)
-        abits = _bits(cfg.acc_depth)
+        dim = cfg.dim_bits
+        abits = cfg.psum_count_bits
         A = fxp.act_bits
         o = {}
         self._out = o
@@ -731,7 +695,7 @@ class NullHopBlock(wiring.Component):
         word = self.act_in.payload.data
         take = Signal()
         m.d.comb += take.eq(self.act_in.valid & self.act_in.ready)
-        kdb = _bits(cfg.kernel_depth * cfg.max_k * cfg.max_k)
+        kdb = cfg.kernel_addr_bits
 
         # memories: the MAC path and the output stage share the psum ports
         clr_valid, clr_addr = Signal(), Signal.like(psum.raddr)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from zeroskip.hw.config import PRESETS, NullHopConfig
+from zeroskip.hw.config import NULLHOP_PRESETS, NullHopConfig
 from zeroskip.models.reference import im2col, layer_forward
 from zeroskip.models.workloads import ConvLayer, fc
 from zeroskip.sim import nullhop as nh
@@ -17,8 +17,8 @@ from tb.cases import random_layer
 from tb.nullhop_cases import check_decodes_to
 
 CONFIGS = {
-    "tiny": PRESETS["nullhop"]["tiny"],
-    "default": PRESETS["nullhop"]["default"],
+    "tiny": NULLHOP_PRESETS["tiny"],
+    "default": NULLHOP_PRESETS["default"],
     "16mac-sm4": NullHopConfig(macs=16, sm_bits=4, kernel_depth=256, acc_depth=64,
                                max_dim=16, max_k=5),
     "2mac-small": NullHopConfig(macs=2, sm_bits=4, kernel_depth=50, acc_depth=16, max_dim=16,
