@@ -25,7 +25,7 @@ from .arith import MAC_GROUP, bank_select, partial_product_groups, product, tree
 from .config import NullHopConfig, ceil_log2
 from .layouts import acc_shape, act_shape, nullhop_layouts
 from .memories import banked_memory
-from .requantize import Requantizer
+from .requantize import Requantizer, delay_stages
 
 
 def _lowest_onehot(value):
@@ -580,10 +580,7 @@ class NullHopBlock(wiring.Component):
         # walker -> read (a register) -> data -> register -> requantiser output
         delay = 3 + fxp.requant_latency
         assert delay + 2 == cfg.fill_latency  # + the max-pool and the fill registers
-        for i in range(delay):
-            nxt = {n: Signal.like(v, name=f"outflag{i}_{n}") for n, v in flags.items()}
-            m.d.sync += [nxt[n].eq(v) for n, v in flags.items()]
-            flags = nxt
+        flags = delay_stages(m, flags, delay, "outflag{i}_{k}")[-1]
         rd_banks = Signal.like(self._psum.banks, name="out_psum_banks")
         rd_bank = Signal.like(self._psum.bank, name="out_psum_bank")
         m.d.sync += [rd_banks.eq(self._psum.banks), rd_bank.eq(self._psum.bank)]
