@@ -122,49 +122,9 @@ class NullHopBlock(wiring.Component):
                        ``out_h/2^pool`` rows, with ``first`` on each row's first SM word and
                        ``last`` on the pass's final word.
 
-    Cycle schedule of one pass (``NullHopConfig.pass_cycles``; ``sim.nullhop`` mirrors it),
-    every input valid and ``act_out`` ready:
-      - IDLE, 1 cycle: the command is accepted; PRIME, ``prime_cycles`` (3): the pass's
-        constants and the first input row's kernel rows are worked out;
-      - LOAD, one cycle per weight beat (skipped when ``load`` is 0);
-      - input phase: FETCH takes one word per cycle. Each SM word is followed by
-        ``decode_cycles`` (3) DECODE cycles that work out, for each of its S positions, the box of kernel offsets
-        ``ky_first..ky_last`` x ``kx_first..kx_last`` (on the stride grid) that take a value
-        there to an output of the pass and the box's first partial-sum and kernel
-        addresses (the kernel rows of an input row are worked out in the background while
-        the previous row streams). MAC walks a value's box, one offset per cycle, all
-        ``lanes`` output channels in parallel, and its last cycle already takes the next
-        word. So a non-zero costs ``ny * nx`` cycles (``k*k`` inside the map, fewer at
-        borders, band edges and for strides > 1), a non-zero whose box is empty ("dead")
-        costs its fetch cycle only, every SM word 1 + 3 cycles, one less if it directly
-        follows a value with a non-empty box, and one more FETCH cycle sees the end of the
-        input. Zero activations cost no MAC cycle and every MAC cycle is a useful
-        multiply-accumulate. A MAC cycle reads the partial sums and the kernel row; the
-        products are formed over the next three cycles and added and written back in the
-        fifth (stages P1, P2, P2b, P3); an update of the same pixel up to four cycles later
-        takes the newer sum from the pipeline (the read port is not transparent);
-      - with ``macs_per_channel`` M > 1, a value word starts a *group*: the next non-zeros
-        of the same block of ``min(Cp, S)`` positions (the same pixel, other input channels)
-        join it, up to M, one COLLECT cycle each; the MAC cycles then multiply all M values
-        (empty slots hold 0) with their own kernel rows (M kernel-memory read ports) and add
-        the M products into the one partial sum per output channel;
-      - output phase (if ``emit``), after ``drain_cycles`` (3) DRAIN cycles: the output is
-        sent as chunks (S
-        positions of a row, or the row's end). A walker reads (and clears) the partial sums
-        of one chunk's pixels, one read per cycle (4 per pixel with pooling); they pass the
-        requantiser and the max-pool into the fill buffer, complete ``fill_latency`` (12)
-        cycles after the walker started plus one cycle per read (``part_fill`` (2) cycles
-        for the further chunks of a pixel wider than S, which need no read:
-        ``NullHopConfig.chunk_fills``). The send buffer offers the
-        chunk's SM word, then its non-zero values, one word per cycle. The fill buffer moves
-        to the send buffer in the cycle the send buffer's last word leaves (or when it is
-        empty) and the walker starts the next chunk in the cycle after, so chunk j leaves
-        ``max(1 + nnz(j - 1), fill(j))`` cycles after chunk j - 1
-        (``NullHopConfig.output_cycles``). The pass ends with its final output word; the next command is accepted in the following cycle (passes
-        never overlap).
-    A non-emitting pass ends after its end-of-input cycle and keeps its partial sums, so the
-    next pass (the next input-channel tile) accumulates onto them.
-    Stalls (``valid`` low, ``ready`` low) only add cycles: every state waits for its beat.
+    Cycle schedule: stated once, in the ``NullHopConfig`` docstring (hw/config.py), beside
+    the formulas (``pass_cycles``, ``output_cycles``, ``chunk_fills``) that ``sim.nullhop``
+    and the RTL tests share.
     """
 
     def __init__(self, cfg: NullHopConfig):
