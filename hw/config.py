@@ -422,22 +422,21 @@ class NullHopConfig(BlockConfig):
       - IDLE, 1 cycle: the command is accepted; PRIME, ``prime_cycles`` (3): the pass's
         constants and the first input row's kernel rows are worked out;
       - LOAD, one cycle per weight beat (skipped when ``load`` is 0);
-      - input phase: FETCH takes one word per cycle. Each SM word is followed by
-        ``decode_cycles`` (3) DECODE cycles that work out, for each of its S positions, the
-        box of kernel offsets ``ky_first..ky_last`` x ``kx_first..kx_last`` (on the stride
-        grid) that take a value there to an output of the pass and the box's first
-        partial-sum and kernel addresses (the kernel rows of an input row are worked out in
-        the background while the previous row streams). MAC walks a value's box, one offset per cycle, all
-        ``lanes`` output channels in parallel, and its last cycle already takes the next
-        word. So a non-zero costs ``ny * nx`` cycles (``k*k`` inside the map, fewer at
-        borders, band edges and for strides > 1), a non-zero whose box is empty ("dead")
-        costs its fetch cycle only, every SM word 1 + 3 cycles, one less if it directly
-        follows a value with a non-empty box, and one more FETCH cycle sees the end of the
+      - input phase: FETCH takes one word per cycle. Each SM word is followed by ``decode_cycles``
+        (3) DECODE cycles that work out, for each of its S positions, the box of kernel offsets
+        ``ky_first..ky_last`` x ``kx_first..kx_last`` (on the stride grid) that take a value there
+        to an output of the pass and the box's first partial-sum and kernel addresses (the kernel
+        rows of an input row are worked out in the background while the previous row streams). MAC
+        walks a value's box, one offset per cycle, all ``lanes`` output channels in parallel, and
+        its last cycle already takes the next word. So a non-zero costs ``ny * nx`` cycles (``k*k``
+        inside the map, fewer at borders, band edges and for strides > 1), a non-zero whose box is
+        empty ("dead") costs its fetch cycle only, every SM word 1 + 3 cycles, one less if it
+        directly follows a value with a non-empty box, and one more FETCH cycle sees the end of the
         input. Zero activations cost no MAC cycle and every MAC cycle is a useful
-        multiply-accumulate. A MAC cycle reads the partial sums and the kernel row; the
-        products are formed over the next three cycles and added and written back in the
-        fifth (stages P1, P2, P2b, P3); an update of the same pixel up to four cycles later
-        takes the newer sum from the pipeline (the read port is not transparent);
+        multiply-accumulate. A MAC cycle reads the partial sums and the kernel row; the products are
+        formed over the next three cycles and added and written back in the fifth (stages P1, P2,
+        P2b, P3); an update of the same pixel up to four cycles later takes the newer sum from the
+        pipeline (the read port is not transparent);
       - with ``macs_per_channel`` M > 1, a value word starts a *group*: the next non-zeros
         of the same block of ``min(Cp, S)`` positions (the same pixel, other input channels)
         join it, up to M, one COLLECT cycle each; the MAC cycles then multiply all M values
