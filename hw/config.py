@@ -36,11 +36,45 @@ def _check_int(name: str, value, lo: int, hi: int | None = None, hint: str = "")
         raise ValueError(f"{name} must be {rng}, not {value!r}{hint}")
 
 
-def _check_power_of_two(name: str, value, lo: int, hi: int) -> None:
-    _check_int(name, value, lo, hi)
+def _check_power_of_two(name: str, value, lo: int, hi: int, hint: str = "") -> None:
+    _check_int(name, value, lo, hi, hint)
     if value & (value - 1):
         raise ValueError(f"{name} must be a power of two, not {value!r} "
                          f"(try {1 << (value.bit_length() - 1)})")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of an integer field, kept in its dataclass metadata (see ``bounded``)."""
+
+    lo: int
+    hi: int | None = None
+    power_of_two: bool = False
+    why: str = ""  # said after the range in the error, in parentheses
+
+    def check(self, name: str, value) -> None:
+        hint = f" ({self.why})" if self.why else ""
+        if self.power_of_two:
+            _check_power_of_two(name, value, self.lo, self.hi, hint)
+        else:
+            _check_int(name, value, self.lo, self.hi, hint)
+
+
+def bounded(default: int, lo: int, hi: int | None = None, *, power_of_two: bool = False,
+            why: str = ""):
+    """A dataclass field of ``default`` that must be an integer in ``lo..hi`` (no upper
+    bound if ``hi`` is None), and a power of two if ``power_of_two``; ``check_bounds``
+    enforces it."""
+    return field(default=default, metadata={"bounds": Bounds(lo, hi, power_of_two, why)})
+
+
+def check_bounds(cfg) -> None:
+    """Raise ``ValueError`` naming the first field of ``cfg``, in declaration order, that is
+    outside the range its ``bounded`` declaration gives."""
+    for f in dataclasses.fields(cfg):
+        bounds = f.metadata.get("bounds")
+        if bounds is not None:
+            bounds.check(f.name, getattr(cfg, f.name))
 
 
 @dataclass(frozen=True)
@@ -57,24 +91,22 @@ class FixedPointConfig:
       clip to the signed range ``[-2**(act_bits-1), 2**(act_bits-1) - 1]``.
     """
 
-    act_bits: int = 8
-    weight_bits: int = 8
-    acc_bits: int = 32
+    act_bits: int = bounded(8, 2, 16)
+    weight_bits: int = bounded(8, 2, 16)
+    acc_bits: int = 32  # at least act_bits + weight_bits, at most 64
     bias_bits: int | None = None  # None: as wide as the accumulator
-    mult_bits: int = 16
-    shift_bits: int = 6
+    mult_bits: int = bounded(16, 2, 32)
+    shift_bits: int = bounded(6, 1, 7)
 
     def __post_init__(self):
-        _check_int("act_bits", self.act_bits, 2, 16)
-        _check_int("weight_bits", self.weight_bits, 2, 16)
+        check_bounds(self)
+        # the accumulator's and the bias's ranges depend on the other widths
         _check_int("acc_bits", self.acc_bits, self.act_bits + self.weight_bits, 64,
                    " (the accumulator must hold at least one product)")
         if self.bias_bits is None:
             object.__setattr__(self, "bias_bits", self.acc_bits)
         _check_int("bias_bits", self.bias_bits, 2, self.acc_bits,
                    " (the bias is added into the accumulator)")
-        _check_int("mult_bits", self.mult_bits, 2, 32)
-        _check_int("shift_bits", self.shift_bits, 1, 7)
 
     @property
     def requant_latency(self) -> int:
@@ -125,10 +157,11 @@ class FixedPointConfig:
 class BlockConfig:
     """Base of every block's frozen config dataclass.
 
-    A subclass declares its fields (``fxp: FixedPointConfig`` last), its ``block`` name and a
-    ``validate()`` that checks each field with ``check_int`` / ``check_power_of_two``; derived
-    widths are properties of the subclass. Here: the fixed-point coercion (``fxp`` may be
-    given as the dict ``to_dict()`` wrote), ``to_dict`` / ``to_json`` / ``from_dict``.
+    A subclass declares its fields (``fxp: FixedPointConfig`` last), each integer one with its
+    range (``bounded``), and its ``block`` name; a ``validate()`` override adds the rules that
+    involve more than one field. Derived widths are properties of the subclass. Here: the
+    range checks, the fixed-point coercion (``fxp`` may be given as the dict ``to_dict()``
+    wrote), ``to_dict`` / ``to_json`` / ``from_dict``.
     """
 
     block: ClassVar[str] = ""
@@ -136,16 +169,12 @@ class BlockConfig:
     def __post_init__(self):
         if isinstance(self.fxp, dict):
             object.__setattr__(self, "fxp", FixedPointConfig(**self.fxp))
+        check_bounds(self)
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first field that is out of range."""
-
-    def check_int(self, name: str, lo: int, hi: int | None = None, hint: str = "") -> None:
-        _check_int(name, getattr(self, name), lo, hi, hint)
-
-    def check_power_of_two(self, name: str, lo: int, hi: int) -> None:
-        _check_power_of_two(name, getattr(self, name), lo, hi)
+        """Raise ``ValueError`` if a rule beyond the fields' own ranges is broken (called
+        after every ``bounded`` field has been checked)."""
 
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}
@@ -172,17 +201,12 @@ class SystolicConfig(BlockConfig):
     output pixels one pass can hold.
     """
 
-    rows: int = 8
-    cols: int = 8
-    acc_depth: int = 256
+    rows: int = bounded(8, 1, 256, why="the array needs at least one row")
+    cols: int = bounded(8, 1, 256, why="the array needs at least one column")
+    acc_depth: int = bounded(256, 1, 1 << 20)
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "systolic"
-
-    def validate(self):
-        self.check_int("rows", 1, 256, " (the array needs at least one row)")
-        self.check_int("cols", 1, 256, " (the array needs at least one column)")
-        self.check_int("acc_depth", 1, 1 << 20)
 
     # --- derived widths -------------------------------------------------------------------
     @property
@@ -237,18 +261,17 @@ class CombinedConfig(SystolicConfig):
     they do not change the RTL. ``alpha = 1`` is the dense array.
     """
 
-    alpha: int = 8
+    alpha: int = bounded(8, 1, 64, why="original columns per packed row")
     gamma: float = 0.5
-    group_block: int = 0
+    group_block: int = bounded(0, 0, 1 << 16, why="0 groups all output channels together")
 
     block = "combined"
 
     def validate(self):
         super().validate()
-        self.check_int("alpha", 1, 64, " (original columns per packed row)")
+        # a fraction, not an integer: outside what ``bounded`` declares
         if not isinstance(self.gamma, (int, float)) or not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be a number in 0..1, not {self.gamma!r}")
-        self.check_int("group_block", 0, 1 << 16, " (0 groups all output channels together)")
 
     @property
     def sel_bits(self) -> int:
@@ -310,23 +333,15 @@ class SnaPEAConfig(BlockConfig):
     input of VGG-16's fc6 (25088).
     """
 
-    lanes: int = 8
-    max_taps: int = 512
-    act_depth: int = 32768
-    max_windows: int = 1024
-    check_every: int = 1
-    act_bank_depth: int = 16384
+    lanes: int = bounded(8, 1, 64, why="the block needs at least one lane")
+    max_taps: int = bounded(512, 1, 1 << 16)
+    act_depth: int = bounded(32768, 1, 1 << 24)
+    max_windows: int = bounded(1024, 1, 1 << 20)
+    check_every: int = bounded(1, 1, 64, why="MACs between sign checks")
+    act_bank_depth: int = bounded(16384, 1, 1 << 24, power_of_two=True)
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "snapea"
-
-    def validate(self):
-        self.check_int("lanes", 1, 64, " (the block needs at least one lane)")
-        self.check_int("max_taps", 1, 1 << 16)
-        self.check_int("act_depth", 1, 1 << 24)
-        self.check_int("max_windows", 1, 1 << 20)
-        self.check_int("check_every", 1, 64, " (MACs between sign checks)")
-        self.check_power_of_two("act_bank_depth", 1, 1 << 24)
 
     @property
     def addr_bits(self) -> int:
@@ -461,29 +476,22 @@ class NullHopConfig(BlockConfig):
     Stalls (``valid`` low, ``ready`` low) only add cycles: every state waits for its beat.
     """
 
-    macs: int = 8
-    macs_per_channel: int = 1
-    sm_bits: int = 16
-    kernel_depth: int = 1024
-    acc_depth: int = 4096
-    max_dim: int = 256
-    max_k: int = 11
-    psum_bank_depth: int = 2048
+    macs: int = bounded(8, 1, 256, power_of_two=True)
+    macs_per_channel: int = 1  # 1, 2, 4 or 8, at most macs (``validate``)
+    sm_bits: int = bounded(16, 2, 64, power_of_two=True)
+    kernel_depth: int = bounded(1024, 1, 1 << 20)
+    acc_depth: int = bounded(4096, 1, 1 << 20)
+    max_dim: int = bounded(256, 1, 1 << 14)
+    max_k: int = bounded(11, 1, 15)
+    psum_bank_depth: int = bounded(2048, 1, 1 << 20, power_of_two=True)
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "nullhop"
 
     def validate(self):
-        self.check_power_of_two("macs", 1, 256)
-        self.check_power_of_two("sm_bits", 2, 64)
-        self.check_power_of_two("psum_bank_depth", 1, 1 << 20)
         if self.macs_per_channel not in (1, 2, 4, 8) or self.macs_per_channel > self.macs:
             raise ValueError(f"macs_per_channel must be 1, 2, 4 or 8 and at most macs "
                              f"({self.macs}), not {self.macs_per_channel!r}")
-        self.check_int("kernel_depth", 1, 1 << 20)
-        self.check_int("acc_depth", 1, 1 << 20)
-        self.check_int("max_dim", 1, 1 << 14)
-        self.check_int("max_k", 1, 15)
 
     # --- derived widths -------------------------------------------------------------------
     @property
