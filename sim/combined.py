@@ -287,15 +287,9 @@ def simulate_network(workload, cfg: CombinedConfig, table=None, progress=None,
         reports.append(simulate_layer(spec, packing, cfg, table, workload.batch))
         if progress:
             progress(spec.name)
-    k = sum(r.extra["columns"] for r in reports)
-    g = sum(r.extra["packed_columns"] for r in reports)
-    tiles = sum(r.extra["tiles"] for r in reports)
-    dense_tiles = sum(r.extra["dense_tiles"] for r in reports)
-    dense_cycles = sum(r.extra["dense_cycles"] for r in reports)
-    dense_energy = sum(r.extra["dense_energy_pj"] for r in reports)
-    summary = {"column_reduction": k / g, "tile_reduction": dense_tiles / tiles,
-               "speedup": dense_cycles / sum(r.cycles for r in reports),
-               "energy_ratio": sum(r.energy_pj for r in reports) / dense_energy, **extra}
+    net = network_figures(reports)
+    summary = {k: net[k] for k in ("column_reduction", "tile_reduction", "speedup",
+                                   "energy_ratio")} | extra
     notes = notes + [f"{workload.description}, {workload.batch} image(s)",
                      "network: " + ", ".join(f"{a} {v:.3g}" for a, v in summary.items())]
     # the packed, retrained weights change the network: its int8 test accuracy after
@@ -303,6 +297,28 @@ def simulate_network(workload, cfg: CombinedConfig, table=None, progress=None,
                         accuracy=extra.get("accuracy_after"))
     rep.summary = summary
     return rep
+
+
+def network_figures(reports) -> dict:
+    """A network's totals over its layers' reports (``simulate_layer``): columns, tiles,
+    non-zero weights, occupied cells, cycles and energy, packed and on the dense array, and
+    their ratios."""
+    def total(key):
+        return sum(r.extra[key] for r in reports)
+
+    k, g = total("columns"), total("packed_columns")
+    tiles, dense_tiles = total("tiles"), total("dense_tiles")
+    nnz, cells, dense_cells = total("nonzero_weights"), total("cells"), total("dense_cells")
+    cycles, dense_cycles = sum(r.cycles for r in reports), total("dense_cycles")
+    energy, dense_energy = sum(r.energy_pj for r in reports), total("dense_energy_pj")
+    return {"columns": k, "packed_columns": g, "column_reduction": k / g,
+            "tiles": tiles, "dense_tiles": dense_tiles, "tile_reduction": dense_tiles / tiles,
+            "nonzero_weights": nnz, "cells": cells, "packing_efficiency": nnz / cells,
+            "dense_cell_utilization": nnz / dense_cells,
+            "utilization_gain": (nnz / cells) / (nnz / dense_cells),
+            "cycles": cycles, "dense_cycles": dense_cycles, "speedup": dense_cycles / cycles,
+            "energy_pj": energy, "dense_energy_pj": dense_energy,
+            "energy_ratio": energy / dense_energy}
 
 
 def layer_outputs(data, spec: ConvLayer, fxp, packing: cc.Packing | None = None) -> np.ndarray:

@@ -59,29 +59,6 @@ def _layer_figures(rep) -> dict:
             **{k: e[k] for k in keys}}
 
 
-def _network_figures(report) -> dict:
-    layers = report.layers
-    k = sum(l.extra["columns"] for l in layers)
-    g = sum(l.extra["packed_columns"] for l in layers)
-    tiles = sum(l.extra["tiles"] for l in layers)
-    dense_tiles = sum(l.extra["dense_tiles"] for l in layers)
-    nnz = sum(l.extra["nonzero_weights"] for l in layers)
-    cells = sum(l.extra["cells"] for l in layers)
-    dense_cells = sum(l.extra["dense_cells"] for l in layers)
-    cycles = sum(l.cycles for l in layers)
-    dense_cycles = sum(l.extra["dense_cycles"] for l in layers)
-    energy = sum(l.energy_pj for l in layers)
-    dense_energy = sum(l.extra["dense_energy_pj"] for l in layers)
-    return {"columns": k, "packed_columns": g, "column_reduction": k / g,
-            "tiles": tiles, "dense_tiles": dense_tiles, "tile_reduction": dense_tiles / tiles,
-            "nonzero_weights": nnz, "cells": cells, "packing_efficiency": nnz / cells,
-            "dense_cell_utilization": nnz / dense_cells,
-            "utilization_gain": (nnz / cells) / (nnz / dense_cells),
-            "cycles": cycles, "dense_cycles": dense_cycles, "speedup": dense_cycles / cycles,
-            "energy_pj": energy, "dense_energy_pj": dense_energy,
-            "energy_ratio": energy / dense_energy}
-
-
 def run_combine(network: str, cfg, table=None, progress=None) -> dict:
     """All figures of one column-combining run (what ``zeroskip combine`` prints)."""
     from zeroskip.models import column_combining as cc
@@ -115,7 +92,7 @@ def run_combine(network: str, cfg, table=None, progress=None) -> dict:
                   f"matrix pruned iid to {cc.target_sparsity(cfg.alpha):.1%} sparsity "
                   f"(target_sparsity(alpha={cfg.alpha})); no accuracy figures")
     report = combined.simulate_network(wl, cfg, table, packings=packings)
-    net = _network_figures(report)
+    net = combined.network_figures(report.layers)
     return {"network": network, "alpha": cfg.alpha, "gamma": cfg.gamma,
             "block": cfg.group_block, "array": f"{cfg.rows}x{cfg.cols}",
             "sparsity_target": cc.target_sparsity(cfg.alpha), "weights": source,
