@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from zeroskip.hw.fixedpoint import requantize
-from zeroskip.models.snapea import (LayerParams, eligible, reorder, snapea_network_forward, spec_weight,
-                           termination)
+from zeroskip.models.snapea import (LayerParams, eligible, reorder, snapea_network_forward,
+                                    spec_weight, termination)
 
 N_FRACTIONS = (0.0625, 0.125, 0.25, 0.5)
 MISS_RATES = (0.0, 0.01, 0.03, 0.1, 0.2, 0.4, 0.6, 0.8)

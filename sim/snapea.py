@@ -31,7 +31,7 @@ import numpy as np
 from zeroskip.hw.config import SnaPEAConfig, ceil_div
 from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models.snapea import (KernelOrder, LayerParams, Termination, block_outputs, eligible,
-                           reorder, termination)
+                                    reorder, termination)
 from zeroskip.models.reference import im2col_np
 from zeroskip.models.workloads import ConvLayer
 
