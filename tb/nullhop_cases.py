@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zeroskip.hw.layouts import pack, unpack
+from zeroskip.hw.layouts import nullhop_layouts, pack, unpack
 from zeroskip.models.reference import layer_forward
 from zeroskip.sim.nullhop import StepModel, layer_beats, layer_cycles
 from zeroskip.sim.sparse_format import decode
@@ -16,19 +16,6 @@ from zeroskip.sim.workload import LayerData
 from tb.cases import step_prediction
 from tb.runner import run_rtl
 from tb.scoreboard import Case
-
-
-def nullhop_layouts(cfg):
-    """The stream layouts the block record names; until hw/nullhop.py's rewrite moves them
-    there, they live in ``hw.nullhop``."""
-    from zeroskip.blocks import get_block
-
-    try:
-        return get_block("nullhop").part("layouts")(cfg)
-    except AttributeError:
-        from zeroskip.hw.nullhop import nullhop_layouts as layouts
-
-        return layouts(cfg)
 
 
 def describe_word(cfg):
