@@ -176,6 +176,22 @@ class BlockConfig:
         """Raise ``ValueError`` if a rule beyond the fields' own ranges is broken (called
         after every ``bounded`` field has been checked)."""
 
+    # --- hardware size: what comparisons hold equal -----------------------------------------
+    @property
+    def mac_units(self) -> int:
+        """Multiply-accumulate units the block has (what ``zeroskip run`` holds equal)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say its MAC units")
+
+    @property
+    def mac_units_description(self) -> str:
+        """The MAC units in the block's own terms (e.g. "8x8 array, 64 MAC units")."""
+        return f"{self.mac_units} MAC units"
+
+    def with_mac_units(self, n: int):
+        """This config with ``n`` MAC units and every other field as it is; ``ValueError``
+        saying why when the block cannot have ``n``."""
+        raise ValueError(f"{type(self).__name__} cannot be resized")
+
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}
 
@@ -207,6 +223,19 @@ class SystolicConfig(BlockConfig):
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "systolic"
+
+    @property
+    def mac_units(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def mac_units_description(self) -> str:
+        return f"{self.rows}x{self.cols} array, {self.mac_units} MAC units"
+
+    def with_mac_units(self, n: int):
+        """The squarest ``rows x cols = n`` array (``rows >= cols``: rows are the reduction)."""
+        cols = max(c for c in range(1, int(n ** 0.5) + 1) if n % c == 0)
+        return dataclasses.replace(self, rows=n // cols, cols=cols)
 
     # --- derived widths -------------------------------------------------------------------
     @property
@@ -342,6 +371,17 @@ class SnaPEAConfig(BlockConfig):
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "snapea"
+
+    @property
+    def mac_units(self) -> int:
+        return self.lanes  # one MAC per lane
+
+    @property
+    def mac_units_description(self) -> str:
+        return f"{self.lanes} lanes, {self.mac_units} MAC units"
+
+    def with_mac_units(self, n: int):
+        return dataclasses.replace(self, lanes=n)
 
     @property
     def addr_bits(self) -> int:
@@ -487,6 +527,18 @@ class NullHopConfig(BlockConfig):
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "nullhop"
+
+    @property
+    def mac_units(self) -> int:
+        return self.macs
+
+    @property
+    def mac_units_description(self) -> str:
+        return (f"{self.macs} MACs ({self.lanes} output channels x {self.macs_per_channel}), "
+                f"{self.mac_units} MAC units")
+
+    def with_mac_units(self, n: int):
+        return dataclasses.replace(self, macs=n)
 
     def validate(self):
         if self.macs_per_channel not in (1, 2, 4, 8) or self.macs_per_channel > self.macs:

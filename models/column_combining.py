@@ -480,7 +480,7 @@ def joint_optimize(alpha: int = 8, gamma: float = 0.5, block: int = 0, progress=
     steps; at each step every layer is regrouped from scratch on its pruned pattern and
     conflict-pruned, then the net retrains with the masks for ``EPOCHS_PER_STEP`` epochs;
     ``FINAL_EPOCHS`` more after the last step. Deterministic (one thread, fixed seeds);
-    cached under ``models.digits.cache_dir()``."""
+    cached under ``zeroskip.cache_dir()``."""
     import torch
 
     from zeroskip.models import digits

@@ -9,15 +9,14 @@ a hash of the training recipe, so a changed recipe retrains.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from zeroskip import cache_dir
 from zeroskip.hw.config import FixedPointConfig
 from zeroskip.models.quant import CLIP_RULES, clip_value, quantize_layer
 from zeroskip.models.reference import QuantLayer, network_forward
@@ -89,10 +88,6 @@ def load_data() -> DigitsData:
     n_test = int(len(y) * TEST_FRACTION)
     test, train = perm[:n_test], perm[n_test:]
     return DigitsData(x[train], y[train], x[test], y[test])
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ZEROSKIP_CACHE", Path.home() / ".cache" / "zeroskip"))
 
 
 def train(model: DigitsNet, data: DigitsData, epochs: int = EPOCHS, masks: dict | None = None,

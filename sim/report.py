@@ -36,7 +36,7 @@ class LayerReport:
         return self
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "cycles": int(self.cycles),
+        return {"name": self.name, "mac_units": int(self.mac_units), "cycles": int(self.cycles),
                 "macs_dense": int(self.macs_dense), "macs_performed": int(self.macs_performed),
                 "utilization": self.utilization, "energy_pj": self.energy_pj,
                 "energy_breakdown_pj": dict(self.energy_breakdown_pj),
@@ -57,7 +57,7 @@ class NetworkReport:
         units = self.layers[0].mac_units if self.layers else 1
         breakdown = {c: sum(l.energy_breakdown_pj.get(c, 0.0) for l in self.layers)
                      for c in CATEGORIES}
-        return {"cycles": cycles,
+        return {"mac_units": units, "cycles": cycles,
                 "macs_dense": sum(l.macs_dense for l in self.layers),
                 "macs_performed": macs,
                 "utilization": macs / (cycles * units) if cycles else 0.0,

@@ -14,6 +14,10 @@ from tb import runner
     (["sim", "systolic", "--network", "lenet"], "unknown network"),
     (["sim", "systolic", "--network", "vgg16", "--acc-bits", "16"], "too large for the widths"),
     (["sim", "systolic", "--preset", "huge"], "unknown preset"),
+    (["run", "--macs", "128"], "snapea cannot run on 128 MAC units"),
+    (["run", "--macs", "lots"], "--macs takes a number of MAC units or 'preset'"),
+    (["run", "--macs", "0"], "--macs must be at least 1"),
+    (["run", "--preset", "snapea"], "--preset takes BLOCK=NAME"),
     (["sim", "systolic", "--network", "vgg16", "--energy-table", "/nonexistent.json"],
      "does not exist"),
 ])

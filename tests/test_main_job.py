@@ -46,3 +46,60 @@ def test_report_totals_are_sums_of_layers(workload):
     assert acc["systolic"] is None and acc["nullhop"] is None
     assert 0.5 < acc["snapea"] <= 1 and 0.5 < acc["combined"] <= 1
     assert acc["combined"] == pytest.approx(reports["combined"].summary["accuracy_after"])
+
+
+@pytest.mark.parametrize("units", [64, 16])
+def test_equal_hardware_every_block_runs_on_the_same_mac_units(units, workload):
+    """``zeroskip run``'s default: every block reshaped to the same MAC units, and what its
+    simulator reports as MAC units (the utilisation's denominator) is that number."""
+    configs = compare.equal_configs(units)
+    assert set(configs) == set(SIMULATED)
+    reports = compare.run_blocks(workload, configs=configs)
+    rows = compare.comparison_rows(reports)
+    assert [r["mac_units"] for r in rows] == [units] * len(rows)
+    for block, rep in reports.items():
+        assert configs[block].mac_units == units
+        assert {l.mac_units for l in rep.layers} == {units}, block
+
+
+def test_preset_kept_as_it_is_without_mac_units():
+    configs = compare.equal_configs(None, {"snapea": "check4"})
+    assert configs["snapea"] == blocks.get_block("snapea").presets["check4"]
+    assert configs["systolic"] == blocks.get_block("systolic").default
+
+
+@pytest.mark.parametrize("units,presets,needle", [
+    (128, {}, "snapea cannot run on 128 MAC units: lanes must be"),
+    (48, {}, "nullhop cannot run on 48 MAC units: macs must be a power of two"),
+    (64, {"nosuch": "default"}, "no such block"),
+    (64, {"snapea": "huge"}, "unknown preset 'huge' for snapea"),
+])
+def test_equal_hardware_that_cannot_be_had_says_why(units, presets, needle):
+    with pytest.raises(ValueError, match=needle):
+        compare.equal_configs(units, presets)
+
+
+def test_area_view_from_the_synthesis_cache(tmp_path, monkeypatch, workload):
+    """A synthesis result is found again for the same config and RTL (and only then); the
+    area view turns it into throughput at the measured Fmax."""
+    from zeroskip.commands import fpga
+
+    monkeypatch.setenv("ZEROSKIP_CACHE", str(tmp_path))
+    configs = compare.equal_configs(64, blocks=["systolic", "nullhop"])
+    reports = compare.run_blocks(workload, configs=configs)
+    fake = {"luts": 20_000, "ffs": 9_000, "dsps": 0, "brams": 4, "fmax_mhz": 100.0}
+    fpga.store_synth(fake, configs["systolic"], "ecp5")
+    assert fpga.cached_synth(configs["systolic"], "ecp5") == fake
+    assert fpga.cached_synth(configs["systolic"].with_mac_units(16), "ecp5") is None
+    assert fpga.cached_synth(configs["systolic"], "ecp5", freq=50.0) is None
+    rows = {r["block"]: r for r in fpga.area_rows(configs, reports, workload.batch)}
+    assert not rows["nullhop"]["synthesised"]
+    s = rows["systolic"]
+    per_s = 100e6 * workload.batch / reports["systolic"].totals()["cycles"]
+    assert s["images_per_s"] == pytest.approx(per_s)
+    assert s["images_per_s_per_1k_lut4"] == pytest.approx(per_s / 20)
+    paths = compare.plot(reports, tmp_path, "digits", area=list(rows.values()), images=2)
+    names = {p.name for p in paths}
+    for stem in ("cycles", "energy", "speedup", "area"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+        assert (tmp_path / f"{stem}.svg").read_text().lstrip().startswith("<?xml")

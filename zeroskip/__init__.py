@@ -6,4 +6,13 @@ simulators), ``zeroskip.models`` (models/, torch networks and integer reference 
 ``zeroskip.blocks`` (the one record per block) and ``zeroskip.cli`` (the ``zeroskip`` command).
 """
 
+import os
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+
+def cache_dir() -> Path:
+    """Where trained weights and synthesis results are cached: ``$ZEROSKIP_CACHE``, default
+    ``~/.cache/zeroskip``."""
+    return Path(os.environ.get("ZEROSKIP_CACHE", Path.home() / ".cache" / "zeroskip"))

@@ -17,6 +17,7 @@ from pathlib import Path
 from zeroskip import blocks as registry
 from zeroskip.hw import config as hwcfg
 from zeroskip.models.workloads import NETWORKS
+from zeroskip.sim.compare import DEFAULT_MAC_UNITS
 
 
 class CliError(Exception):
@@ -175,6 +176,38 @@ def print_comparison(rows: list[dict], title: str) -> None:
     _console().print(t)
 
 
+def print_area(rows: list[dict], title: str) -> None:
+    """The equal-area view: LUT4 / FF / DP16KD / Fmax and throughput per 1,000 LUT4."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("block", "MAC units", "LUT4", "FF", "DP16KD", "Fmax MHz", "images/s",
+                "images/s per 1k LUT4"):
+        t.add_column(col, justify="left" if col == "block" else "right")
+    missing = []
+    for r in rows:
+        if not r["synthesised"]:
+            missing.append(r["block"])
+            t.add_row(r["block"], str(r["mac_units"]), *["not synthesised"] + [""] * 5)
+            continue
+        fmax = r.get("fmax_mhz")
+        t.add_row(r["block"], str(r["mac_units"]), f"{r['luts']:,}", f"{r['ffs']:,}",
+                  f"{r['brams']:g}", "-" if fmax is None else f"{fmax:.2f}",
+                  f"{r['images_per_s']:,.0f}" if "images_per_s" in r else "-",
+                  f"{r['images_per_s_per_1k_lut4']:,.1f}" if "images_per_s" in r else "-")
+    _console().print(t)
+    if missing:
+        print(f"note: not synthesised yet: {', '.join(missing)}; 'zeroskip run --synth' "
+              "synthesises them (minutes each) and keeps the results")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then move it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def print_layer_comparison(reports: dict, title: str) -> None:
     """One row per layer: each block's cycles, MAC utilisation and energy side by side."""
     from rich.table import Table
@@ -202,41 +235,81 @@ def cmd_run(args) -> None:
     from zeroskip.sim import compare
     from zeroskip.sim.energy import load_table
 
+    configs = compare.equal_configs(_mac_units_arg(args.macs), _block_presets(args.preset))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = load_table(args.energy_table)
     wl = load_workload(args.network, args.images)
     print(f"workload: {wl.description}")
+    print(f"hardware: {compare.hardware_line(configs)}")
     t0 = time.perf_counter()
     with _progress() as prog:
-        task = prog.add_task("simulating",
-                             total=len(registry.names("simulator")) * len(wl.layers))
-        reports = compare.run_blocks(wl, table, progress=lambda b, name: prog.update(
-            task, advance=1, description=f"{b}: {name}"))
+        task = prog.add_task("simulating", total=len(configs) * len(wl.layers))
+        reports = compare.run_blocks(wl, table, configs=configs, progress=lambda b, name:
+                                     prog.update(task, advance=1, description=f"{b}: {name}"))
     dt = time.perf_counter() - t0
     if args.per_layer:
         for block, rep in reports.items():
             print_layer_table(rep, f"{block} on {wl.name}")
     print_layer_comparison(reports, f"{wl.name}: per layer")
     rows = compare.comparison_rows(reports)
-    print_comparison(rows, f"{wl.name}: every block, default configurations "
-                           f"({wl.batch} image(s), simulated in {dt:.2f} s)")
+    units = sorted({r["mac_units"] for r in rows})
+    hardware = (f"every block on {units[0]} MAC units" if len(units) == 1 else
+                "MAC units differ: " + ", ".join(f"{r['block']} {r['mac_units']}" for r in rows))
+    print_comparison(rows, f"{wl.name}: {hardware} ({wl.batch} image(s), simulated in "
+                           f"{dt:.2f} s)")
     for block, rep in reports.items():
         for note in rep.notes[1:]:
             print(f"note ({block}): {note}")
-    (out / "report.json").write_text(json.dumps(compare.report_dict(wl, reports), indent=2))
+    from zeroskip.commands import fpga
+
+    with _progress() as prog:
+        task = prog.add_task("area: reading the synthesis cache", total=None)
+        area = fpga.area_rows(configs, reports, wl.batch, compute=args.synth,
+                              progress=lambda b: prog.update(
+                                  task, description=f"area: synthesising {b} for "
+                                                    f"{fpga.AREA_TARGET} (minutes)"))
+    print_area(area, f"{wl.name}: the same blocks by area ({fpga.AREA_TARGET} "
+                     f"{fpga.TARGETS[fpga.AREA_TARGET]['device']}, AXI4-Stream tops)")
+    report = compare.report_dict(wl, reports)
+    report["area"] = area
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
     compare.write_csv(reports, out / "report.csv")
-    pngs = compare.plot(reports, out, wl.name)
+    pngs = compare.plot(reports, out, wl.name, area=area, images=wl.batch)
     with_rtl = registry.names("rtl")
     with _progress() as prog:
         task = prog.add_task("generating Verilog", total=len(with_rtl))
         for block in with_rtl:
             prog.update(task, description=f"generating Verilog: {block}")
-            generate(registry.get_block(block).default, out / "verilog")
+            generate(configs.get(block, registry.get_block(block).default), out / "verilog")
             prog.update(task, advance=1)
     print(f"wrote {out / 'report.json'}, {out / 'report.csv'}, "
           f"{', '.join(p.name for p in pngs)} and {out / 'verilog'}/ "
           f"({', '.join(with_rtl)})")
+
+
+def _mac_units_arg(value: str) -> int | None:
+    """``--macs N`` (every block on N MAC units) or ``--macs preset`` (each preset as it is)."""
+    if value == "preset":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise CliError(f"--macs takes a number of MAC units or 'preset', not {value!r}") from None
+    if n < 1:
+        raise CliError(f"--macs must be at least 1, not {n}")
+    return n
+
+
+def _block_presets(values: list[str] | None) -> dict[str, str]:
+    """``--preset BLOCK=NAME`` (repeatable) as ``{block: name}``."""
+    chosen = {}
+    for v in values or []:
+        block, sep, name = v.partition("=")
+        if not sep or not block or not name:
+            raise CliError(f"--preset takes BLOCK=NAME (e.g. snapea=check4), not {v!r}")
+        chosen[block] = name
+    return chosen
 
 
 def cmd_verify(args) -> None:
@@ -335,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--images", type=int, default=8, help="digits images to run (default 8)")
     r.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
     r.add_argument("--per-layer", action="store_true", help="also print each block's layers")
+    r.add_argument("--macs", default=str(DEFAULT_MAC_UNITS), metavar="N",
+                   help="MAC units every block gets (default %(default)s: the dense 8x8 array); "
+                        "'preset' keeps each preset's own")
+    r.add_argument("--synth", action="store_true",
+                   help="synthesise (Yosys + nextpnr, ECP5) the blocks not in the synthesis "
+                        "cache for the area view (minutes each)")
+    r.add_argument("--preset", action="append", metavar="BLOCK=NAME",
+                   help="start BLOCK from preset NAME (repeatable; default: 'default')")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("verify", help="run a block's RTL (Icarus) on digits layers and check it")
