@@ -19,7 +19,9 @@ Without place and route (``--no-pnr``, or Xilinx) the figures come from Yosys's 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -150,10 +152,66 @@ def counts_from_pnr(util: dict, cells: dict, target: str) -> dict:
             "dsps": util.get("ICESTORM_DSP", 0), "brams": util.get("ICESTORM_RAM", 0)}
 
 
+def rtl_source_hash() -> str:
+    """A hash of the RTL generator's sources (``zeroskip.hw``): a cached synthesis result is
+    only reused for the code that produced it."""
+    from zeroskip import hw
+
+    h = hashlib.sha256()
+    for f in sorted(Path(hw.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(cfg, target: str, device: str | None = None, freq: float = 100.0, seed: int = 1,
+              pnr: bool = True, bare: bool = False, max_bytes: int | None = None,
+              package: str | None = None) -> str:
+    """What a synthesis result depends on: the block's config, the flow's settings and the
+    RTL sources, hashed."""
+    from zeroskip.hw.axi import DEFAULT_MAX_BYTES
+    from zeroskip.hw.config import config_to_json
+
+    t = TARGETS[target]
+    device = device or t["device"]
+    settings = {"block": cfg.block, "config": json.loads(config_to_json(cfg)),
+                "target": target, "device": device,
+                "package": package or t["devices"].get(device), "freq": float(freq),
+                "seed": seed, "pnr": bool(pnr and t["pnr"]), "bare": bare,
+                "axis_bytes": None if bare else (max_bytes or DEFAULT_MAX_BYTES),
+                "rtl": rtl_source_hash()}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _cache_path(key: str) -> Path:
+    from zeroskip import cache_dir
+
+    return cache_dir() / "synth" / f"{key}.json"
+
+
+def cached_synth(cfg, target: str = "ecp5", **flow) -> dict | None:
+    """The figures of an earlier ``synth`` of exactly this config, flow and RTL, or None."""
+    path = _cache_path(cache_key(cfg, target, **flow))
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def store_synth(result: dict, cfg, target: str, **flow) -> Path:
+    """Keep ``result`` in the cache (written to a temporary name, then moved)."""
+    path = _cache_path(cache_key(cfg, target, **flow))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
 def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed: int = 1,
           pnr: bool = True, bare: bool = False, max_bytes: int | None = None,
           work_dir=None, package: str | None = None) -> dict:
-    """Synthesise (and place and route) ``cfg``'s AXI4-Stream top; returns the figures."""
+    """Synthesise (and place and route) ``cfg``'s AXI4-Stream top; returns the figures and
+    keeps them in the synthesis cache (``cached_synth``)."""
     from zeroskip.hw.axi import DEFAULT_MAX_BYTES, generate_axi
     from zeroskip.hw.config import config_to_json
     from zeroskip.hw.gen import generate
@@ -205,7 +263,38 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
     result["seconds"] = {"synthesis": round(t1 - t0, 1),
                          "place_and_route": round(time.perf_counter() - t1, 1)}
     result["work_dir"] = str(work)
+    if not result.get("pnr_error"):  # a failed place and route is not worth keeping
+        store_synth(result, cfg, target, device=device, freq=freq, seed=seed, pnr=pnr,
+                    bare=bare, max_bytes=max_bytes, package=package)
     return result
+
+
+AREA_TARGET = "ecp5"  # the area view's device: the one every block is timed on (docs/fpga.md)
+
+
+def area_rows(configs: dict, reports: dict, images: int, compute: bool = False,
+              progress=None) -> list[dict]:
+    """The equal-area view of a comparison: per block, the ECP5 figures of the configuration
+    it ran on (from the synthesis cache, or synthesised now if ``compute``) and its throughput
+    at the measured Fmax, also per 1,000 LUT4. Blocks without a result say "not synthesised"."""
+    rows = []
+    for block, cfg in configs.items():
+        res = cached_synth(cfg, AREA_TARGET)
+        if res is None and compute:
+            if progress:
+                progress(block)
+            res = synth(cfg, AREA_TARGET, work_dir=Path("zeroskip-synth") /
+                        f"{block}_{cache_key(cfg, AREA_TARGET)}")
+        row = {"block": block, "mac_units": cfg.mac_units, "synthesised": res is not None}
+        if res is not None:
+            row.update({k: res.get(k) for k in ("luts", "ffs", "dsps", "brams", "fmax_mhz")})
+            cycles = reports[block].totals()["cycles"] if block in reports else None
+            if res.get("fmax_mhz") and cycles:
+                per_s = res["fmax_mhz"] * 1e6 * images / cycles
+                row["images_per_s"] = per_s
+                row["images_per_s_per_1k_lut4"] = per_s / (res["luts"] / 1000)
+        rows.append(row)
+    return rows
 
 
 def cmd_synth(args) -> None:
