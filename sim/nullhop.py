@@ -31,7 +31,7 @@ from zeroskip.models.workloads import ConvLayer
 from .energy import price
 from .report import LayerReport, NetworkReport
 from .sparse_format import Stream, encode, next_pow2, slice_rows
-from .streams import Source, handshake_patterns
+from .streams import Pattern, Source, handshake_patterns
 
 
 @dataclass(frozen=True)
@@ -482,175 +482,288 @@ def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) ->
 # ------------------------------------------------------------------------------------------
 # step-per-cycle model
 # ------------------------------------------------------------------------------------------
+@dataclass
+class _Registers:
+    """The FSM's registers between two clock edges; ``StepModel`` works out the next cycle's
+    in a copy (``copy``), from these."""
+
+    state: str = "IDLE"
+    count: int = 0  # cycles spent in a timed state (PRIME, DECODE, DRAIN)
+    wcount: int = 0  # kernel beats loaded
+    mask: int = 0  # the current SM word's non-zero positions not yet taken
+    cur_w: int = 0  # the current SM word: index in its row, input row, input slice
+    cur_iy: int = 0
+    cur_slice: int = 0
+    nxt_w: int = 0  # the same for the next SM word
+    nxt_iy: int = 0
+    nxt_slice: int = 0
+    sm_done: int = 0  # the pass's last SM word has been taken
+    vals: tuple[int, ...] = ()  # the group's values (M slots, empty ones 0)
+    x: int = 0  # the group's column and input row
+    iy: int = 0
+    wbases: tuple[int, ...] = ()  # kernel-memory base (input channel * k*k) of each value
+    ky: int = 0  # the kernel offset the MAC walk is at
+    kx: int = 0
+    kx_first: int = 0  # the walk's box of offsets (on the stride grid)
+    ky_last: int = 0
+    kx_last: int = 0
+    gcount: int = 0  # values in the group
+    reach: bool = False  # the group's box is not empty
+
+    def copy(self) -> _Registers:
+        # a plain dict copy: dataclasses.replace would more than double a cycle's time
+        new = object.__new__(_Registers)
+        new.__dict__ = self.__dict__.copy()
+        return new
+
+    @property
+    def input_end(self) -> bool:
+        """Every word of the pass's input has been taken."""
+        return self.mask == 0 and bool(self.sm_done)
+
+    @property
+    def mac_last(self) -> bool:
+        """The MAC walk is at the last offset of its box."""
+        return self.ky == self.ky_last and self.kx == self.kx_last
+
+
+@dataclass(slots=True)
+class _Transfers:
+    """What happens on the ports in one cycle (``StepModel._handshake``)."""
+
+    cmd: bool
+    weights: bool
+    act_in: bool
+    act_out: bool
+    out_word: tuple[int, int, int] | None  # the word the send buffer offers, if any
+
+
+@dataclass
+class _Run:
+    """One ``StepModel.run``'s state besides the FSM's registers: the ports, the memories,
+    the command of the current pass (with the constants derived from it) and the output
+    stage (``StepModel._output_jobs``'s dict)."""
+
+    src: dict[str, Source]
+    out_ready: Pattern
+    kmem: np.ndarray
+    pmem: np.ndarray
+    t: int = 0
+    cmd: dict | None = None
+    kk: int = 0  # k * k
+    cp: int = 0  # input slice channels
+    row_words: int = 0  # SM words of an input row
+    out_stage: dict | None = None
+
+
 class StepModel:
     """Step-per-cycle model of ``NullHopBlock``: the same FSM states, counters and memories,
-    advanced one clock at a time. Arithmetic is applied when a MAC cycle issues (the RTL's
-    read-modify-write pipeline forwards, so the result is the same); the output stage is
-    modelled by when each chunk's fill buffer is complete (``NullHopConfig.chunk_fills``
-    after the walker starts) and the send buffer's word-by-word handshake."""
+    advanced one clock at a time, one method per state; the schedule is stated in
+    ``NullHopConfig``'s docstring (``hw/config.py``). Arithmetic is applied when a MAC cycle
+    issues (the RTL's read-modify-write pipeline forwards, so the result is the same)."""
 
     def __init__(self, cfg: NullHopConfig):
         self.cfg = cfg
+        self._states = {"IDLE": self._idle, "PRIME": self._prime, "LOAD": self._load,
+                        "FETCH": self._fetch, "DECODE": self._decode, "COLLECT": self._collect,
+                        "MAC": self._mac, "DRAIN": self._drain, "OUT": self._out}
 
     def run(self, cmds, weights, words, n_out: int, valid_p: float = 1.0,
             ready_p: float = 1.0, seed: int = 0, max_cycles: int = 5_000_000):
         """Feed the beats of a sequence of passes; returns ``(out_words, trace)``:
         ``out_words`` a list of (data, first, last), ``trace`` per-port transfer cycles and
         ``cycles`` (first command to last output word, inclusive)."""
-        cfg, fxp = self.cfg, self.cfg.fxp
-        S, L, M = cfg.sm_bits, cfg.lanes, cfg.macs_per_channel
-        log2s = S.bit_length() - 1
+        cfg = self.cfg
         pat = handshake_patterns(valid_p, ready_p, seed,
                                  sources=("cmd", "weights", "act_in"), sinks=("act_out",))
-        src = {"cmd": Source(cmds, pat["cmd"]), "weights": Source(weights, pat["weights"]),
-               "act_in": Source(words, pat["act_in"])}
-        kmem = np.zeros((cfg.kernel_depth, L), np.int64)
-        pmem = np.zeros((cfg.acc_depth, L), np.int64)
-        st, c, cnt = "IDLE", None, 0
-        r = dict(wcount=0, mask=0, cur_w=0, cur_iy=0, cur_slice=0, nxt_w=0, nxt_iy=0,
-                 nxt_slice=0, sm_done=0, vals=(0,) * M, x=0, iy=0, wbases=(0,) * M, ky=0,
-                 kx=0, kx_first=0, ky_last=0, kx_last=0, gcount=0, reach=False)
+        s = _Run(src={"cmd": Source(cmds, pat["cmd"]),
+                      "weights": Source(weights, pat["weights"]),
+                      "act_in": Source(words, pat["act_in"])},
+                 out_ready=pat["act_out"],
+                 kmem=np.zeros((cfg.kernel_depth, cfg.lanes), np.int64),
+                 pmem=np.zeros((cfg.acc_depth, cfg.lanes), np.int64))
+        zeros = (0,) * cfg.macs_per_channel
+        r = _Registers(vals=zeros, wbases=zeros)
         trace = {"cmd": [], "weights": [], "act_in": [], "act_out": []}
         out = []
-        mask_act = fxp.act_max
-        o = None  # output-stage state of the pass
-        t = 0
         while len(out) < n_out:
-            if t >= max_cycles:
+            if s.t >= max_cycles:
                 raise RuntimeError("step model did not finish: the schedule deadlocked")
-            n = dict(r)
-            nxt_st, nxt_cnt = st, cnt
-            if c is not None:
-                kk = c["k"] * c["k"]
-                cp = 1 << c["slice_log2"]
-                rw = ceil_div(cp * c["in_w"], S)
-            end = r["mask"] == 0 and r["sm_done"]
-            mac_last = r["ky"] == r["ky_last"] and r["kx"] == r["kx_last"]
-            in_ready = (st == "COLLECT") or (st == "FETCH" and not end) or (
-                st == "MAC" and mac_last and not end)
-            valid = {name: s_.valid(t) for name, s_ in src.items()}
-            cmd_take = st == "IDLE" and valid["cmd"]
-            w_take = st == "LOAD" and valid["weights"]
-            in_take = in_ready and valid["act_in"]
-            out_word = self._offer(o) if st == "OUT" else None
-            out_take = out_word is not None and pat["act_out"](t)
-            for name, fired in (("cmd", cmd_take), ("weights", w_take), ("act_in", in_take),
-                                ("act_out", out_take)):
+            io = self._handshake(s, r)
+            if io.act_out:
+                trace["act_out"].append(s.t)
+                out.append(io.out_word)
+            n = r.copy()
+            self._states[r.state](s, r, n, io)
+            # a source moves on to its next beat after the cycle that took one (the state
+            # has read the payload)
+            for name, fired in (("cmd", io.cmd), ("weights", io.weights), ("act_in", io.act_in)):
                 if fired:
-                    trace[name].append(t)
-            if out_take:
-                out.append(out_word)
-
-            def take_word(word):
-                if r["mask"] == 0:
-                    n.update(mask=word & ((1 << S) - 1), cur_w=r["nxt_w"], cur_iy=r["nxt_iy"],
-                             cur_slice=r["nxt_slice"])
-                    if r["nxt_w"] == rw - 1:
-                        n["nxt_w"] = 0
-                        if r["nxt_iy"] == c["in_h"] - 1:
-                            n["nxt_iy"] = 0
-                            if r["nxt_slice"] == c["slices"] - 1:
-                                n["sm_done"] = 1
-                            else:
-                                n["nxt_slice"] = r["nxt_slice"] + 1
-                        else:
-                            n["nxt_iy"] = r["nxt_iy"] + 1
-                    else:
-                        n["nxt_w"] = r["nxt_w"] + 1
-                    return "DECODE"
-                ch, p, more = decode_value()
-                n.update(mask=r["mask"] & (r["mask"] - 1), x=p >> c["slice_log2"],
-                         iy=r["cur_iy"], vals=(word & mask_act,) + (0,) * (M - 1),
-                         wbases=(ch * kk,) + (0,) * (M - 1), gcount=1)
-                s_ = 1 << c["stride_log2"]
-                fy, ly = kernel_range(r["cur_iy"], c["pad_top"], c["out_h"], c["k"], s_)
-                fx, lx = kernel_range(p >> c["slice_log2"], c["pad_left"], c["out_w"], c["k"],
-                                      s_)
-                reach = fy <= ly and fx <= lx  # a group that reaches no output takes no MAC
-                n.update(ky=fy, kx=fx, kx_first=fx, ky_last=ly, kx_last=lx, reach=reach)
-                return "COLLECT" if more else ("MAC" if reach else "FETCH")
-
-            def decode_value():
-                """(channel, row position, whether the next non-zero joins the group)."""
-                m_ = r["mask"]
-                idx = (m_ & -m_).bit_length() - 1
-                p = (r["cur_w"] * S) + idx
-                ch = (r["cur_slice"] << c["slice_log2"]) | (p & (cp - 1))
-                m2 = m_ & (m_ - 1)
-                idx2 = (m2 & -m2).bit_length() - 1
-                blk = min(c["slice_log2"], log2s)
-                return ch, p, M > 1 and m2 != 0 and idx >> blk == idx2 >> blk
-
-            if st == "IDLE":
-                if cmd_take:
-                    c = src["cmd"].payload()
-                    n.update(wcount=0, mask=0, nxt_w=0, nxt_iy=0, nxt_slice=0, sm_done=0)
-                    nxt_st, nxt_cnt = "PRIME", 0
-            elif st == "PRIME":
-                nxt_cnt = cnt + 1
-                if cnt == cfg.prime_cycles - 1:
-                    nxt_st = "LOAD" if c["load"] else "FETCH"
-            elif st == "LOAD":
-                if w_take:
-                    kmem[r["wcount"]] = src["weights"].payload()
-                    n["wcount"] = r["wcount"] + 1
-                    if r["wcount"] == (c["slices"] << c["slice_log2"]) * kk - 1:
-                        nxt_st = "FETCH"
-            elif st == "FETCH":
-                if end:
-                    nxt_st = "DRAIN" if c["emit"] else "IDLE"
-                    nxt_cnt = 0
-                elif in_take:
-                    nxt_st = take_word(int(src["act_in"].payload()["data"]))
-                    nxt_cnt = 0
-            elif st == "DECODE":
-                nxt_cnt = cnt + 1
-                if cnt == cfg.decode_cycles - 1:
-                    nxt_st = "FETCH"
-            elif st == "COLLECT":
-                if in_take:
-                    ch, _, more = decode_value()
-                    g_ = r["gcount"]
-                    n.update(mask=r["mask"] & (r["mask"] - 1), gcount=g_ + 1,
-                             vals=r["vals"][:g_] + (int(src["act_in"].payload()["data"])
-                                                    & mask_act,) + r["vals"][g_ + 1:],
-                             wbases=r["wbases"][:g_] + (ch * kk,) + r["wbases"][g_ + 1:])
-                    if not more or g_ == M - 1:
-                        nxt_st = "MAC" if r["reach"] else "FETCH"
-            elif st == "MAC":
-                sl = c["stride_log2"]
-                oy = (r["iy"] + c["pad_top"] - r["ky"]) >> sl
-                ox = (r["x"] + c["pad_left"] - r["kx"]) >> sl
-                off = r["ky"] * c["k"] + r["kx"]
-                pmem[oy * c["out_w"] + ox] += sum(v * kmem[wb + off] for v, wb in
-                                                  zip(r["vals"], r["wbases"]))
-                s_ = 1 << sl
-                if r["kx"] == r["kx_last"]:
-                    n.update(kx=r["kx_first"], ky=r["ky"] + s_)
-                else:
-                    n["kx"] = r["kx"] + s_
-                if mac_last:
-                    if in_take:
-                        nxt_st = take_word(int(src["act_in"].payload()["data"]))
-                        nxt_cnt = 0
-                    else:
-                        nxt_st = "FETCH"
-            elif st == "DRAIN":
-                nxt_cnt = cnt + 1
-                if cnt == cfg.drain_cycles - 1:
-                    o = self._output_jobs(c, pmem)
-                    o["go"] = t + 1
-                    nxt_st = "OUT"
-            elif st == "OUT":
-                if self._out_edge(o, t, out_take):
-                    nxt_st = "IDLE"
-            for name, fired in (("cmd", cmd_take), ("weights", w_take), ("act_in", in_take)):
-                if fired:
-                    src[name].advance()
-            r, st, cnt = n, nxt_st, nxt_cnt
-            t += 1
+                    trace[name].append(s.t)
+                    s.src[name].advance()
+            r = n
+            s.t += 1
         trace["cycles"] = trace["act_out"][-1] - trace["cmd"][0] + 1
         return out, trace
+
+    def _handshake(self, s: _Run, r: _Registers) -> _Transfers:
+        """This cycle's transfers: each port's ready follows from the state and registers,
+        its valid from the source (every source is polled every cycle: once valid it holds its
+        beat), ``act_out``'s ready from its pattern."""
+        st = r.state
+        end = r.input_end
+        in_ready = st == "COLLECT" or (st == "FETCH" and not end) or (
+            st == "MAC" and r.mac_last and not end)
+        src, t = s.src, s.t
+        cmd_valid, w_valid, in_valid = (src["cmd"].valid(t), src["weights"].valid(t),
+                                        src["act_in"].valid(t))
+        out_word = self._offer(s.out_stage) if st == "OUT" else None
+        return _Transfers(st == "IDLE" and cmd_valid, st == "LOAD" and w_valid,
+                          in_ready and in_valid, out_word is not None and s.out_ready(t),
+                          out_word)
+
+    # --- the FSM's states: each works out the next registers ``n`` from ``r`` --------------
+    def _idle(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """Waits for a command; taking one clears the input counters and starts PRIME."""
+        if io.cmd:
+            c = s.cmd = s.src["cmd"].payload()
+            s.kk = c["k"] * c["k"]
+            s.cp = 1 << c["slice_log2"]
+            s.row_words = ceil_div(s.cp * c["in_w"], self.cfg.sm_bits)
+            n.wcount = n.mask = n.nxt_w = n.nxt_iy = n.nxt_slice = n.sm_done = 0
+            n.state, n.count = "PRIME", 0
+
+    def _prime(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """``prime_cycles`` cycles, then LOAD (or FETCH when the pass loads no kernels)."""
+        n.count = r.count + 1
+        if r.count == self.cfg.prime_cycles - 1:
+            n.state = "LOAD" if s.cmd["load"] else "FETCH"
+
+    def _load(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """Writes one kernel beat per transfer; FETCH after the pass's last one."""
+        if io.weights:
+            c = s.cmd
+            s.kmem[r.wcount] = s.src["weights"].payload()
+            n.wcount = r.wcount + 1
+            if r.wcount == (c["slices"] << c["slice_log2"]) * s.kk - 1:
+                n.state = "FETCH"
+
+    def _fetch(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """Takes an input word (``_take_word``); at the end of the input DRAIN, or IDLE when
+        the pass does not emit."""
+        if r.input_end:
+            n.state = "DRAIN" if s.cmd["emit"] else "IDLE"
+            n.count = 0
+        elif io.act_in:
+            n.state = self._take_word(s, r, n, int(s.src["act_in"].payload()["data"]))
+            n.count = 0
+
+    def _decode(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """``decode_cycles`` cycles after an SM word, then FETCH."""
+        n.count = r.count + 1
+        if r.count == self.cfg.decode_cycles - 1:
+            n.state = "FETCH"
+
+    def _collect(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """Adds one value per transfer to the group; MAC (FETCH for a dead group) when the
+        group is full or the next non-zero belongs to another pixel."""
+        if io.act_in:
+            ch, _, more = self._decode_value(s, r)
+            g = r.gcount
+            value = int(s.src["act_in"].payload()["data"]) & self.cfg.fxp.act_max
+            n.mask = r.mask & (r.mask - 1)
+            n.gcount = g + 1
+            n.vals = r.vals[:g] + (value,) + r.vals[g + 1:]
+            n.wbases = r.wbases[:g] + (ch * s.kk,) + r.wbases[g + 1:]
+            if not more or g == self.cfg.macs_per_channel - 1:
+                n.state = "MAC" if r.reach else "FETCH"
+
+    def _mac(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """Adds the group's products at one kernel offset into its output pixel and steps
+        the walk; the box's last offset already takes the next word."""
+        c = s.cmd
+        sl = c["stride_log2"]
+        oy = (r.iy + c["pad_top"] - r.ky) >> sl
+        ox = (r.x + c["pad_left"] - r.kx) >> sl
+        off = r.ky * c["k"] + r.kx
+        kmem = s.kmem
+        s.pmem[oy * c["out_w"] + ox] += sum(v * kmem[wb + off] for v, wb in
+                                            zip(r.vals, r.wbases))
+        stride = 1 << sl
+        if r.kx == r.kx_last:
+            n.kx, n.ky = r.kx_first, r.ky + stride
+        else:
+            n.kx = r.kx + stride
+        if r.mac_last:
+            if io.act_in:
+                n.state = self._take_word(s, r, n, int(s.src["act_in"].payload()["data"]))
+                n.count = 0
+            else:
+                n.state = "FETCH"
+
+    def _drain(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """``drain_cycles`` cycles, then OUT with the output stage's chunks ready to walk."""
+        n.count = r.count + 1
+        if r.count == self.cfg.drain_cycles - 1:
+            s.out_stage = self._output_jobs(s.cmd, s.pmem)
+            s.out_stage["go"] = s.t + 1
+            n.state = "OUT"
+
+    def _out(self, s: _Run, r: _Registers, n: _Registers, io: _Transfers) -> None:
+        """The output stage's clock edge; IDLE once the pass's last word has left."""
+        if self._out_edge(s.out_stage, s.t, io.act_out):
+            n.state = "IDLE"
+
+    # --- the input decoder ------------------------------------------------------------------
+    def _take_word(self, s: _Run, r: _Registers, n: _Registers, word: int) -> str:
+        """Takes an input word into ``n``: an SM word (no non-zero left in the current one)
+        steps the word/row/slice counters; a value word starts a group and its box of kernel
+        offsets. Returns the next state."""
+        c = s.cmd
+        M = self.cfg.macs_per_channel
+        if r.mask == 0:
+            n.mask = word & ((1 << self.cfg.sm_bits) - 1)
+            n.cur_w, n.cur_iy, n.cur_slice = r.nxt_w, r.nxt_iy, r.nxt_slice
+            if r.nxt_w == s.row_words - 1:
+                n.nxt_w = 0
+                if r.nxt_iy == c["in_h"] - 1:
+                    n.nxt_iy = 0
+                    if r.nxt_slice == c["slices"] - 1:
+                        n.sm_done = 1
+                    else:
+                        n.nxt_slice = r.nxt_slice + 1
+                else:
+                    n.nxt_iy = r.nxt_iy + 1
+            else:
+                n.nxt_w = r.nxt_w + 1
+            return "DECODE"
+        ch, p, more = self._decode_value(s, r)
+        x = p >> c["slice_log2"]
+        n.mask = r.mask & (r.mask - 1)
+        n.x, n.iy = x, r.cur_iy
+        n.vals = (word & self.cfg.fxp.act_max,) + (0,) * (M - 1)
+        n.wbases = (ch * s.kk,) + (0,) * (M - 1)
+        n.gcount = 1
+        stride = 1 << c["stride_log2"]
+        fy, ly = kernel_range(r.cur_iy, c["pad_top"], c["out_h"], c["k"], stride)
+        fx, lx = kernel_range(x, c["pad_left"], c["out_w"], c["k"], stride)
+        reach = fy <= ly and fx <= lx  # a group that reaches no output takes no MAC
+        n.ky, n.kx, n.kx_first, n.ky_last, n.kx_last, n.reach = fy, fx, fx, ly, lx, reach
+        return "COLLECT" if more else ("MAC" if reach else "FETCH")
+
+    def _decode_value(self, s: _Run, r: _Registers) -> tuple[int, int, bool]:
+        """The current SM word's lowest non-zero left: (input channel, position in the row,
+        whether the next non-zero joins its group: same block of ``min(Cp, S)`` positions)."""
+        S = self.cfg.sm_bits
+        sl = s.cmd["slice_log2"]
+        m = r.mask
+        idx = (m & -m).bit_length() - 1
+        p = (r.cur_w * S) + idx
+        ch = (r.cur_slice << sl) | (p & (s.cp - 1))
+        m2 = m & (m - 1)
+        idx2 = (m2 & -m2).bit_length() - 1
+        blk = min(sl, S.bit_length() - 1)
+        return ch, p, self.cfg.macs_per_channel > 1 and m2 != 0 and idx >> blk == idx2 >> blk
 
     # --- the output stage -------------------------------------------------------------------
     def _output_jobs(self, c, pmem) -> dict:
