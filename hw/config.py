@@ -50,7 +50,7 @@ class Bounds:
     lo: int
     hi: int | None = None
     power_of_two: bool = False
-    why: str = ""  # said after the range in the error, in parentheses
+    why: str = ""  # what the field is, said after the range in the error, in parentheses
 
     def check(self, name: str, value) -> None:
         hint = f" ({self.why})" if self.why else ""
@@ -217,8 +217,8 @@ class SystolicConfig(BlockConfig):
     output pixels one pass can hold.
     """
 
-    rows: int = bounded(8, 1, 256, why="the array needs at least one row")
-    cols: int = bounded(8, 1, 256, why="the array needs at least one column")
+    rows: int = bounded(8, 1, 256, why="array rows: reduction terms per pass")
+    cols: int = bounded(8, 1, 256, why="array columns: output channels per pass")
     acc_depth: int = bounded(256, 1, 1 << 20)
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
@@ -362,7 +362,7 @@ class SnaPEAConfig(BlockConfig):
     input of VGG-16's fc6 (25088).
     """
 
-    lanes: int = bounded(8, 1, 64, why="the block needs at least one lane")
+    lanes: int = bounded(8, 1, 64, why="MAC lanes, one output channel each")
     max_taps: int = bounded(512, 1, 1 << 16)
     act_depth: int = bounded(32768, 1, 1 << 24)
     max_windows: int = bounded(1024, 1, 1 << 20)

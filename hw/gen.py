@@ -49,8 +49,13 @@ def write_top(make_top, name: str, out_dir, key: dict, extra=lambda top: {}) -> 
     text = verilog.convert(top, name=name, emit_src=False)
     ports = {path_name(path): {"dir": flow.name, "width": len(Value.cast(port))}
              for path, flow, port in _ports(top)}
-    vpath.write_text(text)
-    jpath.write_text(json.dumps({"top": name, **key, **extra(top), "ports": ports}, indent=2))
+    # each file under a temporary name, then moved: an interrupted run leaves no file that
+    # looks whole, and the JSON (which makes a later call skip the work) goes last
+    for path, content in ((vpath, text), (jpath, json.dumps(
+            {"top": name, **key, **extra(top), "ports": ports}, indent=2))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(content)
+        tmp.replace(path)
     return vpath
 
 

@@ -100,7 +100,11 @@ CSV_FIELDS = ["block", "mac_units", "layer", "cycles", "macs_dense", "macs_perfo
 
 
 def write_csv(reports: dict[str, NetworkReport], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    """One row per (block, layer) and a total per block; written under a temporary name,
+    then moved into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         for block, rep in reports.items():
@@ -115,6 +119,7 @@ def write_csv(reports: dict[str, NetworkReport], path: Path) -> None:
                             "energy_compute_pj": f"{b['compute']:.3f}",
                             "energy_buffers_pj": f"{b['buffers']:.3f}",
                             "energy_dram_pj": f"{b['dram']:.3f}"})
+    tmp.replace(path)
 
 
 # Okabe & Ito's palette: told apart with every common colour-vision deficiency

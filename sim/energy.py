@@ -11,6 +11,7 @@ Override any entry with a JSON file ``{"action": pJ, ...}`` (``load_table``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def load_table(path: str | Path | None = None) -> dict[str, Action]:
     if path is None:
         return table
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"energy table {str(p)!r} is a folder; give a JSON file of "
+                         "action -> pJ")
     try:
         override = json.loads(p.read_text())
     except FileNotFoundError:
@@ -63,9 +67,11 @@ def load_table(path: str | Path | None = None) -> dict[str, Action]:
         if name not in table:
             raise ValueError(f"energy table {str(p)!r}: unknown action {name!r}; "
                              f"known actions: {', '.join(sorted(table))}")
-        if not isinstance(pj, (int, float)) or pj < 0:
-            raise ValueError(f"energy table {str(p)!r}: {name} must be a number >= 0 (pJ), "
-                             f"not {pj!r}")
+        # JSON true/false are Python ints, and NaN / 1e400 parse as floats that are no price
+        if isinstance(pj, bool) or not isinstance(pj, (int, float)) or not (
+                math.isfinite(pj) and pj >= 0):
+            raise ValueError(f"energy table {str(p)!r}: {name} must be a finite number >= 0 "
+                             f"(pJ), not {json.dumps(pj)}")
         old = table[name]
         table[name] = Action(float(pj), old.category, f"user table {p.name}")
     return table

@@ -11,3 +11,22 @@ def test_verify_nullhop_conv1_passes_on_icarus(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "conv1: 1024 outputs bit-exact vs the integer reference" in out
     assert "= simulator prediction" in out
+
+
+@pytest.mark.rtl
+def test_verify_with_a_relative_build_folder(tmp_path, monkeypatch, capsys):
+    """The RTL simulator runs in its own folder; a relative --build still works."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify", "systolic", "--rows", "4", "--cols", "3", "--layer", "fc2",
+                 "--build", "vbuild"]) == 0
+    assert "fc2: 10 outputs bit-exact" in capsys.readouterr().out
+    assert (tmp_path / "vbuild" / "fc2").is_dir()
+
+
+@pytest.mark.rtl
+def test_verify_removes_its_temporary_build_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["verify", "systolic", "--rows", "4", "--cols", "3", "--layer", "fc2"]) == 0
+    assert not list(tmp_path.glob("zeroskip-verify-*"))

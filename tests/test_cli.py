@@ -68,3 +68,92 @@ def test_verify_without_icarus_is_a_one_line_error(monkeypatch, capsys):
     assert main(["verify", "systolic", "--layer", "conv1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Icarus Verilog" in err[0] and "apt-get install" in err[0]
+
+
+def _one_line_error(capsys, needle):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("zeroskip: error:"), err
+    assert needle in err[0], err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["sim", "systolic", "--images", "-3"], "--images must be in 1..256"),
+    (["sim", "systolic", "--images", "0"], "--images must be in 1..256"),
+    (["sim", "systolic", "--images", "100000"], "--images must be in 1..256"),
+    (["run", "--images", "0"], "--images must be in 1..256"),
+    (["sim", "systolic", "--network", "vgg16", "--images", "4"],
+     "--images applies to --network digits only"),
+    (["sim", "systolic", "--rows", "100000"], "rows must be in 1..256, not 100000"),
+    (["sim", "nosuch"], "invalid choice: 'nosuch'"),
+    (["sim", "systolic", "--rows", "two"], "invalid int value: 'two'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["sim", "snapea", "--mode", "predictive"], "--mode predictive needs --budget"),
+    (["verify", "systolic", "--image", "9999"], "--image must be in 0..255"),
+    (["verify", "systolic", "--image", "-1"], "--image must be in 0..255"),
+    (["verify", "systolic", "--layer", "conv9"], "unknown layer 'conv9'"),
+])
+def test_bad_arguments_give_one_line_naming_the_value(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        code = main(argv)
+        raise SystemExit(code)
+    assert e.value.code == 2
+    line = _one_line_error(capsys, needle)
+    if "rows" in argv:
+        assert "at least one" not in line  # the hint says what the field is, not a lower bound
+
+
+@pytest.mark.parametrize("value", ["NaN", "1e400", "true", "-1", '"5"'])
+def test_energy_table_values_must_be_finite_numbers(value, tmp_path, capsys):
+    table = tmp_path / "t.json"
+    table.write_text('{"dram_byte": %s}' % value)
+    out = tmp_path / "r.json"
+    assert main(["sim", "systolic", "--energy-table", str(table), "--json", str(out)]) == 2
+    _one_line_error(capsys, "dram_byte must be a finite number >= 0 (pJ)")
+    assert not out.exists()
+
+
+def test_energy_table_that_is_a_folder(tmp_path, capsys):
+    assert main(["sim", "systolic", "--energy-table", str(tmp_path)]) == 2
+    _one_line_error(capsys, "is a folder")
+
+
+@pytest.mark.parametrize("argv", [["gen", "systolic", "--preset", "tiny", "-o"], ["run", "-o"]])
+def test_output_folder_that_is_a_file(argv, tmp_path, capsys):
+    f = tmp_path / "taken"
+    f.write_text("keep me")
+    assert main(argv + [str(f)]) == 2
+    _one_line_error(capsys, "is a file, not a folder")
+    assert f.read_text() == "keep me"
+
+
+def test_json_output_that_is_a_folder(tmp_path, capsys):
+    assert main(["sim", "systolic", "--network", "vgg16", "--json", str(tmp_path)]) == 2
+    _one_line_error(capsys, "is a folder; give a file name")
+
+
+def test_nothing_is_created_before_the_arguments_are_checked(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["run", "--network", "foo", "-o", str(out)]) == 2
+    _one_line_error(capsys, "unknown network 'foo'")
+    assert not out.exists()
+
+
+def test_verify_refuses_what_the_simulator_refuses(capsys):
+    """A layer whose dot product can overflow the accumulator is not verified as bit-exact."""
+    assert main(["verify", "systolic", "--rows", "2", "--cols", "2", "--acc-bits", "20",
+                 "--layer", "conv2"]) == 2
+    _one_line_error(capsys, "overflows a 20-bit accumulator")
+
+
+def test_synth_with_an_unknown_package_fails_before_synthesis(tmp_path, capsys):
+    from zeroskip.commands import fpga
+
+    try:
+        fpga.find_tool("nextpnr-ice40")
+    except RuntimeError:
+        pytest.skip("nextpnr-ice40 is not installed")
+    assert main(["synth", "systolic", "--preset", "tiny", "--target", "ice40", "--package",
+                 "nosuch", "--work-dir", str(tmp_path / "w")]) == 2
+    _one_line_error(capsys, "nextpnr does not know package 'nosuch'")
+    assert not list((tmp_path / "w").glob("*.v"))  # no Verilog written, no Yosys run

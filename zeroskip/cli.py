@@ -24,6 +24,13 @@ class CliError(Exception):
     pass
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with errors as one line on stderr (exit 2), naming where the help is."""
+
+    def error(self, message):
+        self.exit(2, f"zeroskip: error: {message} (see '{self.prog} --help')\n")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -101,11 +108,30 @@ def print_layer_table(report, title: str) -> None:
     _console().print(t)
 
 
-def load_workload(network: str, images: int = 8):
-    from zeroskip.sim import workload
+DEFAULT_IMAGES = 8
+
+
+def check_workload_args(network: str, images: int | None) -> int:
+    """The number of digits images to run, after checking ``--network`` and ``--images``."""
+    from zeroskip.models.digits import CALIBRATION_IMAGES
 
     if network not in NETWORKS:
         raise CliError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
+    if images is None:
+        return DEFAULT_IMAGES
+    if network != "digits":
+        raise CliError(f"--images applies to --network digits only ({network} runs one input "
+                       "from the seeded activation model); leave it out")
+    if not 1 <= images <= CALIBRATION_IMAGES:
+        raise CliError(f"--images must be in 1..{CALIBRATION_IMAGES} (the digits calibration "
+                       f"images), not {images}")
+    return images
+
+
+def load_workload(network: str, images: int | None = None):
+    from zeroskip.sim import workload
+
+    images = check_workload_args(network, images)
     with _progress() as prog:
         task = prog.add_task(f"loading {network}", total=None)
 
@@ -137,7 +163,7 @@ def cmd_gen(args) -> None:
     from zeroskip.hw.gen import generate
 
     cfg = config_from_args(args.block, args)
-    vpath = generate(cfg, args.out)
+    vpath = generate(cfg, check_out_dir(args.out))
     print(f"wrote {vpath} and {vpath.with_suffix('.json')}")
 
 
@@ -146,6 +172,8 @@ def cmd_sim(args) -> None:
 
     cfg = config_from_args(args.block, args)
     table = load_table(args.energy_table)
+    out = check_out_file(args.json) if args.json else None
+    check_workload_args(args.network, args.images)
     wl = load_workload(args.network, args.images)
     t0 = time.perf_counter()
     report = simulate(args.block, cfg, wl, table)
@@ -153,10 +181,8 @@ def cmd_sim(args) -> None:
     print_layer_table(report, f"{args.block} on {args.network} ({dt:.2f} s)")
     for note in report.notes:
         print(f"note: {note}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
-        print(f"wrote {args.json}")
+    if out:
+        write_json(out, report.to_dict())
 
 
 def print_comparison(rows: list[dict], title: str) -> None:
@@ -208,6 +234,34 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def write_json(path: Path, obj) -> None:
+    """Write a report as JSON (strict: no NaN or infinity) under a temporary name, then move
+    it into place, and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(obj, indent=2, allow_nan=False))
+    print(f"wrote {path}")
+
+
+def check_out_dir(path, option: str = "-o") -> Path:
+    """An output folder: it may exist, but not as a file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CliError(f"{option} {str(p)!r} is a file, not a folder; give a folder name")
+    return p
+
+
+def check_out_file(path, option: str = "--json") -> Path:
+    """An output file: it may exist, but not as a folder, and its folder must not be a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{option} {str(p)!r} is a folder; give a file name, e.g. "
+                       f"{str(p / 'report.json')!r}")
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CliError(f"{option} {str(p)!r}: {str(parent)!r} is a file, not a folder")
+    return p
+
+
 def print_layer_comparison(reports: dict, title: str) -> None:
     """One row per layer: each block's cycles, MAC utilisation and energy side by side."""
     from rich.table import Table
@@ -236,9 +290,9 @@ def cmd_run(args) -> None:
     from zeroskip.sim.energy import load_table
 
     configs = compare.equal_configs(_mac_units_arg(args.macs), _block_presets(args.preset))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(args.out)
     table = load_table(args.energy_table)
+    check_workload_args(args.network, args.images)
     wl = load_workload(args.network, args.images)
     print(f"workload: {wl.description}")
     print(f"hardware: {compare.hardware_line(configs)}")
@@ -273,9 +327,11 @@ def cmd_run(args) -> None:
                      f"{fpga.TARGETS[fpga.AREA_TARGET]['device']}, AXI4-Stream tops)")
     report = compare.report_dict(wl, reports)
     report["area"] = area
-    write_atomic(out / "report.json", json.dumps(report, indent=2))
-    compare.write_csv(reports, out / "report.csv")
-    pngs = compare.plot(reports, out, wl.name, area=area, images=wl.batch)
+    # an interrupted run must not leave an earlier run's report looking like this one's:
+    # the old report goes first, every file is written under a temporary name and moved,
+    # and report.json, written last, says the run completed
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)
     with_rtl = registry.names("rtl")
     with _progress() as prog:
         task = prog.add_task("generating Verilog", total=len(with_rtl))
@@ -283,6 +339,10 @@ def cmd_run(args) -> None:
             prog.update(task, description=f"generating Verilog: {block}")
             generate(configs.get(block, registry.get_block(block).default), out / "verilog")
             prog.update(task, advance=1)
+    compare.write_csv(reports, out / "report.csv")
+    pngs = compare.plot(reports, out, wl.name, area=area, images=wl.batch)
+    report["complete"] = True
+    write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
     print(f"wrote {out / 'report.json'}, {out / 'report.csv'}, "
           f"{', '.join(p.name for p in pngs)} and {out / 'verilog'}/ "
           f"({', '.join(with_rtl)})")
@@ -320,14 +380,27 @@ def cmd_verify(args) -> None:
     check = _checkout_part(args.block, "verifier")
     from tb.runner import check_icarus
 
-    check_icarus()
-    wl = load_workload("digits", images=max(1, args.image + 1))
-    names = [l.name for l in wl.layers]
+    from zeroskip.models.digits import CALIBRATION_IMAGES
+    from zeroskip.models.workloads import network_layers
+
+    if not 0 <= args.image < CALIBRATION_IMAGES:
+        raise CliError(f"--image must be in 0..{CALIBRATION_IMAGES - 1} (a digits calibration "
+                       f"image), not {args.image}")
+    names = [l.name for l in network_layers("digits")]
     chosen = args.layer or names
     for n in chosen:
         if n not in names:
             raise CliError(f"unknown layer {n!r}; the digits net has: {', '.join(names)}")
-    build_root = Path(args.build or tempfile.mkdtemp(prefix="zeroskip-verify-"))
+    if args.build:
+        # the RTL simulator runs in its own folder: a relative path would point elsewhere
+        build_root = check_out_dir(args.build, "--build").resolve()
+    check_icarus()
+    wl = load_workload("digits", images=args.image + 1)
+    for n in chosen:  # what the simulator refuses, the RTL is not run on
+        q = wl.quant[names.index(n)]
+        cfg.fxp.check_reduction(n, q.spec.gemm[1], int(q.bias.abs().max()))
+    if not args.build:
+        build_root = Path(tempfile.mkdtemp(prefix="zeroskip-verify-"))
     failed = 0
     for n in chosen:
         i = names.index(n)
@@ -340,9 +413,15 @@ def cmd_verify(args) -> None:
             continue
         print(f"{n}: {res['outputs']} outputs bit-exact vs the integer reference; RTL took "
               f"{res['cycles']:,} cycles = simulator prediction ({time.perf_counter() - t0:.1f} s)")
-    print(f"build and logs in {build_root}")
     if failed:
-        raise CliError(f"{failed} of {len(chosen)} layers failed RTL verification")
+        raise CliError(f"{failed} of {len(chosen)} layers failed RTL verification (build and "
+                       f"logs in {build_root})")
+    if args.build:
+        print(f"build and logs in {build_root}")
+    else:  # a temporary folder: nothing to keep once every layer passed
+        import shutil
+
+        shutil.rmtree(build_root, ignore_errors=True)
 
 
 def _checkout_part(block: str, part: str):
@@ -383,7 +462,7 @@ def cmd_presets(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zeroskip", description=(
+    p = OneLineParser(prog="zeroskip", description=(
         "Design, simulate and verify CNN accelerator blocks that skip useless work."))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -397,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_block_argument(s, "simulator")
     s.add_argument("--network", default="digits", help=f"one of {', '.join(NETWORKS)}")
     s.add_argument("--json", help="also write the report as JSON to this file")
-    s.add_argument("--images", type=int, default=8, help="digits images to run (default 8)")
+    s.add_argument("--images", type=int, default=None,
+                   help=f"digits images to run, 1..256 (default {DEFAULT_IMAGES})")
     s.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
     add_config_options(s)
     s.set_defaults(func=cmd_sim)
@@ -405,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the main job: every block on a network, one report")
     r.add_argument("-o", "--out", default="zeroskip-out", help="output folder")
     r.add_argument("--network", default="digits", help=f"one of {', '.join(NETWORKS)}")
-    r.add_argument("--images", type=int, default=8, help="digits images to run (default 8)")
+    r.add_argument("--images", type=int, default=None,
+                   help=f"digits images to run, 1..256 (default {DEFAULT_IMAGES})")
     r.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
     r.add_argument("--per-layer", action="store_true", help="also print each block's layers")
     r.add_argument("--macs", default=str(DEFAULT_MAC_UNITS), metavar="N",

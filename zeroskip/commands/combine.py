@@ -9,9 +9,6 @@ column-combined array simulator (``sim.combined``) against the dense array of th
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from zeroskip.hw import config as hwcfg
 
 
@@ -122,10 +119,11 @@ def _print(result: dict, title: str) -> None:
 
 
 def cmd_combine(args) -> None:
-    from zeroskip.cli import _progress
+    from zeroskip.cli import _progress, check_out_file, write_json
     from zeroskip.sim.energy import load_table
 
     table = load_table(args.energy_table)
+    out = check_out_file(args.json) if args.json else None
     cfg = _cfg(args, args.block)
     with _progress() as prog:
         task = prog.add_task("column combining", total=None)
@@ -164,10 +162,8 @@ def cmd_combine(args) -> None:
         print(f"grouping {name}: {r['column_reduction']:.2f}x columns, "
               f"{r['tile_reduction']:.2f}x tiles, packing efficiency "
               f"{r['packing_efficiency']:.1%}{acc}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    if out:
+        write_json(out, result)
 
 
 def _subset(net: dict) -> dict:

@@ -142,6 +142,22 @@ def place_and_route(top: str, target: str, device: str, package: str, freq: floa
     return {"fmax_mhz": round(min(fmax), 2) if fmax else None, "utilization": util}
 
 
+def check_package(target: str, device: str, package: str, work: Path) -> None:
+    """Ask nextpnr, with an empty netlist, whether it knows ``package`` for ``device``;
+    ``ValueError`` if not."""
+    t = TARGETS[target]
+    empty = work / "package_check.json"
+    empty.write_text(json.dumps({"modules": {"top": {"attributes": {"top": "1"}, "ports": {},
+                                                     "cells": {}, "netnames": {}}}}))
+    proc = subprocess.run([*find_tool(t["pnr"]), f"--{device}", "--package", package,
+                           "--json", empty.name, "--pack-only"], cwd=work, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 and "Unsupported package" in proc.stdout:
+        raise ValueError(f"nextpnr does not know package {package!r} for the {target} "
+                         f"{device}; the default is {t['devices'][device]} (leave --package "
+                         "out), or see nextpnr's documentation for the device's packages")
+
+
 def counts_from_pnr(util: dict, cells: dict, target: str) -> dict:
     if target == "ecp5":
         return {"luts": util.get("TRELLIS_COMB", 0), "ffs": util.get("TRELLIS_FF", 0),
@@ -234,7 +250,11 @@ def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed
         from zeroskip.hw.axi import _check_max_bytes
         _check_max_bytes(max_bytes)
     work = Path(work_dir or Path("zeroskip-synth") / f"{cfg.block}_{target}")
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"--work-dir {str(work)!r} is a file, not a folder")
     work.mkdir(parents=True, exist_ok=True)
+    if pnr and t["pnr"] and package != t["devices"][device]:
+        check_package(target, device, package, work)  # seconds, not the minutes of synthesis
     vpath = generate(cfg, work) if bare else generate_axi(cfg, work, max_bytes)
     top = vpath.stem
     t0 = time.perf_counter()
@@ -298,9 +318,10 @@ def area_rows(configs: dict, reports: dict, images: int, compute: bool = False,
 
 
 def cmd_synth(args) -> None:
-    from zeroskip.cli import config_from_args
+    from zeroskip.cli import CliError, check_out_file, config_from_args, write_json
 
     cfg = config_from_args(args.block, args)
+    out = check_out_file(args.json) if args.json else None
     res = synth(cfg, args.target, args.device, args.freq, args.seed, not args.no_pnr,
                 args.bare, args.axis_bytes, args.work_dir, args.package)
     fmax = "n/a" if res["fmax_mhz"] is None else f"{res['fmax_mhz']:.2f} MHz"
@@ -310,12 +331,11 @@ def cmd_synth(args) -> None:
           f"luts {res['luts']}, ffs {res['ffs']}, dsps {res['dsps']}, brams {res['brams']}, "
           f"fmax {fmax}{met}")
     print(f"figures from {res['source']}; logs in {res['work_dir']}")
+    if out:
+        write_json(out, res)
     if res.get("pnr_error"):
-        print(f"warning: place and route failed, so no Fmax: {res['pnr_error']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"wrote {args.json}")
+        raise CliError("place and route failed, so there is no Fmax (the figures above are "
+                       f"Yosys's): {res['pnr_error'].splitlines()[0]}")
 
 
 def cmd_gen_axi(args) -> None:

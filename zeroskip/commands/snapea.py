@@ -3,9 +3,7 @@ the digits net) and the ``--mode``/``--budget`` options of ``zeroskip sim snapea
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 DEFAULT_BUDGETS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 
@@ -42,8 +40,9 @@ def cmd_tune(args) -> None:
 
     from zeroskip.models import digits
     from zeroskip.models.snapea_tune import digits_test_accuracy, digits_tuner
-    from zeroskip.cli import _console
+    from zeroskip.cli import _console, check_out_file, write_json
 
+    out = check_out_file(args.json) if args.json else None
     budgets = args.budget or list(DEFAULT_BUDGETS)
     for b in budgets:
         if not 0 <= b <= 100:
@@ -79,12 +78,9 @@ def cmd_tune(args) -> None:
     print("note: MACs are the block's MACs on the profiling windows (64 calibration images, "
           "all layers, exact termination included) relative to exact mode; validation = half "
           "of the test split, held-out = the other half (never used for tuning)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "exact": {"validation_acc": tuner.acc_exact, "held_out_acc": exact_held,
-                      "test_acc": exact_all}, "curve": rows}, indent=2))
-        print(f"wrote {args.json}")
+    if out:
+        write_json(out, {"exact": {"validation_acc": tuner.acc_exact, "held_out_acc": exact_held,
+                                   "test_acc": exact_all}, "curve": rows})
 
 
 def cmd_sim(args, plain) -> None:
@@ -95,7 +91,8 @@ def cmd_sim(args, plain) -> None:
         if args.mode is not None or args.budget is not None:
             raise CliError("--mode and --budget apply to block snapea only")
         return plain(args)
-    from zeroskip.cli import _console, config_from_args, load_workload, print_layer_table
+    from zeroskip.cli import (_console, check_out_file, check_workload_args, config_from_args,
+                              load_workload, print_layer_table, write_json)
     from zeroskip.sim import snapea
     from zeroskip.sim.energy import load_table
 
@@ -104,13 +101,21 @@ def cmd_sim(args, plain) -> None:
         raise CliError("--budget applies to --mode predictive only")
     cfg = config_from_args("snapea", args)
     table = load_table(args.energy_table)
+    out = check_out_file(args.json) if args.json else None
+    check_workload_args(args.network, args.images)
+    if mode == "predictive" and args.network != "digits":
+        raise CliError("predictive mode needs calibration data to choose (Th, n): use "
+                       "--network digits")
     wl = load_workload(args.network, args.images)
     params, tuning = None, None
     if mode == "predictive":
         if not wl.real:
             raise CliError("predictive mode needs calibration data to choose (Th, n): use "
                            "--network digits")
-        budget = 1.0 if args.budget is None else args.budget
+        if args.budget is None:
+            raise CliError("--mode predictive needs --budget PP (the accuracy loss allowed, in "
+                           "percentage points, e.g. --budget 1)")
+        budget = args.budget
         tuner, res = _tuned(budget, cfg.check_every)
         params, tuning = res.params, res.to_dict()
     t0 = time.perf_counter()
@@ -125,13 +130,11 @@ def cmd_sim(args, plain) -> None:
     if tuning:
         print(f"note: predictive parameters for a {tuning['budget_pct']:g} % budget: "
               f"{tuning['choice']} (layer: (n / non-zero weights, miss rate))")
-    if args.json:
+    if out:
         d = report.to_dict()
         if tuning:
             d["tuning"] = tuning
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(d, indent=2))
-        print(f"wrote {args.json}")
+        write_json(out, d)
 
 
 def print_snapea_table(report, console) -> None:
