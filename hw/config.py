@@ -91,12 +91,14 @@ class FixedPointConfig:
       clip to the signed range ``[-2**(act_bits-1), 2**(act_bits-1) - 1]``.
     """
 
-    act_bits: int = bounded(8, 2, 16)
-    weight_bits: int = bounded(8, 2, 16)
-    acc_bits: int = 32  # at least act_bits + weight_bits, at most 64
-    bias_bits: int | None = None  # None: as wide as the accumulator
-    mult_bits: int = bounded(16, 2, 32)
-    shift_bits: int = bounded(6, 1, 7)
+    act_bits: int = bounded(8, 2, 16, why="activation width in bits (unsigned, post-ReLU)")
+    weight_bits: int = bounded(8, 2, 16, why="weight width in bits (signed)")
+    acc_bits: int = field(default=32, metadata={"help": "accumulator width in bits (signed; at "
+                          "least act_bits + weight_bits, at most 64)"})
+    bias_bits: int | None = field(default=None, metadata={
+        "help": "bias width in bits (signed; default: as wide as the accumulator)"})
+    mult_bits: int = bounded(16, 2, 32, why="requantisation multiplier width in bits")
+    shift_bits: int = bounded(6, 1, 7, why="requantisation shift width in bits")
 
     def __post_init__(self):
         check_bounds(self)
@@ -219,7 +221,8 @@ class SystolicConfig(BlockConfig):
 
     rows: int = bounded(8, 1, 256, why="array rows: reduction terms per pass")
     cols: int = bounded(8, 1, 256, why="array columns: output channels per pass")
-    acc_depth: int = bounded(256, 1, 1 << 20)
+    acc_depth: int = bounded(256, 1, 1 << 20, why="partial-sum memory rows: output pixels "
+                             "per pass")
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "systolic"
@@ -291,7 +294,8 @@ class CombinedConfig(SystolicConfig):
     """
 
     alpha: int = bounded(8, 1, 64, why="original columns per packed row")
-    gamma: float = 0.5
+    gamma: float = field(default=0.5, metadata={"help": "conflicts allowed per group, as a "
+                         "fraction of the output channels (packing policy, 0..1)"})
     group_block: int = bounded(0, 0, 1 << 16, why="0 groups all output channels together")
 
     block = "combined"
@@ -363,11 +367,15 @@ class SnaPEAConfig(BlockConfig):
     """
 
     lanes: int = bounded(8, 1, 64, why="MAC lanes, one output channel each")
-    max_taps: int = bounded(512, 1, 1 << 16)
-    act_depth: int = bounded(32768, 1, 1 << 24)
-    max_windows: int = bounded(1024, 1, 1 << 20)
+    max_taps: int = bounded(512, 1, 1 << 16, why="taps per lane buffer (weights and indices); "
+                            "longer kernels run in segments")
+    act_depth: int = bounded(32768, 1, 1 << 24, why="input buffer in activations: one tile "
+                             "of the padded input, all channels")
+    max_windows: int = bounded(1024, 1, 1 << 20, why="output pixels per tile (each lane's "
+                               "partial-sum bank)")
     check_every: int = bounded(1, 1, 64, why="MACs between sign checks")
-    act_bank_depth: int = bounded(16384, 1, 1 << 24, power_of_two=True)
+    act_bank_depth: int = bounded(16384, 1, 1 << 24, power_of_two=True,
+                                  why="activations per input-buffer bank (no effect on cycles)")
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "snapea"
@@ -516,14 +524,17 @@ class NullHopConfig(BlockConfig):
     Stalls (``valid`` low, ``ready`` low) only add cycles: every state waits for its beat.
     """
 
-    macs: int = bounded(8, 1, 256, power_of_two=True)
-    macs_per_channel: int = 1  # 1, 2, 4 or 8, at most macs (``validate``)
-    sm_bits: int = bounded(16, 2, 64, power_of_two=True)
-    kernel_depth: int = bounded(1024, 1, 1 << 20)
-    acc_depth: int = bounded(4096, 1, 1 << 20)
-    max_dim: int = bounded(256, 1, 1 << 14)
-    max_k: int = bounded(11, 1, 15)
-    psum_bank_depth: int = bounded(2048, 1, 1 << 20, power_of_two=True)
+    macs: int = bounded(8, 1, 256, power_of_two=True, why="MAC units")
+    macs_per_channel: int = field(default=1, metadata={"help": "MAC units per output channel: "
+                                  "1, 2, 4 or 8, at most macs"})
+    sm_bits: int = bounded(16, 2, 64, power_of_two=True, why="sparsity-map word width in bits")
+    kernel_depth: int = bounded(1024, 1, 1 << 20, why="kernel memory rows (weights of a pass)")
+    acc_depth: int = bounded(4096, 1, 1 << 20, why="partial-sum memory rows: output pixels "
+                             "per pass")
+    max_dim: int = bounded(256, 1, 1 << 14, why="largest feature-map height or width")
+    max_k: int = bounded(11, 1, 15, why="largest kernel size")
+    psum_bank_depth: int = bounded(2048, 1, 1 << 20, power_of_two=True,
+                                   why="partial-sum rows per memory bank (no effect on cycles)")
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "nullhop"

@@ -13,7 +13,7 @@ from tb import runner
     (["sim", "systolic", "--cols", "-3"], "cols must be"),
     (["sim", "systolic", "--network", "lenet"], "unknown network"),
     (["sim", "systolic", "--network", "vgg16", "--acc-bits", "16"], "too large for the widths"),
-    (["sim", "systolic", "--preset", "huge"], "unknown preset"),
+    (["sim", "systolic", "--preset", "huge"], "invalid choice: 'huge'"),
     (["run", "--macs", "128"], "snapea cannot run on 128 MAC units"),
     (["run", "--macs", "lots"], "--macs takes a number of MAC units or 'preset'"),
     (["run", "--macs", "0"], "--macs must be at least 1"),
@@ -157,3 +157,44 @@ def test_synth_with_an_unknown_package_fails_before_synthesis(tmp_path, capsys):
                  "nosuch", "--work-dir", str(tmp_path / "w")]) == 2
     _one_line_error(capsys, "nextpnr does not know package 'nosuch'")
     assert not list((tmp_path / "w").glob("*.v"))  # no Verilog written, no Yosys run
+
+
+def _help(argv, capsys) -> str:
+    assert main(argv + ["--help"]) == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_only_the_chosen_blocks_options(capsys):
+    snapea = _help(["sim", "snapea"], capsys)
+    assert "--lanes" in snapea and "--mode" in snapea and "--rows" not in snapea
+    systolic = _help(["sim", "systolic"], capsys)
+    assert "--rows" in systolic and "--lanes" not in systolic and "--mode" not in systolic
+    # each option says what it is, its range and the default preset's value
+    assert "array rows: reduction terms per pass; 1..256; default 8" in " ".join(
+        systolic.split())
+
+
+def test_an_option_of_another_block_is_refused(capsys):
+    assert main(["sim", "nullhop", "--rows", "4"]) == 2
+    _one_line_error(capsys, "unrecognized arguments: --rows 4")
+
+
+def test_version(capsys):
+    from zeroskip import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"zeroskip {__version__}"
+
+
+def test_piped_tables_keep_every_number_whole(capsys):
+    """Output that is not a terminal is never squeezed to a width (no cut numbers)."""
+    from zeroskip.sim import systolic
+    from zeroskip.hw.config import SystolicConfig
+    from zeroskip.sim.workload import load
+
+    assert main(["sim", "systolic", "--network", "vgg16", "--rows", "32", "--cols", "32"]) == 0
+    out = capsys.readouterr().out
+    wl = load("vgg16")
+    total = systolic.simulate_network(wl, SystolicConfig(rows=32, cols=32)).totals()["cycles"]
+    assert f"{total:,}" in out
+    assert "…" not in out

@@ -35,29 +35,59 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_options(p: argparse.ArgumentParser) -> None:
-    """Options for every field of every block config (and of the fixed-point contract)."""
-    p.add_argument("--preset", default="default",
-                   help="start from a named configuration (see 'zeroskip presets')")
-    seen = set()
-    classes = [hwcfg.FixedPointConfig, *_config_classes()]
-    for cls in classes:
+def _field_help(f, default) -> str:
+    """A config field's option help: what it is (its ``help`` metadata, else its range's
+    ``why``), its range and the default preset's value."""
+    bounds = f.metadata.get("bounds")
+    what = f.metadata.get("help") or (bounds.why if bounds and bounds.why else
+                                       f.name.replace("_", " "))
+    parts = [what]
+    if bounds is not None:
+        rng = f"{bounds.lo}..{bounds.hi}" if bounds.hi is not None else f">= {bounds.lo}"
+        parts.append(f"{rng}{', a power of two' if bounds.power_of_two else ''}")
+    parts.append(f"default {default}")
+    return "; ".join(parts)
+
+
+def add_config_options(p: argparse.ArgumentParser, block: str) -> None:
+    """``--preset`` and an option for every field of ``block``'s config and of the
+    fixed-point contract, each with what it is, its range and the default preset's value."""
+    rec = registry.get_block(block)
+    p.add_argument("--preset", default="default", choices=list(rec.presets), metavar="NAME",
+                   help=f"start from a named configuration: {', '.join(rec.presets)} "
+                        "(default: default; 'zeroskip presets' lists them)")
+    base = rec.default
+    for cls, values in ((type(base), base), (hwcfg.FixedPointConfig, base.fxp)):
         for f in dataclasses.fields(cls):
-            if f.name == "fxp" or f.name in seen:
+            if f.name == "fxp":
                 continue
-            seen.add(f.name)
             kind = {int: int, float: float, "int": int, "float": float,
                     "int | None": int}.get(f.type, None)
+            default = getattr(values, f.name)
             if f.type in (bool, "bool"):
                 p.add_argument(_flag(f.name), type=lambda s: s.lower() in ("1", "true", "yes"),
-                               default=None, metavar="BOOL", help=f"{cls.__name__}.{f.name}")
+                               default=None, metavar="BOOL", help=_field_help(f, default))
             else:
                 p.add_argument(_flag(f.name), type=kind or str, default=None,
-                               help=f"{cls.__name__}.{f.name}")
+                               metavar=f.name.upper(), help=_field_help(f, default))
 
 
-def _config_classes() -> list[type]:
-    return list(dict.fromkeys(b.config for b in registry.BLOCKS.values()))
+def add_block_subcommand(sub, name: str, help: str, part: str, options, func):
+    """``zeroskip NAME BLOCK [options]``: one parser per block whose record has ``part``, each
+    with the subcommand's own ``options(parser)`` and only that block's config options.
+    The block parsers are kept in ``parser.block_parsers`` for a block's own extras."""
+    p = sub.add_parser(name, help=help, description=help)
+    blocks = p.add_subparsers(dest="block", required=True, metavar="BLOCK",
+                              help=f"one of: {', '.join(registry.names(part))}")
+    p.block_parsers = {}
+    for block in registry.names(part):
+        rec = registry.get_block(block)
+        bp = blocks.add_parser(block, help=rec.summary, description=f"{help}: {rec.summary}")
+        options(bp)
+        add_config_options(bp, block)
+        p.block_parsers[block] = bp
+    p.set_defaults(func=func)
+    return p
 
 
 def config_from_args(block: str, args) -> object:
@@ -72,13 +102,6 @@ def config_from_args(block: str, args) -> object:
         fxp_over["bias_bits"] = None  # follows the accumulator width
     over = {f.name: getattr(args, f.name) for f in dataclasses.fields(base)
             if f.name != "fxp" and getattr(args, f.name, None) is not None}
-    foreign = [f.name for cls in _config_classes() if cls is not type(base)
-               for f in dataclasses.fields(cls)
-               if f.name not in over and f.name != "fxp" and getattr(args, f.name, None) is not None
-               and f.name not in {g.name for g in dataclasses.fields(base)}]
-    if foreign:
-        raise CliError(f"{', '.join(_flag(n) for n in sorted(set(foreign)))} "
-                       f"does not apply to block {block!r}")
     fxp = dataclasses.replace(base.fxp, **fxp_over)
     return dataclasses.replace(base, fxp=fxp, **over)
 
@@ -87,6 +110,8 @@ def _console():
     import shutil
 
     from rich.console import Console
+    if not sys.stdout.isatty():  # piped or logged: never cut a number to fit a width
+        return Console(width=400)
     return Console(width=max(shutil.get_terminal_size((140, 40)).columns, 120))
 
 
@@ -462,32 +487,29 @@ def cmd_presets(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zeroskip import __version__
+
     p = OneLineParser(prog="zeroskip", description=(
         "Design, simulate and verify CNN accelerator blocks that skip useless work."))
+    p.add_argument("--version", action="version", version=f"zeroskip {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    g = sub.add_parser("gen", help="write a block's Verilog and its config JSON")
-    add_block_argument(g, "rtl")
-    g.add_argument("-o", "--out", default="out", help="output folder (default: out)")
-    add_config_options(g)
-    g.set_defaults(func=cmd_gen)
+    add_block_subcommand(sub, "gen", "write a block's Verilog and its config JSON", "rtl",
+                         lambda g: g.add_argument("-o", "--out", default="out", metavar="DIR",
+                                                  help="output folder (default: out)"), cmd_gen)
 
-    s = sub.add_parser("sim", help="simulate a network on a block: per-layer cycles and energy")
-    add_block_argument(s, "simulator")
-    s.add_argument("--network", default="digits", help=f"one of {', '.join(NETWORKS)}")
-    s.add_argument("--json", help="also write the report as JSON to this file")
-    s.add_argument("--images", type=int, default=None,
-                   help=f"digits images to run, 1..256 (default {DEFAULT_IMAGES})")
-    s.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
-    add_config_options(s)
-    s.set_defaults(func=cmd_sim)
+    def sim_options(s):
+        add_network_options(s)
+        s.add_argument("--json", metavar="FILE", help="also write the report as JSON here")
+        add_energy_option(s)
+    add_block_subcommand(sub, "sim", "simulate a network on a block: per-layer cycles and "
+                         "energy", "simulator", sim_options, cmd_sim)
 
     r = sub.add_parser("run", help="the main job: every block on a network, one report")
-    r.add_argument("-o", "--out", default="zeroskip-out", help="output folder")
-    r.add_argument("--network", default="digits", help=f"one of {', '.join(NETWORKS)}")
-    r.add_argument("--images", type=int, default=None,
-                   help=f"digits images to run, 1..256 (default {DEFAULT_IMAGES})")
-    r.add_argument("--energy-table", help="JSON file overriding per-action energies (pJ)")
+    r.add_argument("-o", "--out", default="zeroskip-out", metavar="DIR",
+                   help="output folder (default: zeroskip-out)")
+    add_network_options(r)
+    add_energy_option(r)
     r.add_argument("--per-layer", action="store_true", help="also print each block's layers")
     r.add_argument("--macs", default=str(DEFAULT_MAC_UNITS), metavar="N",
                    help="MAC units every block gets (default %(default)s: the dense 8x8 array); "
@@ -499,13 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start BLOCK from preset NAME (repeatable; default: 'default')")
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("verify", help="run a block's RTL (Icarus) on digits layers and check it")
-    add_block_argument(v, "verifier")
-    v.add_argument("--layer", action="append", help="layer name (repeatable; default: all)")
-    v.add_argument("--image", type=int, default=0, help="which calibration image (default 0)")
-    v.add_argument("--build", help="build folder (default: a new temporary folder)")
-    add_config_options(v)
-    v.set_defaults(func=cmd_verify)
+    def verify_options(v):
+        v.add_argument("--layer", action="append", metavar="NAME",
+                       help="digits layer to verify (repeatable; default: every layer)")
+        v.add_argument("--image", type=int, default=0, metavar="I",
+                       help="which calibration image, 0..255 (default 0)")
+        v.add_argument("--build", metavar="DIR", help="keep the build and logs in this folder "
+                       "(default: a temporary folder, removed after a pass)")
+    add_block_subcommand(sub, "verify", "run a block's RTL (Icarus + cocotb) on digits layers "
+                         "and check it bit- and cycle-exactly", "verifier", verify_options,
+                         cmd_verify)
 
     d = sub.add_parser("digits", help="train/load the digits CNN, report its accuracy")
     d.add_argument("--retrain", action="store_true", help="ignore the cache")
@@ -522,14 +547,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_block_argument(p: argparse.ArgumentParser, part: str) -> None:
-    """The positional BLOCK of a subcommand: the blocks whose record has ``part``."""
-    p.add_argument("block", choices=registry.names(part),
-                   help=f"one of: {', '.join(registry.names(part))}")
+def add_network_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--network", default="digits", metavar="NAME",
+                   help=f"workload: {', '.join(NETWORKS)} (default: digits, the bundled "
+                        "trained net with real activations)")
+    p.add_argument("--images", type=int, default=None, metavar="N",
+                   help=f"digits images to run, 1..256 (default {DEFAULT_IMAGES})")
+
+
+def add_energy_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--energy-table", metavar="FILE",
+                   help="JSON file {action: pJ} overriding the per-action energies of "
+                        "sim/energy.py")
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a one-line usage error (2)
+        return e.code if isinstance(e.code, int) else 2
     try:
         args.func(args)
     except (CliError, ValueError, FileNotFoundError, RuntimeError) as e:

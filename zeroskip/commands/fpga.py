@@ -352,34 +352,32 @@ def cmd_gen_axi(args) -> None:
 
 
 def add_parser(sub) -> None:
-    from zeroskip.cli import add_block_argument, add_config_options
+    from zeroskip.cli import add_block_subcommand
 
-    s = sub.add_parser("synth", help="synthesise a block's AXI4-Stream top for an FPGA: "
-                       "LUTs, FFs, DSPs, BRAMs and Fmax")
-    add_block_argument(s, "rtl")
-    s.add_argument("--target", required=True, choices=sorted(TARGETS),
-                   help="ecp5 and ice40: Yosys + nextpnr; xilinx7: Yosys only")
-    s.add_argument("--device", help="nextpnr device (default: 85k for ecp5, up5k for ice40)")
-    s.add_argument("--package", help="nextpnr package (default: CABGA381 for ecp5; for "
-                   "ice40 the device's package with the most pins, sg48 for up5k)")
-    s.add_argument("--freq", type=float, default=100.0, help="target clock in MHz (default 100)")
-    s.add_argument("--seed", type=int, default=1, help="placement seed (default 1)")
-    s.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")
-    s.add_argument("--bare", action="store_true",
-                   help="the block without its AXI4-Stream wrapper")
-    s.add_argument("--axis-bytes", type=int, default=None,
-                   help="widest AXI4-Stream tdata in bytes (default 64)")
-    s.add_argument("--work-dir", help="where Verilog, netlists and logs go "
-                   "(default zeroskip-synth/BLOCK_TARGET)")
-    s.add_argument("--json", help="also write the figures as JSON to this file")
-    add_config_options(s)
-    s.set_defaults(func=cmd_synth)
+    def synth_options(s):
+        s.add_argument("--target", required=True, choices=sorted(TARGETS),
+                       help="ecp5 and ice40: Yosys + nextpnr; xilinx7: Yosys only")
+        s.add_argument("--device", help="nextpnr device (default: 85k for ecp5, up5k for ice40)")
+        s.add_argument("--package", help="nextpnr package (default: CABGA381 for ecp5; for "
+                       "ice40 the device's package with the most pins, sg48 for up5k)")
+        s.add_argument("--freq", type=float, default=100.0, metavar="MHZ",
+                       help="target clock in MHz (default 100)")
+        s.add_argument("--seed", type=int, default=1, help="placement seed (default 1)")
+        s.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")
+        s.add_argument("--bare", action="store_true",
+                       help="the block without its AXI4-Stream wrapper")
+        s.add_argument("--axis-bytes", type=int, default=None, metavar="N",
+                       help="widest AXI4-Stream tdata in bytes (default 64)")
+        s.add_argument("--work-dir", metavar="DIR", help="where Verilog, netlists and logs go "
+                       "(default zeroskip-synth/BLOCK_TARGET)")
+        s.add_argument("--json", metavar="FILE", help="also write the figures as JSON here")
+    add_block_subcommand(sub, "synth", "synthesise a block's AXI4-Stream top for an FPGA: "
+                         "LUTs, FFs, DSPs, BRAMs and Fmax", "rtl", synth_options, cmd_synth)
 
-    g = sub.add_parser("gen-axi", help="write a block's AXI4-Stream top level Verilog")
-    add_block_argument(g, "rtl")
-    g.add_argument("-o", "--out", default="out", help="output folder (default: out)")
-    g.add_argument("--axis-bytes", type=int, default=None,
-                   help="widest AXI4-Stream tdata in bytes (default 64)")
-    add_config_options(g)
-    g.set_defaults(func=cmd_gen_axi)
-
+    def gen_axi_options(g):
+        g.add_argument("-o", "--out", default="out", metavar="DIR",
+                       help="output folder (default: out)")
+        g.add_argument("--axis-bytes", type=int, default=None, metavar="N",
+                       help="widest AXI4-Stream tdata in bytes (default 64)")
+    add_block_subcommand(sub, "gen-axi", "write a block's AXI4-Stream top level Verilog", "rtl",
+                         gen_axi_options, cmd_gen_axi)

@@ -18,14 +18,15 @@ def add_parser(sub) -> None:
     t.add_argument("--json", help="also write the curve (and chosen parameters) as JSON")
     t.set_defaults(func=cmd_tune)
 
-    s = sub.choices["sim"]
+    sim = sub.choices["sim"]
+    s = sim.block_parsers["snapea"]
     s.add_argument("--mode", choices=("exact", "predictive", "dense"), default=None,
-                   help="snapea only: exact (default), predictive (needs --budget, digits), "
-                   "or dense (termination off: the block's baseline)")
-    s.add_argument("--budget", type=float, default=None,
-                   help="snapea --mode predictive: accuracy-loss budget, percentage points")
-    plain = s.get_default("func")
-    s.set_defaults(func=lambda args: cmd_sim(args, plain))
+                   help="exact (default), predictive (needs --budget, digits), or dense "
+                   "(termination off: the block's baseline)")
+    s.add_argument("--budget", type=float, default=None, metavar="PP",
+                   help="--mode predictive: the accuracy loss allowed, in percentage points")
+    plain = sim.get_default("func")
+    sim.set_defaults(func=lambda args: cmd_sim(args, plain))
 
 
 def _tuned(budget: float, check_every: int):
@@ -88,8 +89,6 @@ def cmd_sim(args, plain) -> None:
     from zeroskip.cli import CliError
 
     if args.block != "snapea":
-        if args.mode is not None or args.budget is not None:
-            raise CliError("--mode and --budget apply to block snapea only")
         return plain(args)
     from zeroskip.cli import (_console, check_out_file, check_workload_args, config_from_args,
                               load_workload, print_layer_table, write_json)
