@@ -102,20 +102,19 @@ def cmd_sim(args, plain) -> None:
     table = load_table(args.energy_table)
     out = check_out_file(args.json) if args.json else None
     check_workload_args(args.network, args.images)
-    if mode == "predictive" and args.network != "digits":
-        raise CliError("predictive mode needs calibration data to choose (Th, n): use "
-                       "--network digits")
-    wl = load_workload(args.network, args.images)
-    params, tuning = None, None
     if mode == "predictive":
-        if not wl.real:
+        if args.network != "digits":
             raise CliError("predictive mode needs calibration data to choose (Th, n): use "
                            "--network digits")
         if args.budget is None:
             raise CliError("--mode predictive needs --budget PP (the accuracy loss allowed, in "
                            "percentage points, e.g. --budget 1)")
-        budget = args.budget
-        tuner, res = _tuned(budget, cfg.check_every)
+        if not 0 <= args.budget <= 100:
+            raise CliError(f"--budget must be in 0..100 percentage points, not {args.budget:g}")
+    wl = load_workload(args.network, args.images)
+    params, tuning = None, None
+    if mode == "predictive":
+        tuner, res = _tuned(args.budget, cfg.check_every)
         params, tuning = res.params, res.to_dict()
     t0 = time.perf_counter()
     report = snapea.simulate_network(wl, cfg, table, mode=mode, params=params)
