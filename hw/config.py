@@ -593,6 +593,11 @@ class NullHopConfig(BlockConfig):
         return max(1, self.acc_depth.bit_length())
 
     @property
+    def kernel_mem_addr_bits(self) -> int:
+        """Width of a kernel-memory RAM address (``ceil_log2(kernel_depth)``)."""
+        return ceil_log2(self.kernel_depth)
+
+    @property
     def psum_addr_bits(self) -> int:
         """Width of a partial-sum memory address (up to ``acc_depth - 1``)."""
         return max(1, (self.acc_depth - 1).bit_length())
@@ -621,6 +626,61 @@ class NullHopConfig(BlockConfig):
     def psum_banks(self) -> int:
         """Banks of the partial-sum memory (``acc_depth / psum_bank_depth``, rounded up)."""
         return ceil_div(self.acc_depth, self.psum_bank_depth)
+
+    @property
+    def sm_log2(self) -> int:
+        """log2 of ``sm_bits``: the width of a position within an SM word."""
+        return ceil_log2(self.sm_bits)
+
+    @property
+    def block_log2_bits(self) -> int:
+        """Width of a pass's group-block log2 (``min(slice_log2, sm_log2)``, up to ``sm_log2``)."""
+        return max(1, ceil_log2(self.sm_bits + 1))
+
+    @property
+    def coord_bits(self) -> int:
+        """Width of a padded input coordinate and its kernel-range arithmetic (``x + pad``)."""
+        return self.dim_bits + self.k_bits + 4
+
+    @property
+    def psum_step_bits(self) -> int:
+        """Width of the partial-sum addresses worked out by increments (box walk, walker)."""
+        return self.psum_count_bits + 4
+
+    @property
+    def kernel_offset_bits(self) -> int:
+        """Width of a kernel offset ``kx``/``ky`` and of its box's ends (one above ``k_bits``)."""
+        return self.k_bits + 1
+
+    @property
+    def kernel_range_bits(self) -> int:
+        """Width of a signed first/last kernel offset on the stride grid (first > last: none)."""
+        return self.k_bits + 2
+
+    @property
+    def kernel_area_bits(self) -> int:
+        """Width of a pass's ``k * k``."""
+        return 2 * self.k_bits
+
+    @property
+    def stride_bits(self) -> int:
+        """Width of a pass's stride ``1 << stride_log2`` (up to 8)."""
+        return 4
+
+    @property
+    def stride_mask_bits(self) -> int:
+        """Width of a pass's ``stride - 1``."""
+        return self.stride_bits - 1
+
+    @property
+    def top_bits(self) -> int:
+        """Width of the input coordinate of a pass's last output, ``(out - 1) << stride_log2``."""
+        return self.dim_bits + 3
+
+    @property
+    def kernel_row_step_bits(self) -> int:
+        """Width of ``k << stride_log2``, the box walk's kernel-offset step to the next row."""
+        return self.k_bits + 3
 
     # --- the cycle schedule (mirrored by sim.nullhop and checked against the RTL) ----------
     prime_cycles = 3  # after the command: pass constants, the first row's kernel rows
