@@ -84,8 +84,9 @@ class SystolicArray(wiring.Component):
     ``t + r + c`` (its bank bit beside it, skewed alike) and has all its column sums on
     ``psum_out`` in cycle ``t + rows + cols + 1``: row r is delayed r cycles by the skew,
     each PE adds one cycle (its product register one more, once), column c is delayed
-    ``cols-1-c`` by the de-skew. Cell (r, c) copies its bank's weight in cycle ``t + r + c``,
-    so bank ``b`` may take new weights (``load[b]`` high) from cycle ``t + rows + cols - 1``
+    ``cols-1-c`` by the de-skew. Cell (r, c) copies its bank's weight on the clock edge that
+    ends cycle ``t + r + c`` (a load on the same edge changes the bank only after it), so
+    bank ``b`` may take new weights (``load[b]`` high) from cycle ``t + rows + cols - 2``
     after the last vector ``t`` that uses it.
 
     Variants (``hw.combined.CombinedArray``) replace the cell and the two input shapes.
