@@ -176,8 +176,8 @@ class SystolicBlock(wiring.Component):
       - activation beats of pass ``i``: ``count`` beats, the first at the earliest two
         cycles after its last weight beat (the last row has entered the bank) and
         ``max(1, 4 - count_(i-1))`` cycles after ``L_(i-1)`` (``pass_gap``: vector ``j`` of
-        a pass then enters at least 3 cycles after vector ``j`` of the pass before, which
-        holds since the earlier pass's vectors precede ``L_(i-1)`` one per cycle at most);
+        the pass before entered ``count_(i-1) - 1 - j`` or more cycles before ``L_(i-1)``, so
+        vector ``j`` of this pass enters at least 3 cycles after it, also under stalls);
       - the vector accepted in cycle t reaches cell (r, c) in cycle t+r+c, the de-skewed
         array output in cycle t+rows+cols+1; its previous partial sums are read from memory
         in cycle t+rows+cols (address j for its pass's j-th vector), it is added and written
@@ -185,8 +185,8 @@ class SystolicBlock(wiring.Component):
         ``Requantizer`` there, then the output FIFO: its output beat is valid in cycle
         ``t + rows + cols + 2 + requant_latency + 1`` (``pipeline_latency``). Partial-sum
         hazard: the next K tile's vector j reads address j at ``t' + rows + cols >= t +
-        rows + cols + 3``, one cycle after this pass's write at stage B (the read port is
-        not transparent), by the gap rule above;
+        rows + cols + 3``, at least one cycle after this pass's write at stage B (the read
+        port is not transparent), by the gap rule above;
       - bank ``i % 2`` frees on the clock edge of cycle ``L_i + rows + cols + 2``, pass
         ``i``'s last partial-sum write: its cells copied their weight of that bank by
         cycle ``L_i + rows + cols - 2`` and its command is read last at that stage B. The
