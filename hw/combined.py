@@ -11,22 +11,22 @@ activations of its group side by side ("lanes") and every cell holds a static
 Cells are **bit-parallel** int8 (the paper's cells are bit-serial): one full multiply per
 cycle, so the cycle schedule is exactly the dense array's (``SystolicBlock``): one command
 beat, ``rows`` weight beats (each a row of ``{weight, sel}`` cells: the selects load with
-the weights, in the same beats), ``count`` activation beats (each ``rows x alpha`` lanes)
-and the ``rows + cols + 2`` pipeline drain. ``CombinedConfig.pass_cycles`` is
-``SystolicConfig.pass_cycles``. With ``alpha = 1`` the select is 0 bits wide and the block is
-the dense array: same outputs, same cycles.
+the weights, in the same beats, into the same bank), ``count`` activation beats (each
+``rows x alpha`` lanes), passes overlapped on two banks as in the dense array, and
+``CombinedConfig.layer_cycles`` is ``SystolicConfig.layer_cycles``. With ``alpha = 1`` the
+select is 0 bits wide and the block is the dense array: same outputs, same cycles.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import multiply_accumulate
 from .config import CombinedConfig
 from .layouts import acc_shape, act_shape, combined_layouts, weight_shape
-from .systolic import SystolicArray, SystolicBlock
+from .systolic import SystolicArray, SystolicBlock, shift_banks
 
 
 def _lanes(cfg: CombinedConfig) -> data.ArrayLayout:
@@ -34,42 +34,50 @@ def _lanes(cfg: CombinedConfig) -> data.ArrayLayout:
 
 
 class CombinedColumnCell(wiring.Component):
-    """A processing element with an input multiplexer.
+    """A processing element with an input multiplexer and two ``{weight, sel}`` banks.
 
-    Ports: ``load``/``w_in`` shift a ``{weight, sel}`` cell in (``w_out`` passes it down the
-    column); every cycle ``a <= a_in`` (all ``alpha`` lanes move
-    right), ``psum_out <= psum_in + a[sel] * weight``. One cycle of latency on the lanes and
-    on the partial sum, like ``hw.systolic.ProcessingElement``.
+    Ports: ``load[b]``/``w_in[b]`` shift a ``{weight, sel}`` cell into bank ``b`` (``w_out[b]``
+    passes it down the column); ``bank_in`` is the bank of the lanes on ``a_in`` (it moves
+    right with them, ``bank_out``). Every cycle ``a <= a_in`` (all ``alpha`` lanes move
+    right) and, on the same edge, ``selected <= a_in[sel]`` and ``weight <= weight`` of bank
+    ``bank_in``, then ``psum_out <= psum_in + selected * weight``. One cycle of latency on the
+    lanes and on the partial sum, like ``hw.systolic.ProcessingElement``.
     """
 
     def __init__(self, cfg: CombinedConfig):
         self._cfg = cfg
         cell = combined_layouts(cfg).weight_row.elem_shape
         super().__init__({
-            "load": In(1),
-            "w_in": In(cell),
-            "w_out": Out(cell),
+            "load": In(2),
+            "w_in": In(cell).array(2),
+            "w_out": Out(cell).array(2),
             "a_in": In(_lanes(cfg)),
             "a_out": Out(_lanes(cfg)),
+            "bank_in": In(1),
+            "bank_out": Out(1),
             "psum_in": In(acc_shape(cfg.fxp)),
             "psum_out": Out(acc_shape(cfg.fxp)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        lane = Signal(act_shape(self._cfg.fxp))  # a_in[sel]
+        bank = [self.w_out[b] for b in range(2)]
+        lane = Signal(act_shape(self._cfg.fxp))  # a_in[sel] of the vector's bank
         if self._cfg.alpha == 1:
             m.d.comb += lane.eq(self.a_in[0])
         else:
-            with m.Switch(self.w_out.sel):
+            sel = Signal.like(bank[0].sel)
+            m.d.comb += sel.eq(Mux(self.bank_in, bank[1].sel, bank[0].sel))
+            with m.Switch(sel):
                 for j in range(self._cfg.alpha):
                     with m.Case(j):
                         m.d.comb += lane.eq(self.a_in[j])
         selected = Signal.like(lane)
-        with m.If(self.load):
-            m.d.sync += self.w_out.eq(self.w_in)
-        m.d.sync += [self.a_out.eq(self.a_in), selected.eq(lane)]
-        multiply_accumulate(m, selected, self.w_out.weight, self.psum_in, self.psum_out)
+        weight = Signal.like(bank[0].weight, name="weight")
+        shift_banks(m, self)
+        m.d.sync += [selected.eq(lane),
+                     weight.eq(Mux(self.bank_in, bank[1].weight, bank[0].weight))]
+        multiply_accumulate(m, selected, weight, self.psum_in, self.psum_out)
         return m
 
 
@@ -77,10 +85,11 @@ class CombinedArray(SystolicArray):
     """``rows x cols`` combined-column cells with input skew and output de-skew registers:
     ``hw.systolic.SystolicArray`` with ``alpha`` lanes per row and a select per cell.
 
-    Ports: ``a_in[r]`` the ``alpha`` lanes of packed row ``r``; ``w_in[c]`` the cell entering
-    the top of column ``c`` on ``load`` (rows shift down, so after ``rows`` loads row ``r``
-    holds the ``rows-1-r``-th row sent); ``psum_out[c]`` the column sums. A vector presented
-    in cycle t has its column sums on ``psum_out`` in cycle ``t + rows + cols + 1``.
+    Ports: ``a_in[r]`` the ``alpha`` lanes of packed row ``r`` and ``bank`` their bank;
+    ``w_in[c]`` the cell entering the top of column ``c`` of bank ``b`` on ``load[b]`` (rows
+    shift down, so after ``rows`` loads row ``r`` holds the ``rows-1-r``-th row sent);
+    ``psum_out[c]`` the column sums. A vector presented in cycle t has its column sums on
+    ``psum_out`` in cycle ``t + rows + cols + 1``.
     """
 
     def _cell(self):
@@ -94,8 +103,8 @@ class CombinedArray(SystolicArray):
 
 
 class CombinedBlock(SystolicBlock):
-    """Column-combined systolic array block: ``hw.systolic.SystolicBlock`` (same FSM,
-    partial-sum memory, requantisers, global stall and cycle schedule) around a
+    """Column-combined systolic array block: ``hw.systolic.SystolicBlock`` (same bank control,
+    partial-sum memory, requantisers, flow control and cycle schedule) around a
     ``CombinedArray``.
 
     Ports (payload layouts in ``hw.layouts.combined_layouts``):
@@ -107,12 +116,12 @@ class CombinedBlock(SystolicBlock):
                        0 for unused lanes).
       ``out``     out: ``count`` beats on emit passes, each ``cols`` output activations.
 
-    Cycle schedule of one pass (``CombinedConfig.pass_cycles``, mirrored by
-    ``sim.combined``): command in cycle 0, weight+select rows in cycles 1..rows (each
-    entering the array a cycle later), activation vectors in cycles rows+2..rows+count+1,
-    the output beat of the vector accepted in cycle t in cycle ``t + pipeline_latency``;
-    back in IDLE after ``1 + rows + 1 + count + rows + cols + 2`` cycles. Flow control as in
-    the dense block: the output FIFO's free places gate ``acts.ready``.
+    Cycle schedule: the dense block's (``SystolicBlock``; ``CombinedConfig.pass_schedule``
+    and ``layer_cycles``, mirrored by ``sim.combined``): pass ``i`` uses bank ``i % 2`` of
+    every cell's ``{weight, sel}`` registers and of the command registers, the next pass's
+    cells load while a pass computes and its vectors follow while it drains; the output beat
+    of the vector accepted in cycle t is valid in cycle ``t + pipeline_latency``. Flow
+    control as in the dense block: the output FIFO's free places gate ``acts.ready``.
     """
 
     def _layouts(self):

@@ -217,6 +217,21 @@ class SystolicConfig(BlockConfig):
     ``rows`` is the reduction dimension (input channels x kernel positions), ``cols`` the
     output channels; ``acc_depth`` is the depth of the partial-sum memory, i.e. the most
     output pixels one pass can hold.
+
+    The cycle schedule (``SystolicBlock``'s docstring states it; ``pass_schedule`` and
+    ``layer_cycles`` evaluate it) overlaps passes on two banks. With every input valid and
+    ``out.ready`` high, pass ``i`` of ``n_i`` vectors has its command accepted in cycle
+    ``C_i``, its last weight beat in ``E_i``, its activation beats in ``F_i .. L_i``::
+
+        C_i = max(C_(i-1) + 1, L_(i-2) + rows + cols + 3)      (C_0 = 0: its bank is free)
+        E_i = max(C_i, E_(i-1)) + rows                          (rows beats, in pass order)
+        F_i = max(E_i + 2, L_(i-1) + max(1, 4 - n_(i-1)))       (settled; hazard gap)
+        L_i = F_i + n_i - 1
+
+    and a layer takes ``L_last + pipeline_latency + 1`` cycles, first command to last output
+    beat inclusive. When every pass holds ``n_i >= 2*rows + cols + 4`` vectors the
+    activation stream never pauses and this is ``rows + 2 + sum(n_i) + pipeline_latency``:
+    the first weight load and the last drain are all that is not hidden.
     """
 
     rows: int = bounded(8, 1, 256, why="array rows: reduction terms per pass")
@@ -267,18 +282,77 @@ class SystolicConfig(BlockConfig):
         must cover the pipeline for the array never to wait with ``out`` ready."""
         return 1 << (self.pipeline_latency + 2).bit_length()
 
-    def pass_cycles(self, pixels: int) -> int:
-        """Cycles one pass occupies: 1 command + ``rows`` weight beats + 1 cycle for the
-        last weight row to enter the array + ``pixels`` activation beats + the pipeline
-        drain until the last partial sum is written (rows + cols array stages, the product
-        register, the accumulate stage)."""
-        return 1 + self.rows + 1 + pixels + self.rows + self.cols + 2
+    @property
+    def bank_free_delay(self) -> int:
+        """Cycles from a pass's last activation beat to the first cycle its bank (weight
+        registers and command register) takes the command of the pass after next: the last
+        partial-sum write is ``rows + cols + 2`` cycles after the beat and frees the bank on
+        its clock edge."""
+        return self.rows + self.cols + 3
 
-    def layer_cycles(self, passes: int, pixels: int) -> int:
-        """First command beat to last output beat, inclusive, of ``passes`` passes that
-        stream ``pixels`` activation vectors in all, back to back: the passes, then the
-        requantiser's stages and the output FIFO after the last one."""
-        return self.fxp.requant_latency + 1 + passes * self.pass_cycles(0) + pixels
+    @staticmethod
+    def pass_gap(count: int) -> int:
+        """Least distance from the last activation beat of a pass of ``count`` vectors to the
+        first beat of the next pass, ``max(1, 4 - count)``: vector ``j`` of the next pass
+        then enters at least 3 cycles after vector ``j`` of this one, so it reads its partial
+        sums after this pass has written them (``SystolicBlock``)."""
+        return max(1, 4 - count)
+
+    def _next_pass(self, state, count):
+        """One step of the schedule recurrence. ``state`` holds the previous pass's command
+        cycle, last weight beat, last activation beat and gap, and the last activation beat
+        of the pass before it."""
+        cmd, weights, last, gap, last2 = state
+        cmd = max(cmd + 1, last2 + self.bank_free_delay)
+        weights = max(cmd, weights) + self.rows  # rows beats from max(cmd + 1, weights + 1)
+        first = max(weights + 2, last + gap)  # the last weight row enters the array first
+        return cmd, weights, first + count - 1, self.pass_gap(count), last
+
+    _START = (-1, -(1 << 62), -(1 << 62), 0, -(1 << 62))
+
+    def pass_schedule(self, counts) -> list[tuple[int, int, int, int]]:
+        """``(command, last weight beat, first activation beat, last activation beat)`` of
+        every pass of ``counts`` vectors, run back to back with every input valid and
+        ``out.ready`` high, cycle 0 being the first command (``SystolicBlock``'s schedule).
+        """
+        state, rows = self._START, []
+        for n in counts:
+            state = self._next_pass(state, int(n))
+            rows.append((state[0], state[1], state[2] - int(n) + 1, state[2]))
+        return rows
+
+    def layer_cycles(self, runs) -> int:
+        """First command beat to last output beat, inclusive, of passes run back to back
+        (every input valid, ``out.ready`` high). ``runs``: ``(count, passes)`` pairs, passes
+        of ``count`` vectors each, in order. The last output beat leaves ``pipeline_latency``
+        cycles after the last activation beat.
+
+        Exact and O(1) per run: the recurrence (``pass_schedule``) is max-plus, so once its
+        state relative to the last activation beat repeats within a run of equal counts it
+        repeats with the same period forever, and whole periods are skipped."""
+        state, total = self._START, 0
+        for count, passes in runs:
+            count, passes = int(count), int(passes)
+            total += passes
+            seen = {}
+            i = 0
+            while i < passes:
+                state = self._next_pass(state, count)
+                i += 1
+                last = state[2]
+                key = tuple(v - last for v in state[:3]) + (state[4] - last,)
+                if key in seen:
+                    j, last_j = seen[key]
+                    periods = (passes - i) // (i - j)
+                    shift = periods * (last - last_j)
+                    state = (state[0] + shift, state[1] + shift, state[2] + shift, state[3],
+                             state[4] + shift)
+                    i += periods * (i - j)
+                    seen = {}
+                seen[key] = (i, state[2])
+        if not total:
+            return 0
+        return state[2] + self.pipeline_latency + 1
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The block is the dense array with ``alpha`` activation lanes per packed row and a select per
 cell, so this module reuses ``sim.systolic``: the step-per-cycle ``StepModel`` (same FSM and
 pipeline; only the tiling, the beats and the cell arithmetic are replaced) and the dense
-pass overhead ``SystolicConfig.pass_cycles``.
+schedule ``SystolicConfig.layer_cycles`` (overlapped passes, two weight banks).
 
 Tiling over the packed matrix (``plan_packed``): for each chunk of ``acc_depth`` output
 pixels, for each grouping block (one for a global grouping), for each tile of ``cols``
@@ -124,16 +124,16 @@ def pass_beats(g: PackedGemm, p: CombinedPass, cfg: CombinedConfig):
 
 def layer_cycles(m: int, packing: cc.Packing, cfg: CombinedConfig) -> int:
     """First command to last output, inclusive, inputs always valid and ``out`` always
-    ready: passes run back to back, each ``pass_cycles(count)`` long."""
-    chunks = ceil_div(m, cfg.acc_depth)
+    ready: the dense array's schedule (``SystolicConfig.layer_cycles``) over the packed
+    tiling's passes."""
     per_chunk = sum(ceil_div(max(1, b.rows), cfg.rows) * ceil_div(b.n1 - b.n0, cfg.cols)
                     for b in packing.blocks)
-    return cfg.layer_cycles(chunks * per_chunk, per_chunk * m)
+    return cfg.layer_cycles(systolic.pass_runs(m, per_chunk, cfg.acc_depth))
 
 
 class CombinedStepModel(StepModel):
-    """``sim.systolic.StepModel`` with the packed tiling and combined cells: the FSM, valid
-    pipeline, partial-sum memory and output register are the dense block's."""
+    """``sim.systolic.StepModel`` with the packed tiling and combined cells: the bank
+    control, valid pipeline, partial-sum memory and output stage are the dense block's."""
 
     def plan(self, g: PackedGemm) -> list:
         return plan_packed(g.shape[0], g.packing, self.cfg)
@@ -186,7 +186,9 @@ def simulate_layer(spec: ConvLayer, packing: cc.Packing, cfg: CombinedConfig, ta
         "mac": m * packing.cells,
         "mux_select": m * packing.cells if cfg.alpha > 1 else 0,
         "requant": m * n,
-        "reg_write_byte": passes * r * c * cell_bytes,  # weights + selects into the cells
+        # per pass and cell: weight + select into its bank, then the weight into the cell's
+        # selected-weight register (the select is used, not copied)
+        "reg_write_byte": passes * r * c * (cell_bytes + 1),
         "sram_read_byte": passes * r * c * cell_bytes + m * lanes_read,
         "sram_write_byte": m * n,
         "small_sram_byte": m * psum_rw * psum_bytes,

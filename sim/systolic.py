@@ -104,19 +104,27 @@ def pass_beats(g: Gemm, p: Pass, cfg: SystolicConfig):
     return cmd, wt[::-1].tolist(), acts.tolist()
 
 
+def pass_runs(m: int, passes_per_chunk: int, acc_depth: int) -> list[tuple[int, int]]:
+    """The pixel counts of a layer's passes as ``(count, passes)`` runs: every chunk but
+    the last holds ``acc_depth`` pixels, the last the rest."""
+    chunks = ceil_div(m, acc_depth)
+    return [(acc_depth, (chunks - 1) * passes_per_chunk),
+            (m - (chunks - 1) * acc_depth, passes_per_chunk)]
+
+
 def layer_cycles(m: int, k: int, n: int, cfg: SystolicConfig) -> int:
     """Cycles from the first command beat to the last output beat, inclusive, with every
-    input offered at once and ``out.ready`` always high (``SystolicConfig.pass_cycles``)."""
-    chunks = ceil_div(m, cfg.acc_depth)
+    input offered at once and ``out.ready`` always high (``SystolicConfig.layer_cycles``)."""
     passes_per_chunk = ceil_div(n, cfg.cols) * ceil_div(k, cfg.rows)
-    return cfg.layer_cycles(chunks * passes_per_chunk, passes_per_chunk * m)
+    return cfg.layer_cycles(pass_runs(m, passes_per_chunk, cfg.acc_depth))
 
 
 class StepModel:
-    """Step-per-cycle model of ``SystolicBlock``: FSM, valid pipeline, partial-sum memory,
-    the requantiser's stages, the output FIFO and its reservations, advanced one clock at a
-    time. The array itself is a delay line carrying
-    each vector's column sums (its arithmetic is the GEMM; its timing is the delay)."""
+    """Step-per-cycle model of ``SystolicBlock``: the two banks' command, weight-load and
+    injection flags, the valid/bank/last pipeline, the partial-sum memory and its per-bank
+    addresses, the requantiser's stages, the output FIFO and its reservations, advanced one
+    clock at a time. The array itself is a delay line carrying each vector's column sums (its
+    arithmetic is the GEMM with its bank's weights; its timing is the delay)."""
 
     def __init__(self, cfg: SystolicConfig):
         self.cfg = cfg
@@ -163,15 +171,22 @@ class StepModel:
                 out_rows += [(i, j) for j in range(p.count)]
 
         mem = np.zeros((cfg.acc_depth, c), np.int64)
-        pipe = [(False, None)] * (1 + r + c)  # valid + column sums, oldest last
-        stage_b, row_b, rd_data = False, None, np.zeros(c, np.int64)
+        idle = (False, 0, False, None)
+        # (valid, bank, last of its pass, column sums) of stages 1 .. rows+cols+2
+        pipe = [idle] * (r + c + 2)
+        read, prev, row_b = np.zeros(c, np.int64), np.zeros(c, np.int64), None
         # the requantiser's stages, newest first; the last one is its output register
         rq_pipe = [(False, None)] * cfg.fxp.requant_latency
         fifo = deque()  # the output FIFO; its head is the out beat on offer
         free = cfg.out_fifo_depth  # FIFO places not promised to a vector in flight
         credit = True  # free >= 2 a cycle ago
-        state, cmd, loaded, accepted, rd_addr, wr_addr = "IDLE", None, 0, 0, 0, 0
-        weights = self.empty_weights()
+        commands = [None, None]
+        busy, need_weights, loaded = [False, False], [False, False], [False, False]
+        rd_addr, wr_addr = [0, 0], [0, 0]
+        cmd_bank = load_bank = inject_bank = settle_bank = 0
+        w_count = accepted = hold = 0
+        settle = False
+        weights = [self.empty_weights(), self.empty_weights()]
         trace = {"cmd": [], "weights": [], "acts": [], "out": [], "out_payload": []}
         outputs = np.zeros((m, n), np.int64)
         emitted = 0
@@ -189,55 +204,77 @@ class StepModel:
                 trace["out"].append(t)
                 trace["out_payload"].append(list(out_payload))
                 emitted += 1
-            cmd_v, w_v, a_v = cmd_src.valid(t), w_src.valid(t), a_src.valid(t)
-            injected = (state == "COMPUTE" and accepted != cmd["count"] and a_v
-                        and (credit or not cmd["emit"]))
-            stage_a, row_a = pipe[-1]
-            sums = row_b + (rd_data if cmd["accumulate"] else 0) if stage_b else None
-            finished = state == "COMPUTE" and stage_b and wr_addr == cmd["count"] - 1
+            # --- combinational: every ready and enable from the registers ---
+            start = cmd_src.valid(t) and not busy[cmd_bank]
+            w_taken = w_src.valid(t) and need_weights[load_bank]
+            w_done = w_taken and w_count == r - 1
+            ci = commands[inject_bank]
+            injected = (a_src.valid(t) and loaded[inject_bank] and hold == 0
+                        and (credit or not ci["emit"]))
+            inject_last = injected and accepted + 1 == ci["count"]
+            pre_a, stage_a, stage_b = pipe[r + c - 1], pipe[r + c], pipe[r + c + 1]
+            cb = commands[stage_b[1]]
+            sums = row_b + prev if stage_b[0] else None
             # --- clock edge: registers take their next values ---
-            if stage_a and cmd["accumulate"]:
-                rd_data = mem[rd_addr].copy()
-            if stage_b and not cmd["emit"]:
-                mem[wr_addr] = sums
+            new_prev = (read if stage_a[0] and commands[stage_a[1]]["accumulate"]
+                        else np.zeros(c, np.int64))
+            if pre_a[0] and commands[pre_a[1]]["accumulate"]:
+                read = mem[rd_addr[pre_a[1]]].copy()  # before this edge's write
+            if stage_b[0] and not cb["emit"]:
+                mem[wr_addr[stage_b[1]]] = sums
+            prev, row_b = new_prev, stage_a[3]
             if rq_pipe[-1][0]:
                 fifo.append(rq_pipe[-1][1])
-            emit = stage_b and bool(cmd["emit"])
+            emit = stage_b[0] and bool(cb["emit"])
+            q = cb["q"] if emit else None
             rq_pipe = [(emit, requantize(sums + q["bias"], q["mult"], q["shift"], cfg.fxp,
-                                         bool(cmd["relu"])) & cfg.fxp.act_max
+                                         bool(cb["relu"])) & cfg.fxp.act_max
                         if emit else None)] + rq_pipe[:-1]
             credit = free >= 2
-            free += int(left) - int(injected and bool(cmd["emit"]))
-            sums_in = self.column_sums(a_src.payload(), weights) if injected else None
-            pipe = [(injected, sums_in)] + pipe[:-1]
-            rd_addr += int(stage_a)
-            wr_addr += int(stage_b)
-            stage_b, row_b = stage_a, row_a
+            free += int(left) - int(injected and bool(ci["emit"]))
+            sums_in = (self.column_sums(a_src.payload(), weights[inject_bank]) if injected
+                       else None)
+            pipe = [(injected, inject_bank, inject_last, sums_in)] + pipe[:-1]
+            if pre_a[0]:
+                rd_addr[pre_a[1]] += 1
+            if stage_b[0]:
+                wr_addr[stage_b[1]] += 1
+                if stage_b[2]:  # the pass's last partial-sum write frees its bank
+                    busy[stage_b[1]] = False
             if injected:
                 trace["acts"].append(t)
                 a_src.advance()
                 accepted += 1
-            if state == "IDLE":
-                if cmd_v:
-                    cmd = cmd_src.payload()
-                    q = {f: np.asarray(cmd["requant"][f], np.int64) for f in cmd["requant"]}
-                    trace["cmd"].append(t)
-                    cmd_src.advance()
-                    loaded = accepted = rd_addr = wr_addr = 0
-                    state = "LOAD"
-            elif state == "LOAD":
-                if w_v:
-                    weights = np.concatenate([self.weight_row(w_src.payload())[None],
-                                              weights[:-1]])
-                    trace["weights"].append(t)
-                    w_src.advance()
-                    loaded += 1
-                    if loaded == r:
-                        state = "SETTLE"
-            elif state == "SETTLE":
-                state = "COMPUTE"
-            elif state == "COMPUTE" and finished:
-                state = "IDLE"
+            if settle:
+                loaded[settle_bank] = True
+            if inject_last:
+                hold = max(0, 3 - accepted)  # SystolicConfig.pass_gap(count) - 1
+                accepted = 0
+                loaded[inject_bank] = False
+                inject_bank ^= 1
+            elif hold:
+                hold -= 1
+            settle = w_done
+            if w_taken:
+                weights[load_bank] = np.concatenate([self.weight_row(w_src.payload())[None],
+                                                     weights[load_bank][:-1]])
+                trace["weights"].append(t)
+                w_src.advance()
+                w_count += 1
+            if w_done:
+                settle_bank = load_bank
+                w_count = 0
+                need_weights[load_bank] = False
+                load_bank ^= 1
+            if start:
+                cmd = dict(cmd_src.payload())
+                cmd["q"] = {f: np.asarray(cmd["requant"][f], np.int64) for f in cmd["requant"]}
+                commands[cmd_bank] = cmd
+                busy[cmd_bank] = need_weights[cmd_bank] = True
+                rd_addr[cmd_bank] = wr_addr[cmd_bank] = 0
+                trace["cmd"].append(t)
+                cmd_src.advance()
+                cmd_bank ^= 1
             t += 1
         trace["cycles"] = trace["out"][-1] - trace["cmd"][0] + 1
         return outputs, trace
@@ -257,7 +294,10 @@ def simulate_layer(spec: ConvLayer, cfg: SystolicConfig, table=None, batch: int 
     events = {
         "mac": m * k * n,
         "requant": m * n,
-        "reg_write_byte": passes * r * c,  # weights shifted into the PEs
+        # per pass and cell: the weight enters its bank, and the cell's selected-weight
+        # register takes it when the pass's first vector passes (once: it holds the same
+        # bank until the next pass)
+        "reg_write_byte": 2 * passes * r * c,
         "sram_read_byte": passes * r * c + n_tiles * k_tiles * m * r,  # weight + act buffers
         "sram_write_byte": m * n,  # outputs
         "small_sram_byte": 2 * (k_tiles - 1) * n_tiles * m * c * psum_bytes,  # psum rd + wr

@@ -84,3 +84,27 @@ def test_combined_rtl_stalls_keep_results_and_predicted_cycles(tmp_path):
     layer, x = random_layer(ConvLayer("c", 3, 5, 6, 5, k=3, pad=1), seed=7, fxp=cfg.fxp)
     packing = cc.prune_and_pack(layer.weight_matrix.numpy(), 4, 0.5, sparsity=0.6)
     run_case(cfg, layer, x, packing, tmp_path, valid_p=0.7, ready_p=0.6, seed=3)
+
+
+# (layer, acc_depth): passes back to back over several packed K tiles and column tiles
+BACK_TO_BACK = {
+    "m2": (ConvLayer("c", 9, 7, 1, 2, k=1), 24),  # passes of 2 pixels: the hazard gap
+    # 65 pixels: four chunks of count == acc_depth, then a pass of 1 pixel
+    "m65": (ConvLayer("c", 9, 9, 5, 13, k=1), 16),
+}
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("stalls", [False, True], ids=["streaming", "stalls"])
+@pytest.mark.parametrize("shape", BACK_TO_BACK)
+def test_combined_rtl_overlapped_passes_keep_results_and_predicted_cycles(shape, stalls,
+                                                                         tmp_path):
+    """Tiny passes (1 and 2 pixels), full chunks and several K and column tiles in a row, so
+    consecutive passes overlap on the two banks: outputs, total cycles and every output
+    beat's cycle as the step model predicts, with and without stalls."""
+    spec, depth = BACK_TO_BACK[shape]
+    cfg = CombinedConfig(rows=2, cols=3, acc_depth=depth, alpha=4, gamma=0.5)
+    layer, x = random_layer(spec, seed=11, fxp=cfg.fxp)
+    packing = cc.prune_and_pack(layer.weight_matrix.numpy(), 4, 0.5, sparsity=0.5)
+    assert packing.tiles(cfg.rows, cfg.cols) > 3
+    run_case(cfg, layer, x, packing, tmp_path, *((0.7, 0.6, 4) if stalls else ()))

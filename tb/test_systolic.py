@@ -21,6 +21,11 @@ SHAPES = {
     "conv1x1": ConvLayer("c", 6, 4, 4, 4, k=1),
     "conv3x3-stride2": ConvLayer("c", 2, 7, 9, 9, k=3, stride=2),
     "fc-norelu": fc("f", 19, 6, relu=False),
+    # passes of 2 pixels back to back: the partial-sum hazard gap
+    "conv1x1-m2": ConvLayer("c", 5, 7, 1, 2, k=1),
+    # 65 pixels: full chunks (count == acc_depth) and a last chunk of 1 (8x8) or 17 / 1
+    # pixels, several K tiles and column tiles each
+    "conv1x1-m65": ConvLayer("c", 9, 9, 5, 13, k=1),
 }
 
 
@@ -41,12 +46,14 @@ def test_systolic_rtl_matches_reference_and_simulator(size, shape, tmp_path):
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("size", ["4x3", "8x8"])
-def test_systolic_rtl_stalls_keep_results_and_predicted_cycles(size, tmp_path):
+@pytest.mark.parametrize("size,shape", [("4x3", "conv3x3-ragged"), ("8x8", "conv3x3-ragged"),
+                                        ("2x2", "conv1x1-m2"), ("2x2", "conv1x1-m65"),
+                                        ("4x3", "fc-norelu")])
+def test_systolic_rtl_stalls_keep_results_and_predicted_cycles(size, shape, tmp_path):
     """Idle input cycles and output backpressure: same outputs, and the step model still
-    predicts every output beat's cycle."""
+    predicts every output beat's cycle (also with tiny passes, where the hazard gap acts)."""
     cfg = CONFIGS[size]
-    layer, x = random_layer(SHAPES["conv3x3-ragged"], seed=7, fxp=cfg.fxp)
+    layer, x = random_layer(SHAPES[shape], seed=7, fxp=cfg.fxp)
     run_case(cfg, gemm_case(layer, x), tmp_path, valid_p=0.7, ready_p=0.6, seed=3)
 
 

@@ -220,6 +220,28 @@ def test_combined_step_model_matches_reference_and_vectorised_cycles(name):
     assert (out2 == out).all() and trace2["cycles"] > trace["cycles"]
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_combined_step_model_equals_vectorised_count_on_random_plans(seed):
+    """Random array sizes, depths, alpha, gamma and grouping blocks, and pixel counts that
+    give full chunks and last chunks of 1 or 2 pixels: the step model's outputs are the
+    reference, its cycles the vectorised count, and stalls only add cycles."""
+    rng = np.random.default_rng(100 + seed)
+    r, c, depth = (int(v) for v in rng.integers(1, 6, 3))
+    alpha = int(rng.choice([1, 2, 4, 8]))
+    m = int(rng.choice([1, 2, depth, depth + 1, depth + 2, int(rng.integers(1, 3 * depth + 3))]))
+    k, n = int(rng.integers(1, 5 * r + 3)), int(rng.integers(1, 3 * c + 2))
+    gamma, block = float(rng.choice([0.0, 0.5, 1.0])), int(rng.choice([0, 2]))
+    cfg = CombinedConfig(rows=r, cols=c, acc_depth=depth, alpha=alpha, gamma=gamma,
+                         group_block=block)
+    g = packed_gemm(m, k, n, alpha, gamma, block, seed=seed)
+    ref = gemm_reference(g.a, g.packing.dense(), g.bias, g.mult, g.shift, cfg.fxp, g.relu)
+    out, trace = sc.CombinedStepModel(cfg).run(g)
+    assert (out == ref & cfg.fxp.act_max).all()
+    assert trace["cycles"] == sc.layer_cycles(m, g.packing, cfg)
+    out2, trace2 = sc.CombinedStepModel(cfg).run(g, 0.6, 0.5, seed=seed)
+    assert (out2 == out).all() and trace2["cycles"] >= trace["cycles"]
+
+
 def test_combined_alpha1_step_model_is_the_dense_step_model():
     cfg = CombinedConfig(rows=4, cols=3, acc_depth=24, alpha=1)
     rng = np.random.default_rng(9)
