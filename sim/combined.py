@@ -162,7 +162,9 @@ def simulate_layer(spec: ConvLayer, packing: cc.Packing, cfg: CombinedConfig, ta
     """Closed-form count for one packed layer and ``batch`` images (cycles do not depend on
     activation values). ``dense``: the dense array's report of the same layer, for the
     speedup and energy ratio (computed if not given)."""
+    images, runs = systolic.batch_fold(spec, batch)  # fully connected: images as pixels
     m, k, n = spec.gemm
+    m *= images
     if (packing.k, packing.n) != (k, n):
         raise ValueError(f"layer {spec.name!r}: packing is {packing.k}x{packing.n}, the layer "
                          f"needs {k}x{n}")
@@ -192,11 +194,12 @@ def simulate_layer(spec: ConvLayer, packing: cc.Packing, cfg: CombinedConfig, ta
         "sram_read_byte": passes * r * c * cell_bytes + m * lanes_read,
         "sram_write_byte": m * n,
         "small_sram_byte": m * psum_rw * psum_bytes,
-        "dram_byte": spec.input_size + packing.cells * cell_bytes + 4 * n + spec.output_size,
+        "dram_byte": (spec.input_size + spec.output_size) * images + packing.cells * cell_bytes
+        + 4 * n,
     }
-    events = {a: v * batch for a, v in events.items()}
+    events = {a: v * runs for a, v in events.items()}
     dense = dense or systolic.simulate_layer(spec, cfg.dense(), table, batch)
-    rep = LayerReport(spec.name, cycles * batch, spec.macs * batch, m * packing.cells * batch,
+    rep = LayerReport(spec.name, cycles * runs, spec.macs * batch, m * packing.cells * runs,
                       r * c, events).priced(table)
     s = packing.summary()
     rep.extra = {
@@ -206,13 +209,13 @@ def simulate_layer(spec: ConvLayer, packing: cc.Packing, cfg: CombinedConfig, ta
         "groups_per_block": s["groups_per_block"],
         "tiles": tiles, "dense_tiles": ceil_div(k, r) * ceil_div(n, c),
         "tile_reduction": ceil_div(k, r) * ceil_div(n, c) / tiles,
-        "passes": passes, "chunks": chunks,
+        "passes": passes * runs, "chunks": chunks, "batched_images": images,
         "nonzero_weights": s["nnz"], "cells": s["cells"],
         "cell_utilization": s["packing_efficiency"],  # non-zero weights / occupied cells
         # the same non-zero weights on the dense array (every K x N cell occupied)
         "dense_cells": k * n, "dense_cell_utilization": s["nnz"] / (k * n),
         "utilization_gain": s["packing_efficiency"] / max(1e-12, s["nnz"] / (k * n)),
-        "macs_nonzero": m * s["nnz"] * batch,
+        "macs_nonzero": m * s["nnz"] * runs,
         "dense_cycles": dense.cycles, "dense_energy_pj": dense.energy_pj,
         "speedup": dense.cycles / rep.cycles,
         "energy_ratio": rep.energy_pj / dense.energy_pj if dense.energy_pj else 0.0,
@@ -293,7 +296,8 @@ def simulate_network(workload, cfg: CombinedConfig, table=None, progress=None,
     summary = {k: net[k] for k in ("column_reduction", "tile_reduction", "speedup",
                                    "energy_ratio")} | extra
     notes = notes + [f"{workload.description}, {workload.batch} image(s)",
-                     "network: " + ", ".join(f"{a} {v:.3g}" for a, v in summary.items())]
+                     "network: " + ", ".join(f"{a} {v:.3g}" for a, v in summary.items()),
+                     *systolic.batch_note(reports, workload.batch)]
     # the packed, retrained weights change the network: its int8 test accuracy after
     rep = NetworkReport("combined", cfg.to_dict(), reports, notes,
                         accuracy=extra.get("accuracy_after"))

@@ -280,10 +280,22 @@ class StepModel:
         return outputs, trace
 
 
+def batch_fold(spec: ConvLayer, batch: int) -> tuple[int, int]:
+    """How ``batch`` images run a layer on a weight-stationary array: ``(images, runs)``.
+    A fully connected layer has one pixel per image, so its images are batched as the
+    pixels of one GEMM (each pass's weights stay in the array for all of them): ``(batch,
+    1)``; any other layer runs once per image: ``(1, batch)``."""
+    return (batch, 1) if spec.kind == "fc" and batch > 1 else (1, batch)
+
+
 def simulate_layer(spec: ConvLayer, cfg: SystolicConfig, table=None, batch: int = 1) -> LayerReport:
-    """Vectorised count for one layer and ``batch`` images, one after the other (closed form
-    over the passes of ``plan_layer``; the dense array's cycles do not depend on data)."""
+    """Vectorised count for one layer and ``batch`` images (closed form over the passes of
+    ``plan_layer``; the dense array's cycles do not depend on data): a fully connected layer
+    takes the images as the pixels of one GEMM, any other layer runs once per image
+    (``batch_fold``)."""
+    images, runs = batch_fold(spec, batch)
     m, k, n = spec.gemm
+    m *= images
     cfg.fxp.check_reduction(spec.name, k)
     r, c = cfg.rows, cfg.cols
     chunks = ceil_div(m, cfg.acc_depth)
@@ -301,13 +313,21 @@ def simulate_layer(spec: ConvLayer, cfg: SystolicConfig, table=None, batch: int 
         "sram_read_byte": passes * r * c + n_tiles * k_tiles * m * r,  # weight + act buffers
         "sram_write_byte": m * n,  # outputs
         "small_sram_byte": 2 * (k_tiles - 1) * n_tiles * m * c * psum_bytes,  # psum rd + wr
-        "dram_byte": spec.input_size + spec.weight_size + 4 * n + spec.output_size,
+        "dram_byte": (spec.input_size + spec.output_size) * images + spec.weight_size + 4 * n,
     }
-    events = {a: v * batch for a, v in events.items()}
-    rep = LayerReport(spec.name, cycles * batch, spec.macs * batch, spec.macs * batch, r * c, events,
-                      extra={"passes": passes, "k_tiles": k_tiles, "n_tiles": n_tiles,
-                             "chunks": chunks})
+    events = {a: v * runs for a, v in events.items()}
+    rep = LayerReport(spec.name, cycles * runs, spec.macs * batch, spec.macs * batch, r * c,
+                      events, extra={"passes": passes * runs, "k_tiles": k_tiles,
+                                     "n_tiles": n_tiles, "chunks": chunks,
+                                     "batched_images": images})
     return rep.priced(table)
+
+
+def batch_note(reports, batch: int) -> list[str]:
+    """The report's word on which layers batched their images (``batch_fold``)."""
+    names = [r.name for r in reports if r.extra.get("batched_images", 1) > 1]
+    return [f"{', '.join(names)}: the {batch} images batched into each pass (fully "
+            "connected: the weights stay in the array for all of them)"] if names else []
 
 
 def simulate_network(workload, cfg: SystolicConfig, table=None, progress=None) -> NetworkReport:
@@ -318,7 +338,8 @@ def simulate_network(workload, cfg: SystolicConfig, table=None, progress=None) -
         if progress:
             progress(spec.name)
     return NetworkReport("systolic", cfg.to_dict(), reports,
-                         [workload.description, f"{workload.batch} image(s)"])
+                         [workload.description, f"{workload.batch} image(s)",
+                          *batch_note(reports, workload.batch)])
 
 
 def layer_outputs(data, spec: ConvLayer, fxp) -> np.ndarray:

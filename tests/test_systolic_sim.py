@@ -155,3 +155,22 @@ def test_vgg16_conv_layers_keep_a_32x32_array_over_90_percent_busy():
     reps = [systolic.simulate_layer(l, cfg) for l in vgg16() if l.kind == "conv"]
     assert len(reps) == 13
     assert sum(r.macs_performed for r in reps) / sum(r.cycles * 32 * 32 for r in reps) > 0.9
+
+
+def test_fully_connected_layers_batch_their_images_into_one_gemm():
+    """Eight images of a linear layer are the eight pixels of one GEMM (weights loaded once
+    per pass); the count is the step model's on that GEMM, and a conv layer still runs once
+    per image."""
+    from zeroskip.sim.systolic import simulate_layer
+
+    cfg = SystolicConfig(rows=4, cols=4, acc_depth=16)
+    spec = fc("f", 10, 6)
+    rep = simulate_layer(spec, cfg, batch=8)
+    rng = np.random.default_rng(0)
+    g = Gemm(rng.integers(0, 9, (8, 10)), rng.integers(-9, 9, (10, 6)), np.zeros(6),
+             np.ones(6), np.zeros(6))
+    _, trace = StepModel(cfg).run(g)
+    assert rep.cycles == trace["cycles"] < 8 * simulate_layer(spec, cfg).cycles
+    assert rep.extra["batched_images"] == 8 and rep.macs_performed == 8 * spec.macs
+    conv = ConvLayer("c", 2, 3, 5, 5, k=3, pad=1)
+    assert simulate_layer(conv, cfg, batch=8).cycles == 8 * simulate_layer(conv, cfg).cycles
