@@ -62,10 +62,11 @@ def _range_start(a, d, h, top, k):
 
 def _range_end(a, lo, hi, smask):
     """Second half: the first and last kernel offset on the stride grid (first > last:
-    none). ``(a - lo) & smask`` only needs the low bits."""
+    none): the offsets ``o`` with ``o = a (mod stride)``, ``lo + ((a - lo) mod stride)`` and
+    ``hi - ((hi - a) mod stride)``; a modulo a power of two only needs the low bits."""
     lb = len(smask)
     first = lo.as_signed() + ((a[:lb] - lo[:lb]) & smask)
-    last = hi.as_signed() - ((a[:lb] - hi[:lb]) & smask)
+    last = hi.as_signed() - ((hi[:lb] - a[:lb]) & smask)
     return first, last
 
 

@@ -203,16 +203,16 @@ def kernel_range(coord: int, pad: int, out_n: int, k: int, s: int) -> tuple[int,
     """First and last kernel offsets (on the stride grid) that take input coordinate
     ``coord`` to an output in ``0..out_n-1``; first > last when there is none. The RTL's
     MAC loop walks exactly these (``hw.nullhop``)."""
-    a = coord + pad
+    a = coord + pad  # offsets o with o = a (mod s): from lo up, from hi down
     lo, hi = max(0, a - (out_n - 1) * s), min(k - 1, a)
-    return lo + ((a - lo) & (s - 1)), hi - ((a - hi) & (s - 1))
+    return lo + ((a - lo) & (s - 1)), hi - ((hi - a) & (s - 1))
 
 
 def _range_count(coords: np.ndarray, pad: int, out_n: int, k: int, s: int) -> np.ndarray:
     """``kernel_range`` as a count, vectorised over coordinates."""
     a = coords + pad
     lo, hi = np.maximum(0, a - (out_n - 1) * s), np.minimum(k - 1, a)
-    first, last = lo + ((a - lo) & (s - 1)), hi - ((a - hi) & (s - 1))
+    first, last = lo + ((a - lo) & (s - 1)), hi - ((hi - a) & (s - 1))
     return np.where(first <= last, (last - first) // s + 1, 0)
 
 

@@ -18,8 +18,12 @@ from tb.scoreboard import Case
 
 
 def random_layer(spec: ConvLayer, seed: int, fxp: FixedPointConfig | None = None,
-                 density: float = 0.6) -> tuple[QuantLayer, torch.Tensor]:
-    """A quantised layer with random int8 weights and a random input of the given density."""
+                 density: float = 0.6, full_range: bool = False
+                 ) -> tuple[QuantLayer, torch.Tensor]:
+    """A quantised layer with random weights and a random input of the given density, at the
+    widths of ``fxp``. With ``full_range`` each output channel's scale is set from its own
+    accumulators so the outputs span the whole output range, a share of them saturating at
+    both ends (0 and the top with ReLU, both signed ends without)."""
     fxp = fxp or FixedPointConfig()
     rng = np.random.default_rng(seed)
     k = spec.gemm[1]
@@ -27,10 +31,23 @@ def random_layer(spec: ConvLayer, seed: int, fxp: FixedPointConfig | None = None
                      (spec.out_ch, spec.in_ch, spec.k, spec.k))
     x = rng.integers(1, fxp.act_max + 1, (spec.in_ch, spec.in_h, spec.in_w))
     x = np.where(rng.random(x.shape) < density, x, 0)
-    bias = rng.integers(-20 * k * 64, 20 * k * 64, spec.out_ch)
-    # scale so outputs spread over the 8-bit range: about 1/(sqrt(K) * 64 * 128) per unit
-    mults, shifts = zip(*(quantize_multiplier(float(s), fxp) for s in
-                          rng.uniform(0.5, 2.0, spec.out_ch) / (np.sqrt(k) * 64 * 40)))
+    if full_range:
+        acc = im2col(torch.from_numpy(x), spec).numpy() @ w.reshape(spec.out_ch, -1).T
+        # per channel over its pixels, or (one pixel: a linear layer) over all channels
+        centre = acc.mean(axis=0) if len(acc) > 1 else np.full(spec.out_ch, acc.mean())
+        spread = np.full(spec.out_ch, max(float((acc - centre).std()), 1.0))
+        bias_max = min(fxp.bias_max, fxp.acc_max // 4)
+        bias = np.clip(np.round(-centre + rng.normal(0, 0.3, spec.out_ch) * spread),
+                       -bias_max, bias_max).astype(np.int64)
+        # half to one output range per accumulator standard deviation: both ends saturate
+        top = fxp.act_max if spec.relu else fxp.act_max // 2
+        scales = rng.uniform(0.4, 1.0, spec.out_ch) * top / spread
+        scales = np.clip(scales, 2.0 ** -(fxp.shift_max - 1), fxp.mult_max / 2)
+    else:
+        bias = rng.integers(-20 * k * 64, 20 * k * 64, spec.out_ch)
+        # scale so outputs spread over the 8-bit range: about 1/(sqrt(K) * 64 * 128) per unit
+        scales = rng.uniform(0.5, 2.0, spec.out_ch) / (np.sqrt(k) * 64 * 40)
+    mults, shifts = zip(*(quantize_multiplier(float(s), fxp) for s in scales))
     layer = QuantLayer(spec, torch.from_numpy(w), torch.from_numpy(bias),
                        torch.tensor(mults), torch.tensor(shifts), fxp=fxp)
     return layer, torch.from_numpy(x)

@@ -26,6 +26,10 @@ CONFIGS = {
                               acc_depth=128, max_dim=16, max_k=5, psum_bank_depth=64),
     "16mac-M4-sm4": NullHopConfig(macs=16, macs_per_channel=4, sm_bits=4, kernel_depth=512,
                                   acc_depth=128, max_dim=16, max_k=5),
+    # kernels up to 11x11: a 4-channel slice of 11x11 kernels fills the kernel memory, so
+    # layers of more than 4 input channels cross input-channel tiles
+    "4mac-k11": NullHopConfig(macs=4, sm_bits=8, kernel_depth=512, acc_depth=128, max_dim=24,
+                              max_k=11),
     # tiny buffers: several bands and input-channel tiles per layer
     "2mac-small": NullHopConfig(macs=2, sm_bits=4, kernel_depth=36, acc_depth=16, max_dim=16,
                                 max_k=3, psum_bank_depth=8),
@@ -39,6 +43,16 @@ SHAPES = {
     "conv1x1-dense": (ConvLayer("c", 6, 4, 4, 4, k=1), 1.0),
     "fc-norelu": (fc("f", 19, 6, relu=False), 0.5),
     "all-zero": (ConvLayer("c", 3, 5, 4, 5, k=3, pad=1), 0.0),
+}
+
+
+# every kernel size and stride the block takes (docs/nullhop.md), with padding
+KERNELS_AND_STRIDES = {
+    "k1-s2": ConvLayer("c", 6, 3, 7, 7, k=1, stride=2),
+    "k3-s4-pad1": ConvLayer("c", 6, 3, 9, 9, k=3, stride=4, pad=1),
+    "k5-s8-pad2": ConvLayer("c", 2, 3, 17, 17, k=5, stride=8, pad=2),
+    "k7-s2-pad3": ConvLayer("c", 6, 3, 11, 11, k=7, stride=2, pad=3),
+    "k11-s4-pad2": ConvLayer("c", 3, 4, 19, 19, k=11, stride=4, pad=2),
 }
 
 
@@ -100,3 +114,15 @@ def test_nullhop_rtl_on_digits_layers(digits, layer_name, size, tmp_path):
     idx = [l.spec.name for l in digits.layers].index(layer_name)
     x = digits.inputs[idx][0]
     run_case(cfg, digits.layers[idx], x, tmp_path)
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("shape", KERNELS_AND_STRIDES)
+def test_nullhop_rtl_every_kernel_size_and_stride(shape, tmp_path):
+    """Kernels 1 to 11, strides 1 to 8, with padding, several input-channel tiles where the
+    layer has more than 4 input channels, and outputs over the whole range (both clip ends)."""
+    cfg = CONFIGS["4mac-k11"]
+    spec = KERNELS_AND_STRIDES[shape]
+    layer, x = random_layer(spec, seed=sum(map(ord, shape)), fxp=cfg.fxp, density=0.7,
+                            full_range=True)
+    run_case(cfg, layer, x, tmp_path)
