@@ -9,12 +9,16 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from zeroskip.hw.config import FixedPointConfig, NullHopConfig
+from zeroskip.hw.config import CombinedConfig, FixedPointConfig, NullHopConfig, SystolicConfig
+from zeroskip.hw.fixedpoint import requantize
+from zeroskip.models import column_combining as cc
 from zeroskip.models.reference import layer_forward
 from zeroskip.models.workloads import ConvLayer, fc
+from zeroskip.sim import combined as sc
 from zeroskip.sim import nullhop as nh
+from zeroskip.sim import systolic as ss
 from zeroskip.sim.workload import LayerData
-from tb.cases import random_layer
+from tb.cases import gemm_case, random_layer
 from tb.nullhop_cases import check_decodes_to
 
 WIDTHS = [FixedPointConfig(), FixedPointConfig(act_bits=4, weight_bits=4, acc_bits=20),
@@ -79,3 +83,52 @@ def test_nullhop_count_step_model_and_reference_agree(cfg, case, stall):
                                             ready_p=0.7, seed=seed)
         assert stalled == outs and t2["cycles"] >= trace["cycles"]
     assert np.array_equal(nh.layer_outputs(d, spec, cfg.fxp), layer_forward(x, layer).numpy())
+
+
+def _layer_gemm(case, fxp):
+    """A random layer as the arrays' GEMM (im2col rows x weight matrix) and its reference."""
+    spec, density, seed = case
+    try:
+        layer, x = random_layer(spec, seed, fxp, density, full_range=True)
+    except ValueError:  # too wide for the accumulator
+        assume(False)
+    return gemm_case(layer, x)
+
+
+@st.composite
+def array_configs(draw, cls=SystolicConfig, **extra):
+    return cls(rows=draw(st.integers(1, 6)), cols=draw(st.integers(1, 6)),
+               acc_depth=draw(st.sampled_from([1, 2, 3, 8, 32])),
+               fxp=draw(st.sampled_from(WIDTHS)), **{k: draw(v) for k, v in extra.items()})
+
+
+@settings(max_examples=400, deadline=None)
+@given(cfg=array_configs(), case=conv_layers(), stall=st.booleans())
+def test_systolic_count_step_model_and_reference_agree(cfg, case, stall):
+    c = _layer_gemm(case, cfg.fxp)
+    g = ss.Gemm(c["a"], c["w"], c["bias"], c["mult"], c["shift"], c["relu"])
+    out, trace = ss.StepModel(cfg).run(g)
+    assert np.array_equal(out, c["expected"] & cfg.fxp.act_max)
+    assert trace["cycles"] == ss.layer_cycles(*g.shape, cfg)
+    if stall:
+        out2, t2 = ss.StepModel(cfg).run(g, valid_p=0.6, ready_p=0.5, seed=case[2])
+        assert np.array_equal(out2, out) and t2["cycles"] >= trace["cycles"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=array_configs(CombinedConfig, alpha=st.sampled_from([1, 2, 4, 8]),
+                         gamma=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+                         group_block=st.sampled_from([0, 2, 3])),
+       case=conv_layers(), sparsity=st.sampled_from([0.0, 0.5, 0.8, 0.95]), stall=st.booleans())
+def test_combined_count_step_model_and_reference_agree(cfg, case, sparsity, stall):
+    c = _layer_gemm(case, cfg.fxp)
+    packing = cc.prune_and_pack(c["w"], cfg.alpha, cfg.gamma, sparsity, cfg.group_block)
+    g = sc.PackedGemm(c["a"], packing, c["bias"], c["mult"], c["shift"], c["relu"])
+    want = requantize(c["a"] @ packing.dense() + c["bias"], c["mult"], c["shift"], cfg.fxp,
+                      c["relu"]) & cfg.fxp.act_max
+    out, trace = sc.CombinedStepModel(cfg).run(g)
+    assert np.array_equal(out, want)
+    assert trace["cycles"] == sc.layer_cycles(len(c["a"]), packing, cfg)
+    if stall:
+        out2, t2 = sc.CombinedStepModel(cfg).run(g, 0.6, 0.5, seed=case[2])
+        assert np.array_equal(out2, out) and t2["cycles"] >= trace["cycles"]
