@@ -103,3 +103,12 @@ def test_area_view_from_the_synthesis_cache(tmp_path, monkeypatch, workload):
     for stem in ("cycles", "energy", "speedup", "area"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
         assert (tmp_path / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_synthesis_cache_key_follows_only_the_blocks_own_sources():
+    from zeroskip.commands import fpga
+
+    names = {p.name for p in fpga.rtl_sources("systolic")}
+    assert {"systolic.py", "axi.py", "config.py"} <= names
+    assert not names & {"nullhop.py", "snapea.py", "combined.py"}
+    assert "systolic.py" in {p.name for p in fpga.rtl_sources("combined")}  # it builds on it

@@ -168,13 +168,36 @@ def counts_from_pnr(util: dict, cells: dict, target: str) -> dict:
             "dsps": util.get("ICESTORM_DSP", 0), "brams": util.get("ICESTORM_RAM", 0)}
 
 
-def rtl_source_hash() -> str:
-    """A hash of the RTL generator's sources (``zeroskip.hw``): a cached synthesis result is
-    only reused for the code that produced it."""
-    from zeroskip import hw
+def rtl_sources(block: str) -> list[Path]:
+    """The files a block's Verilog is generated from: its RTL module, the AXI4-Stream top
+    (``hw/axi.py``) and every ``zeroskip.hw`` module they import, transitively."""
+    import ast
 
+    from zeroskip import blocks, hw
+
+    root = Path(hw.__file__).parent
+    todo = [blocks.get_block(block).rtl.split(":")[0].rsplit(".", 1)[-1], "axi", "gen"]
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        path = root / f"{name}.py"
+        if name in seen or not path.exists():
+            continue
+        seen[name] = path
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.level == 1:
+                    todo.append(node.module.split(".")[0])
+                elif node.module.startswith("zeroskip.hw."):
+                    todo.append(node.module.split(".")[2])
+    return sorted(seen.values())
+
+
+def rtl_source_hash(block: str) -> str:
+    """A hash of the sources a block's Verilog comes from (``rtl_sources``): a cached
+    synthesis result is only reused for the code that produced it."""
     h = hashlib.sha256()
-    for f in sorted(Path(hw.__file__).parent.glob("*.py")):
+    for f in rtl_sources(block):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -194,7 +217,7 @@ def cache_key(cfg, target: str, device: str | None = None, freq: float = 100.0, 
                 "package": package or t["devices"].get(device), "freq": float(freq),
                 "seed": seed, "pnr": bool(pnr and t["pnr"]), "bare": bare,
                 "axis_bytes": None if bare else (max_bytes or DEFAULT_MAX_BYTES),
-                "rtl": rtl_source_hash()}
+                "rtl": rtl_source_hash(cfg.block)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
