@@ -193,12 +193,21 @@ def rtl_sources(block: str) -> list[Path]:
     return sorted(seen.values())
 
 
-def rtl_source_hash(block: str) -> str:
-    """A hash of the sources a block's Verilog comes from (``rtl_sources``): a cached
-    synthesis result is only reused for the code that produced it."""
+def rtl_source_hash(cfg) -> str:
+    """A hash of the sources ``cfg``'s Verilog comes from (``rtl_sources``; of hw/config.py,
+    which every block shares, only the classes ``cfg`` is built from): a cached synthesis
+    result is only reused for the code that produced it."""
+    import inspect
+
+    from zeroskip.hw import config
+
     h = hashlib.sha256()
-    for f in rtl_sources(block):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in rtl_sources(cfg.block):
+        if f.name != "config.py":
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for cls in (*type(cfg).__mro__, config.FixedPointConfig):
+        if cls.__module__ == config.__name__:
+            h.update(inspect.getsource(cls).encode())
     return h.hexdigest()[:16]
 
 
@@ -217,7 +226,7 @@ def cache_key(cfg, target: str, device: str | None = None, freq: float = 100.0, 
                 "package": package or t["devices"].get(device), "freq": float(freq),
                 "seed": seed, "pnr": bool(pnr and t["pnr"]), "bare": bare,
                 "axis_bytes": None if bare else (max_bytes or DEFAULT_MAX_BYTES),
-                "rtl": rtl_source_hash(cfg.block)}
+                "rtl": rtl_source_hash(cfg)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
