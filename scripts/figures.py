@@ -66,7 +66,7 @@ def main_job(network: str = "digits") -> str:
         lines.append(
             f"| {r['block']} | {hardware} | {r['cycles']:,} | {r['speedup_vs_dense']:.2f}x | "
             f"{_pct(r['utilization'])} | {r['energy_pj'] / 1e6:.3f} | "
-            f"{r['energy_ratio_vs_dense']:.2f}x | {r['energy_compute_pj'] / 1e6:.3f} | "
+            f"{r['energy_saving_vs_dense']:.2f}x | {r['energy_compute_pj'] / 1e6:.3f} | "
             f"{r['energy_buffers_pj'] / 1e6:.3f} | {r['energy_dram_pj'] / 1e6:.3f} | "
             f"{'-' if acc is None else _pct(acc, 2)} |")
     return "\n".join(lines) + "\n"

@@ -217,8 +217,8 @@ def simulate_layer(spec: ConvLayer, packing: cc.Packing, cfg: CombinedConfig, ta
         "utilization_gain": s["packing_efficiency"] / max(1e-12, s["nnz"] / (k * n)),
         "macs_nonzero": m * s["nnz"] * runs,
         "dense_cycles": dense.cycles, "dense_energy_pj": dense.energy_pj,
-        "speedup": dense.cycles / rep.cycles,
-        "energy_ratio": rep.energy_pj / dense.energy_pj if dense.energy_pj else 0.0,
+        "speedup_vs_dense": dense.cycles / rep.cycles,
+        "energy_saving_vs_dense": dense.energy_pj / rep.energy_pj if rep.energy_pj else 0.0,
     }
     return rep
 
@@ -293,8 +293,8 @@ def simulate_network(workload, cfg: CombinedConfig, table=None, progress=None,
         if progress:
             progress(spec.name)
     net = network_figures(reports)
-    summary = {k: net[k] for k in ("column_reduction", "tile_reduction", "speedup",
-                                   "energy_ratio")} | extra
+    summary = {k: net[k] for k in ("column_reduction", "tile_reduction", "speedup_vs_dense",
+                                   "energy_saving_vs_dense")} | extra
     notes = notes + [f"{workload.description}, {workload.batch} image(s)",
                      "network: " + ", ".join(f"{a} {v:.3g}" for a, v in summary.items()),
                      *systolic.batch_note(reports, workload.batch)]
@@ -322,9 +322,9 @@ def network_figures(reports) -> dict:
             "nonzero_weights": nnz, "cells": cells, "packing_efficiency": nnz / cells,
             "dense_cell_utilization": nnz / dense_cells,
             "utilization_gain": (nnz / cells) / (nnz / dense_cells),
-            "cycles": cycles, "dense_cycles": dense_cycles, "speedup": dense_cycles / cycles,
+            "cycles": cycles, "dense_cycles": dense_cycles, "speedup_vs_dense": dense_cycles / cycles,
             "energy_pj": energy, "dense_energy_pj": dense_energy,
-            "energy_ratio": energy / dense_energy}
+            "energy_saving_vs_dense": dense_energy / energy}
 
 
 def layer_outputs(data, spec: ConvLayer, fxp, packing: cc.Packing | None = None) -> np.ndarray:

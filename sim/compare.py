@@ -1,7 +1,7 @@
 """The main job's comparison: every block on one workload with one energy table.
 
-``run_blocks`` simulates, ``comparison_rows`` makes the per-block summary (speedup and
-energy ratio against the dense systolic array), ``write_csv`` writes one row per
+``run_blocks`` simulates, ``comparison_rows`` makes the per-block summary (``speedup_vs_dense`` and
+``energy_saving_vs_dense``, both how many times better than the dense systolic array), ``write_csv`` writes one row per
 (block, layer), ``report_dict`` the JSON (``{"network", "workload", "blocks": {block:
 NetworkReport.to_dict()}, "comparison": [...]}``).
 """
@@ -82,7 +82,7 @@ def comparison_rows(reports: dict[str, NetworkReport]) -> list[dict]:
                "accuracy": rep.accuracy}
         if base:
             row["speedup_vs_dense"] = base["cycles"] / t["cycles"] if t["cycles"] else None
-            row["energy_ratio_vs_dense"] = (base["energy_pj"] / t["energy_pj"]
+            row["energy_saving_vs_dense"] = (base["energy_pj"] / t["energy_pj"]
                                             if t["energy_pj"] else None)
         rows.append(row)
     return rows

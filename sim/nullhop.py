@@ -441,12 +441,12 @@ def simulate_layer(spec: ConvLayer, cfg: NullHopConfig, datas, table=None,
         "bytes_in_dense": in_dense, "bytes_out_dense": out_dense,
         "cycles_no_skip": dense.cycles,
         "speedup_vs_no_skip": dense.cycles / total.cycles,
-        "energy_ratio_vs_no_skip": noskip / rep.energy_pj,
+        "energy_saving_vs_no_skip": noskip / rep.energy_pj,
         "systolic_cycles": base.cycles,
         "speedup_vs_systolic": base.cycles / total.cycles,
         "speedup_vs_systolic_per_mac": (base.cycles * base.mac_units)
                                        / (total.cycles * cfg.macs),
-        "energy_ratio_vs_systolic": base.energy_pj / rep.energy_pj,
+        "energy_saving_vs_systolic": base.energy_pj / rep.energy_pj,
     }
     return rep
 
@@ -464,7 +464,7 @@ def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) ->
 
     base = SYSTOLIC_PRESETS["default"]
     notes = [workload.description, f"{workload.batch} image(s)",
-             f"per layer 'extra': speedup and energy ratio against the dense systolic array's "
+             f"per layer 'extra': speedup and energy saving against the dense systolic array's "
              f"default preset ({base.rows}x{base.cols} = {base.rows * base.cols} MACs; also "
              f"per MAC unit) and against this block with zero-skipping disabled"]
     for r in reports:
@@ -473,7 +473,7 @@ def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) ->
                       f"{r.utilization:.1%}, speedup {e['speedup_vs_no_skip']:.2f}x vs no "
                       f"skipping, {e['speedup_vs_systolic']:.2f}x vs dense systolic "
                       f"({e['speedup_vs_systolic_per_mac']:.2f}x per MAC unit), energy "
-                      f"systolic/nullhop energy {e['energy_ratio_vs_systolic']:.2f}, compressed "
+                      f"systolic/nullhop energy {e['energy_saving_vs_systolic']:.2f}, compressed "
                       f"input {e['bytes_in_compressed'] / max(1, e['bytes_in_dense']):.2f}x "
                       f"the dense bytes")
     return NetworkReport("nullhop", cfg.to_dict(), reports, notes)

@@ -144,7 +144,7 @@ def test_nullhop_digits_report(digits):
     for l in rep["layers"]:
         assert 0 < l["input_density"] <= 1 and 0 < l["utilization"] <= 1
         assert l["cycles_no_skip"] >= l["cycles"]
-        assert {"speedup_vs_systolic", "energy_ratio_vs_systolic", "bytes_in_compressed",
+        assert {"speedup_vs_systolic", "energy_saving_vs_systolic", "bytes_in_compressed",
                 "bytes_in_dense", "macs_vs_dense"} <= set(l)
     json.dumps(rep)
 

@@ -214,14 +214,14 @@ def print_comparison(rows: list[dict], title: str) -> None:
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("block", "cycles", "speedup", "MAC util", "energy µJ", "vs dense",
+    for col in ("block", "cycles", "speedup", "MAC util", "energy µJ", "energy saving",
                 "compute", "buffers", "DRAM", "accuracy"):
         t.add_column(col, justify="left" if col == "block" else "right")
     for r in rows:
         acc = r.get("accuracy")
         t.add_row(r["block"], f"{r['cycles']:,}", f"{r.get('speedup_vs_dense') or 0:.2f}x",
                   f"{r['utilization']:.1%}", f"{r['energy_pj'] / 1e6:.3f}",
-                  f"{r.get('energy_ratio_vs_dense') or 0:.2f}x",
+                  f"{r.get('energy_saving_vs_dense') or 0:.2f}x",
                   f"{r['energy_compute_pj'] / 1e6:.3f}", f"{r['energy_buffers_pj'] / 1e6:.3f}",
                   f"{r['energy_dram_pj'] / 1e6:.3f}", "-" if acc is None else f"{acc:.2%}")
     _console().print(t)

@@ -50,8 +50,8 @@ def _layer_figures(rep) -> dict:
     keys = ("columns", "nonempty_columns", "packed_columns", "column_reduction",
             "groups_per_block", "tiles", "dense_tiles", "tile_reduction", "nonzero_weights",
             "cells", "cell_utilization", "dense_cell_utilization", "utilization_gain",
-            "dense_cycles", "speedup", "dense_energy_pj",
-            "energy_ratio")
+            "dense_cycles", "speedup_vs_dense", "dense_energy_pj",
+            "energy_saving_vs_dense")
     return {"name": rep.name, "cycles": rep.cycles, "energy_pj": rep.energy_pj,
             **{k: e[k] for k in keys}}
 
@@ -106,7 +106,7 @@ def _print(result: dict, title: str) -> None:
 
     t = Table(title=title)
     for col in ("layer", "columns", "non-empty", "packed", "col. red.", "tiles", "dense tiles",
-                "cell util.", "cycles", "speedup", "energy ratio"):
+                "cell util.", "cycles", "speedup", "energy saving"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     net = dict(result["network_figures"], name="total", nonempty_columns="",
                cell_utilization=result["network_figures"]["packing_efficiency"])
@@ -114,7 +114,7 @@ def _print(result: dict, title: str) -> None:
         t.add_row(l["name"], f"{l['columns']}", f"{l['nonempty_columns']}",
                   f"{l['packed_columns']}", f"{l['column_reduction']:.2f}x", f"{l['tiles']}",
                   f"{l['dense_tiles']}", f"{l['cell_utilization']:.1%}", f"{l['cycles']:,}",
-                  f"{l['speedup']:.2f}x", f"{l['energy_ratio']:.3f}")
+                  f"{l['speedup_vs_dense']:.2f}x", f"{l['energy_saving_vs_dense']:.2f}x")
     _console().print(t)
 
 
@@ -167,5 +167,5 @@ def cmd_combine(args) -> None:
 
 
 def _subset(net: dict) -> dict:
-    return {k: net[k] for k in ("packed_columns", "tiles", "packing_efficiency", "speedup",
-                                "energy_ratio")}
+    return {k: net[k] for k in ("packed_columns", "tiles", "packing_efficiency",
+                                "speedup_vs_dense", "energy_saving_vs_dense")}
