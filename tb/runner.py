@@ -89,7 +89,9 @@ def run_rtl(cfg, tb_module: str, case, build_dir, testcase: str | None = None,
     if total == 0 or failed:
         tail = _failure_excerpt(log)
         raise AssertionError(f"{failed} of {total} cocotb tests failed in {tb_module} "
-                             f"(log: {log}):\n{tail}")
+                             f"(handshake seed {case.seed}, valid_p {case.valid_p}, ready_p "
+                             f"{case.ready_p}; the case to re-run: {case_path}; log: {log}):"
+                             f"\n{tail}")
     return results
 
 
