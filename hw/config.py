@@ -167,6 +167,7 @@ class BlockConfig:
     """
 
     block: ClassVar[str] = ""
+    mac_units_field: ClassVar[str] = ""  # the field that counts MAC units, if one does
 
     def __post_init__(self):
         if isinstance(self.fxp, dict):
@@ -181,18 +182,25 @@ class BlockConfig:
     # --- hardware size: what comparisons hold equal -----------------------------------------
     @property
     def mac_units(self) -> int:
-        """Multiply-accumulate units the block has (what ``zeroskip run`` holds equal)."""
-        raise NotImplementedError(f"{type(self).__name__} does not say its MAC units")
+        """Multiply-accumulate units the block has (what ``zeroskip run`` holds equal): the
+        field named by the class's ``mac_units_field``."""
+        if not self.mac_units_field:
+            raise NotImplementedError(f"{type(self).__name__} does not say its MAC units")
+        return getattr(self, self.mac_units_field)
+
+    @property
+    def hardware(self) -> str:
+        """The MAC units in the block's own terms (e.g. "8x8 array", "64 lanes")."""
+        return f"{self.mac_units} {self.mac_units_field.replace('_', ' ')}"
 
     @property
     def mac_units_description(self) -> str:
-        """The MAC units in the block's own terms (e.g. "8x8 array, 64 MAC units")."""
-        return f"{self.mac_units} MAC units"
+        return f"{self.hardware}, {self.mac_units} MAC units"
 
     def with_mac_units(self, n: int):
         """This config with ``n`` MAC units and every other field as it is; ``ValueError``
         saying why when the block cannot have ``n``."""
-        raise ValueError(f"{type(self).__name__} cannot be resized")
+        return dataclasses.replace(self, **{self.mac_units_field: n})
 
     def to_dict(self) -> dict:
         return {"block": self.block, **dataclasses.asdict(self)}
@@ -247,8 +255,8 @@ class SystolicConfig(BlockConfig):
         return self.rows * self.cols
 
     @property
-    def mac_units_description(self) -> str:
-        return f"{self.rows}x{self.cols} array, {self.mac_units} MAC units"
+    def hardware(self) -> str:
+        return f"{self.rows}x{self.cols} array"
 
     def with_mac_units(self, n: int):
         """The squarest ``rows x cols = n`` array (``rows >= cols``: rows are the reduction)."""
@@ -453,17 +461,7 @@ class SnaPEAConfig(BlockConfig):
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "snapea"
-
-    @property
-    def mac_units(self) -> int:
-        return self.lanes  # one MAC per lane
-
-    @property
-    def mac_units_description(self) -> str:
-        return f"{self.lanes} lanes, {self.mac_units} MAC units"
-
-    def with_mac_units(self, n: int):
-        return dataclasses.replace(self, lanes=n)
+    mac_units_field = "lanes"  # one MAC per lane
 
     @property
     def addr_bits(self) -> int:
@@ -612,18 +610,11 @@ class NullHopConfig(BlockConfig):
     fxp: FixedPointConfig = field(default_factory=FixedPointConfig)
 
     block = "nullhop"
+    mac_units_field = "macs"
 
     @property
-    def mac_units(self) -> int:
-        return self.macs
-
-    @property
-    def mac_units_description(self) -> str:
-        return (f"{self.macs} MACs ({self.lanes} output channels x {self.macs_per_channel}), "
-                f"{self.mac_units} MAC units")
-
-    def with_mac_units(self, n: int):
-        return dataclasses.replace(self, macs=n)
+    def hardware(self) -> str:
+        return f"{self.macs} MACs ({self.lanes} output channels x {self.macs_per_channel})"
 
     def validate(self):
         if self.macs_per_channel not in (1, 2, 4, 8) or self.macs_per_channel > self.macs:

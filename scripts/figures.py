@@ -62,7 +62,7 @@ def main_job(network: str = "digits") -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         acc = r.get("accuracy")
-        hardware = configs[r["block"]].mac_units_description.rsplit(", ", 1)[0]
+        hardware = configs[r["block"]].hardware
         lines.append(
             f"| {r['block']} | {hardware} | {r['cycles']:,} | {r['speedup_vs_dense']:.2f}x | "
             f"{_pct(r['utilization'])} | {r['energy_pj'] / 1e6:.3f} | "
