@@ -254,6 +254,16 @@ def network_packings(workload, cfg: CombinedConfig, progress=None):
         packings = [identity_packing(workload.layer_data(i).w.reshape(s.out_ch, -1).T)
                     for i, s in enumerate(workload.layers)]
         return packings, ["alpha = 1: the dense int8 weights, no pruning (the dense array)"], {}
+    if workload.real and not workload.trained_digits:  # an imported model's own weights
+        s = cc.target_sparsity(cfg.alpha)
+        packings = [cc.pack(cc.magnitude_prune(workload.layer_data(i).w.reshape(sp.out_ch, -1).T,
+                                               s), cfg.alpha, cfg.gamma, cfg.group_block,
+                            window=SHAPE_ONLY_WINDOW) for i, sp in enumerate(workload.layers)]
+        return packings, [
+            f"the imported int8 weights magnitude-pruned to {s:.1%} sparsity "
+            f"(target_sparsity(alpha={cfg.alpha})) without retraining (accuracy not "
+            f"re-measured), gamma={cfg.gamma}, grouped in windows of {SHAPE_ONLY_WINDOW} "
+            "columns"], {}
     if workload.real:
         res = cc.joint_optimize(cfg.alpha, cfg.gamma, cfg.group_block)
         layers = cc.joint_quant_layers(res, fxp=cfg.fxp)

@@ -91,8 +91,8 @@ def cmd_sim(args, plain) -> None:
         if args.mode is not None or args.budget is not None:
             raise CliError("--mode and --budget apply to block snapea only")
         return plain(args)
-    from zeroskip.cli import (_console, check_out_file, check_workload_args, config_from_args,
-                              load_workload, print_layer_table, write_json)
+    from zeroskip.cli import (_console, check_out_file, check_source_args, config_from_args,
+                              load_source, print_layer_table, print_workload_notes, write_json)
     from zeroskip.sim import snapea
     from zeroskip.sim.energy import load_table
 
@@ -102,14 +102,14 @@ def cmd_sim(args, plain) -> None:
     cfg = config_from_args("snapea", args)
     table = load_table(args.energy_table)
     out = check_out_file(args.json) if args.json else None
-    check_workload_args(args.network, args.images)
-    if mode == "predictive" and args.network != "digits":
+    kind = check_source_args(args)
+    if mode == "predictive" and (kind != "network" or (args.network or "digits") != "digits"):
         raise CliError("predictive mode needs calibration data to choose (Th, n): use "
                        "--network digits")
-    wl = load_workload(args.network, args.images)
+    wl = load_source(args)
     params, tuning = None, None
     if mode == "predictive":
-        if not wl.real:
+        if not wl.trained_digits:
             raise CliError("predictive mode needs calibration data to choose (Th, n): use "
                            "--network digits")
         if args.budget is None:
@@ -121,10 +121,11 @@ def cmd_sim(args, plain) -> None:
     t0 = time.perf_counter()
     report = snapea.simulate_network(wl, cfg, table, mode=mode, params=params)
     dt = time.perf_counter() - t0
-    print_layer_table(report, f"snapea ({mode}) on {args.network} ({dt:.2f} s)")
+    print_layer_table(report, f"snapea ({mode}) on {wl.name} ({dt:.2f} s)")
     print_snapea_table(report, _console())
     for note in report.notes:
         print(f"note: {note}")
+    print_workload_notes(wl)
     if report.accuracy is not None:
         print(f"note: test accuracy {report.accuracy:.2%}")
     if tuning:
