@@ -83,6 +83,8 @@ def _nice(name: str) -> str:
         return name.strip("/") or "layer"
     segs: list[str] = []
     for p in parts[:-1]:
+        if p == "program" and not segs:  # the wrapper of a torch.export program
+            continue
         if segs and p.startswith(segs[-1] + "."):
             segs[-1] = p
         else:
@@ -312,6 +314,7 @@ def quantize(graph: FloatGraph, calib: torch.Tensor, rule: str = "kl",
         raise ValueError(f"unknown clip rule {rule!r}; choose one of {', '.join(CLIP_RULES)}")
     fxp = fxp or FixedPointConfig()
     steps, out = fuse(graph)
+    shapes = _shapes(steps, graph.input, tuple(calib.shape[1:]))
     cal = _Calibration()
     for i in range(0, len(calib), batch):
         xb = calib[i:i + batch].double()
@@ -322,24 +325,18 @@ def quantize(graph: FloatGraph, calib: torch.Tensor, rule: str = "kl",
     signed_in = in_st["min"] < 0
     in_scale = (in_st["absmax"] or 1.0) / ((z - 1) if signed_in else fxp.act_max)
     scales = {graph.input: (in_scale, signed_in)}
-    shapes = _shapes(steps, graph.input, out, calib[:1].double())
     layers = []
     for s in steps:
         a = s.attrs
         ins = [scales[t] for t in s.inputs]
         if s.op == "layer":
             s_in, signed = ins[0]
-            c, h, w = shapes[s.inputs[0]] if a["kind"] == "conv" else (
-                int(np.prod(shapes[s.inputs[0]])), 1, 1)
             weight = a["weight"]
             if a["groups"] > 1:
                 weight = _expand_groups(weight, a["groups"])
-            pad = a["pad"]
-            host_pad = pad if signed else 0
+            host_pad = a["pad"] if signed else 0
             relu = a["act"] is not None
-            spec = ConvLayer(s.name, c, weight.shape[0], h + 2 * host_pad, w + 2 * host_pad,
-                             k=a["k"], stride=a["stride"], pad=pad - host_pad, relu=relu,
-                             pool=a["pool"], kind=a["kind"])
+            spec = _spec(s, shapes, host_pad)
             clip = cal.clip(s.output, rule, relu)
             if relu and a["act"] != "relu":
                 clip = min(clip, float(a["act"]))
@@ -378,18 +375,72 @@ def quantize(graph: FloatGraph, calib: torch.Tensor, rule: str = "kl",
                       scales, fxp, rule)
 
 
-def _shapes(steps, graph_input, out, x) -> dict:
-    shapes = {graph_input: tuple(x.shape[1:])}
+def _shapes(steps, graph_input, input_shape: tuple) -> dict:
+    """Every tensor's shape without an image through the graph: (C, H, W), or (features,)
+    after a flatten or a linear layer."""
+    shapes = {graph_input: tuple(input_shape)}
 
-    def rec(s, y):
-        shapes[s.output] = tuple(y.shape[1:])
-    float_forward(steps, graph_input, out, x, record=rec)
-    for s in steps:  # the shape after a layer's own pool
-        if s.op == "layer" and s.attrs["pool"] > 1:
-            c, h, w = shapes[s.output]
-            p = s.attrs["pool"]
-            shapes[s.output] = (c, h // p, w // p)
+    def window(shape, k, s, p, what):
+        c, h, w = shape
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{what}: a {k}x{k} window does not fit its {h}x{w} input")
+        return c, oh, ow
+
+    for st in steps:
+        a, ins = st.attrs, [shapes[t] for t in st.inputs]
+        x = ins[0]
+        if st.op == "layer" and a["kind"] == "fc":
+            if int(np.prod(x)) != a["weight"].shape[1]:
+                raise ValueError(f"layer {st.name!r}: {int(np.prod(x))} inputs, but its "
+                                 f"weights take {a['weight'].shape[1]}")
+            y = (a["weight"].shape[0],)
+        elif st.op == "layer":
+            if len(x) != 3 or x[0] != a["weight"].shape[1] * a["groups"]:
+                raise ValueError(f"layer {st.name!r}: input of shape {x}, but its weights "
+                                 f"take {a['weight'].shape[1] * a['groups']} channels")
+            y = window((a["weight"].shape[0], *x[1:]), a["k"], a["stride"], a["pad"], st.name)
+            p = a["pool"]
+            y = (y[0], y[1] // p, y[2] // p)
+        elif st.op in ("maxpool", "avgpool"):
+            y = window(x, a["k"], a["s"], a["pad"], st.name)
+        elif st.op == "gap":
+            y = (x[0], 1, 1)
+        elif st.op == "flatten":
+            y = (int(np.prod(x)),)
+            if a.get("features", -1) not in (-1, y[0]):
+                raise ValueError(f"{st.name}: a reshape to {a['features']} features of a "
+                                 f"{x} tensor: only a flatten is supported")
+        elif st.op == "add":
+            if ins[0] != ins[1]:
+                raise ValueError(f"{st.name}: adding shapes {ins[0]} and {ins[1]} (broadcast "
+                                 "adds are not supported)")
+            y = x
+        elif st.op == "concat":
+            if any(len(i) != 3 or i[1:] != x[1:] for i in ins):
+                raise ValueError(f"{st.name}: concatenating shapes {ins}")
+            y = (sum(i[0] for i in ins), *x[1:])
+        else:  # relu, clip
+            y = x
+        shapes[st.output] = y
     return shapes
+
+
+def layer_shapes(graph: FloatGraph, input_shape: tuple | None = None) -> list[ConvLayer]:
+    """The layers the blocks would run, from the graph alone (no calibration: the padding
+    stays in the layer, where ``quantize`` moves a signed input's padding to the host)."""
+    steps, _ = fuse(graph)
+    shapes = _shapes(steps, graph.input, input_shape or graph.input_shape)
+    return [_spec(s, shapes, 0) for s in steps if s.op == "layer"]
+
+
+def _spec(s: Node, shapes: dict, host_pad: int) -> ConvLayer:
+    a = s.attrs
+    x = shapes[s.inputs[0]]
+    c, h, w = x if a["kind"] == "conv" else (int(np.prod(x)), 1, 1)
+    return ConvLayer(s.name, c, a["weight"].shape[0], h + 2 * host_pad, w + 2 * host_pad,
+                     k=a["k"], stride=a["stride"], pad=a["pad"] - host_pad,
+                     relu=a["act"] is not None, pool=a["pool"], kind=a["kind"])
 
 
 # --- integer execution -----------------------------------------------------------------------
@@ -488,12 +539,16 @@ def _torch_module(model: str):
             raise ValueError(f"--model {model!r}: no such file")
         if p.suffix == ".pt2":
             try:
-                return torch.export.load(str(p)).module(), f"torch.export file {model}"
+                return _Exported(torch.export.load(str(p)).module()), \
+                    f"torch.export file {model}"
             except Exception as e:
                 raise ValueError(f"--model {model!r} is not a torch.export (.pt2) file: "
                                  f"{_first_line(e)}") from None
         try:
-            return torch.jit.load(str(p), map_location="cpu").eval(), f"TorchScript file {model}"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+                module = torch.jit.load(str(p), map_location="cpu").eval()
+            return module, f"TorchScript file {model}"
         except Exception as e:
             raise ValueError(f"--model {model!r} is not a TorchScript file "
                              f"(torch.jit.script/trace(...).save): {_first_line(e)}") from None
@@ -513,6 +568,21 @@ def _torch_module(model: str):
         raise ValueError(f"--model {model!r}: {fn_name}() returned a {type(module).__name__}, "
                          "not a torch.nn.Module")
     return module.eval(), f"{model}()"
+
+
+class _Exported(torch.nn.Module):
+    """A ``torch.export`` program's module for the ONNX exporter, which switches modules to
+    eval mode: the program is already in it and refuses ``train()``."""
+
+    def __init__(self, program_module):
+        super().__init__()
+        self.program = program_module
+
+    def forward(self, x):
+        return self.program(x)
+
+    def train(self, mode: bool = True):
+        return self
 
 
 def _load_weights(module, path: str) -> None:
@@ -728,7 +798,7 @@ def load_workload(model: str, weights: str | None = None, calib: str | None = No
     signed = [s.attrs["spec"].name for s in qg.steps if s.op == "layer" and s.attrs["signed_in"]]
     if signed:
         notes.append(f"signed inputs ({', '.join(signed)}): the host adds "
-                     f"{qg.zero_point} (and pads with it), the bias absorbs the offset, so the "
+                     f"{qg.zero_point} (and pads with it where the layer pads), the bias absorbs the offset, so the "
                      "blocks see unsigned activations (exact)")
     desc = (f"{g.name}: {imported.source}, {imported.weights}, int{qg.fxp.act_bits} with "
             f"'{rule}' clipping; {ctext}, {images} simulated")

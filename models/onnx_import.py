@@ -17,6 +17,11 @@ import numpy as np
 from zeroskip.models.importer import SUPPORTED_TEXT, FloatGraph, Node
 
 
+ONNX_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool",
+            "GlobalAveragePool", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "Concat",
+            "Identity", "Dropout", "Constant", "Softmax")
+
+
 def _attrs(node) -> dict:
     import onnx
 
@@ -77,6 +82,14 @@ def from_onnx(proto, name: str = "model") -> FloatGraph:
     if len(g.output) != 1:
         raise ValueError(f"the ONNX graph has {len(g.output)} outputs; one is supported")
     out_name = g.output[0].name
+    unknown: dict[str, str] = {}
+    for node in g.node:  # every unsupported op at once, not only the first
+        if node.op_type not in ONNX_OPS or node.domain not in ("", "ai.onnx"):
+            unknown.setdefault(node.op_type, node.name or node.output[0])
+    if unknown:
+        ops = ", ".join(f"{op} (node {n!r})" for op, n in unknown.items())
+        raise ValueError(f"unsupported ONNX op{'s' if len(unknown) > 1 else ''} {ops}; "
+                         f"supported: {SUPPORTED_TEXT}")
     alias: dict[str, str] = {}
     nodes: list[Node] = []
     producer: dict[str, Node] = {}
