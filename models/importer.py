@@ -71,6 +71,7 @@ class FloatGraph:
     input_shape: tuple  # (C, H, W); None where the file leaves a dimension open
     nodes: list[Node]
     output: str
+    notes: list = field(default_factory=list)  # what the reader left off, for the report
 
 
 def _nice(name: str) -> str:
@@ -782,7 +783,7 @@ def load_workload(model: str, weights: str | None = None, calib: str | None = No
     int_forward(qg, x[:images], inputs)
     specs = [q.spec for q in qg.layers]
     where = qg.where()
-    notes = [f"weights: {imported.weights}", f"activations: {ctext}; the first {images} "
+    notes = g.notes + [f"weights: {imported.weights}", f"activations: {ctext}; the first {images} "
              "simulated",
              f"on the blocks: {len(specs)} layers ({', '.join(where['blocks'])})",
              "on the host, in integers, between layers: " + (", ".join(where["host"]) or

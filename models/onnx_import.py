@@ -92,6 +92,7 @@ def from_onnx(proto, name: str = "model") -> FloatGraph:
                          f"supported: {SUPPORTED_TEXT}")
     alias: dict[str, str] = {}
     nodes: list[Node] = []
+    notes: list[str] = []
     producer: dict[str, Node] = {}
 
     def src(t: str) -> str:
@@ -199,6 +200,8 @@ def from_onnx(proto, name: str = "model") -> FloatGraph:
             emit(node, "concat", list(node.input))
         elif op == "Softmax" and node.output[0] == out_name:
             alias[node.output[0]] = node.input[0]
+            notes.append(f"the final Softmax (node {node.name!r}) is left off: the logits "
+                         "are its input, the class order is the same")
         else:
             raise _unsupported(node)
-    return FloatGraph(name, inputs[0].name, tuple(dims[1:]), nodes, src(out_name))
+    return FloatGraph(name, inputs[0].name, tuple(dims[1:]), nodes, src(out_name), notes)

@@ -85,6 +85,7 @@ def load_workload(path):
     from zeroskip.sim.workload import shape_only
 
     layers, fmt = read_topology(path)
+    how = "padded IFMAP, pad 0" if fmt == "conv" else "each GEMM as a 1x1 conv on an M x 1 map"
     wl = shape_only(Path(path).stem, layers, f"layer shapes from the SCALE-Sim {fmt} topology "
-                    f"{path} (padded IFMAP, pad 0; every layer taken with a ReLU)")
+                    f"{path} ({how}; every layer taken with a ReLU)")
     return wl

@@ -486,7 +486,8 @@ def test_zoo_shapes_equal_the_hand_written_lists(name):
 def test_named_models_are_listed_and_seeded():
     a, b = zoo.build("alexnet"), zoo.build("alexnet")
     assert torch.equal(a.features[0].weight, b.features[0].weight)
-    assert set(zoo.MODELS) == {"resnet18", "resnet50", "vgg16", "mobilenet_v2", "alexnet"}
+    assert zoo.MODELS == workloads.ZOO_MODELS == (
+        "resnet18", "resnet50", "vgg16", "mobilenet_v2", "alexnet")
     with pytest.raises(ValueError, match="named models"):
         zoo.build("resnet19")
 
@@ -498,3 +499,33 @@ def test_verify_one_layer_of_an_imported_model(files, capsys):
                  "--calib", str(files["calib"]), "--layer", "conv2", "--rows", "4",
                  "--cols", "4"]) == 0
     assert "conv2: " in capsys.readouterr().out
+
+
+class SoftmaxEnd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return torch.softmax(self.fc(torch.flatten(F.relu(self.conv1(x)), 1)), 1)
+
+
+def test_a_final_softmax_is_left_off_and_said(tmp_path):
+    import warnings
+
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(SoftmaxEnd().eval(), (torch.zeros(1, *INPUT),), path, dynamo=False)
+    wl = importer.load_workload(str(path))
+    assert [l.name for l in wl.layers] == ["conv1", "fc"]
+    assert "final Softmax" in wl.notes[0]
+
+
+def test_combine_on_an_imported_model(files, capsys):
+    assert main(["combine", "--model", str(files["models"]["residual"]["onnx"]), "--calib",
+                 str(files["calib"])]) == 0
+    out = capsys.readouterr().out
+    assert "column combining on residual" in out
+    assert "magnitude-pruned" in out and "without retraining" in out

@@ -151,7 +151,7 @@ MODEL_OPTIONS = ("weights", "calib", "input_size", "mean", "std")
 def add_source_options(p: argparse.ArgumentParser, topology: bool = True) -> None:
     """``--model`` (and its weights, calibration images and input size) and ``--topology``,
     beside ``--network``."""
-    from zeroskip.models.zoo import MODELS
+    from zeroskip.models.workloads import ZOO_MODELS as MODELS
 
     p.add_argument("--model", help="your network: an .onnx file, a TorchScript (.pt) or "
                    "torch.export (.pt2) file, module:function returning a torch.nn.Module, or "
