@@ -157,7 +157,10 @@ def fuse(graph: FloatGraph) -> list[Node]:
             attrs = dict(n.attrs, act=None) if n.op == "add" else dict(n.attrs)
             base = n.name
             if n.name.startswith("/"):  # torch's exporter: the module path, then the op
-                base = f"{_nice(n.name)}.{n.op}" if n.name.count("/") >= 2 else n.op
+                path = _nice(n.name) if n.name.count("/") >= 2 else ""
+                own = n.op in ("maxpool", "avgpool", "gap", "flatten") and any(
+                    w in path.rsplit(".", 1)[-1].lower() for w in ("pool", "flatten"))
+                base = path if own else f"{path}.{n.op}" if path else n.op
         name, i = base, 2
         while name in names:
             name, i = f"{base}_{i}", i + 1
@@ -392,6 +395,9 @@ def _shapes(steps, graph_input, input_shape: tuple) -> dict:
         a, ins = st.attrs, [shapes[t] for t in st.inputs]
         x = ins[0]
         if st.op == "layer" and a["kind"] == "fc":
+            if len(x) == 3 and x[1:] != (1, 1):
+                raise ValueError(f"layer {st.name!r}: a Linear / MatMul on a {x} tensor "
+                                 "(only on N x features: flatten first)")
             if int(np.prod(x)) != a["weight"].shape[1]:
                 raise ValueError(f"layer {st.name!r}: {int(np.prod(x))} inputs, but its "
                                  f"weights take {a['weight'].shape[1]}")
@@ -788,14 +794,16 @@ def load_workload(model: str, weights: str | None = None, calib: str | None = No
              f"on the blocks: {len(specs)} layers ({', '.join(where['blocks'])})",
              "on the host, in integers, between layers: " + (", ".join(where["host"]) or
                                                               "nothing")]
-    grouped = [s.attrs["spec"].name for s in qg.steps
-               if s.op == "layer" and s.attrs["groups"] > 1]
+    grouped = [s for s in qg.steps if s.op == "layer" and s.attrs["groups"] > 1]
     if grouped:
+        dense = sum(s.attrs["spec"].macs for s in grouped)
+        real = sum(s.attrs["spec"].macs // s.attrs["groups"] for s in grouped)
         notes.append(
-            f"grouped / depthwise convs ({', '.join(grouped)}) run as dense convs with "
-            "block-diagonal weights: no block has a grouped mode, so their dense MAC counts "
-            "include the off-diagonal zero weights (snapea skips zero weights; combined packs "
-            "them; systolic and nullhop spend the MACs)")
+            f"grouped / depthwise convs ({', '.join(s.attrs['spec'].name for s in grouped)}) "
+            "run as dense convs with block-diagonal weights: no block has a grouped mode, so "
+            f"their dense MAC count, {dense:,}, includes the off-diagonal zero weights (their "
+            f"real MACs: {real:,}); snapea skips zero weights and combined packs them, "
+            "systolic and nullhop spend those MACs")
     signed = [s.attrs["spec"].name for s in qg.steps if s.op == "layer" and s.attrs["signed_in"]]
     if signed:
         notes.append(f"signed inputs ({', '.join(signed)}): the host adds "

@@ -276,6 +276,10 @@ def test_notes_say_what_ran_where(files):
     text = " ".join(wl.notes)
     assert "depthwise" in text and "dw" in text and "grouped" in text
     assert "signed inputs" in text and "project" not in where["host"]
+    hooks = independent_layers(depthwise(), files["x"])
+    real = sum(w["macs"] for w in hooks if w["groups"] > 1)
+    dense = sum(w["macs"] * w["groups"] for w in hooks if w["groups"] > 1)
+    assert f"dense MAC count, {dense:,}," in text and f"real MACs: {real:,}" in text
     wl = _load(files, "pooling", "onnx")
     host = " ".join(wl.graph.where()["host"])
     assert "max-pool" in host and "average pool" in host and "concat" in host
