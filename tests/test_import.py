@@ -497,12 +497,15 @@ def test_named_models_are_listed_and_seeded():
 
 
 @pytest.mark.rtl
-def test_verify_one_layer_of_an_imported_model(files, capsys):
-    """One layer of an imported ONNX model on the systolic array's RTL (Icarus), bit-exact."""
-    assert main(["verify", "systolic", "--model", str(files["models"]["residual"]["onnx"]),
-                 "--calib", str(files["calib"]), "--layer", "conv2", "--rows", "4",
-                 "--cols", "4"]) == 0
-    assert "conv2: " in capsys.readouterr().out
+@pytest.mark.parametrize("block", registry.names("verifier"))
+def test_verify_one_layer_of_an_imported_model(files, capsys, block):
+    """One layer of an imported ONNX model on each block's RTL (Icarus): outputs bit-exact
+    against the integer reference, cycles equal to the simulator's (the combined array on the
+    model's own weights, pruned and packed as its simulator does)."""
+    assert main(["verify", block, "--model", str(files["models"]["residual"]["onnx"]),
+                 "--calib", str(files["calib"]), "--layer", "conv2"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2: 512 outputs bit-exact" in out and "= simulator prediction" in out
 
 
 class SoftmaxEnd(nn.Module):

@@ -492,6 +492,16 @@ def _verify_model(args, cfg, check) -> None:
     for n in chosen:
         if n not in names:
             raise CliError(f"unknown layer {n!r}; {wl.name} has: {', '.join(names)}")
+    if args.block == "combined" and cfg.alpha != 1:
+        # the block's verifier packs the digits net's jointly optimised layers; an imported
+        # model's are its own weights, pruned and packed as the simulator does
+        from tb.combined_cases import verify_packed
+
+        from zeroskip.sim.combined import imported_packing
+
+        def check(cfg, q, x, build_dir):
+            return verify_packed(cfg, q, x, imported_packing(q.weight_matrix.numpy(), cfg),
+                                 build_dir)
     _verify_layers(args, cfg, check, wl, chosen, build_root)
 
 
