@@ -565,8 +565,12 @@ def _torch_module(model: str):
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
+        hint = ""
+        if mod_name.split(".")[0] == "torchvision" and fn_name in zoo.MODELS:
+            hint = (f" (torchvision does not install beside the pinned torch; --model "
+                    f"{fn_name} is the same architecture)")
         raise ValueError(f"--model {model!r}: cannot import {fn_name!r} from {mod_name!r}: "
-                         f"{_first_line(e)}") from None
+                         f"{_first_line(e)}{hint}") from None
     try:
         module = fn()
     except Exception as e:
@@ -575,6 +579,14 @@ def _torch_module(model: str):
         raise ValueError(f"--model {model!r}: {fn_name}() returned a {type(module).__name__}, "
                          "not a torch.nn.Module")
     return module.eval(), f"{model}()"
+
+
+class ImagesOutOfRange(ValueError):
+    """More images asked for than there are calibration images (``available``)."""
+
+    def __init__(self, message: str, available: int):
+        super().__init__(message)
+        self.available = available
 
 
 class _Exported(torch.nn.Module):
@@ -782,8 +794,8 @@ def load_workload(model: str, weights: str | None = None, calib: str | None = No
         x = x if x is not None else load_calib(calib, shape, means, stds)
         ctext = f"{len(x)} calibration image(s) from {calib}"
     if not 1 <= images <= len(x):
-        raise ValueError(f"--images must be in 1..{len(x)} (the calibration images), "
-                         f"not {images}")
+        raise ImagesOutOfRange(f"--images must be in 1..{len(x)} (the calibration images), "
+                               f"not {images}", len(x))
     qg = quantize(g, x, rule)
     inputs: list[torch.Tensor] = []
     int_forward(qg, x[:images], inputs)

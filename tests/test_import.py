@@ -419,6 +419,24 @@ def test_bad_files_are_one_line(files, tmp_path, capsys):
                     "--calib applies to --model only")
     _one_line_error(capsys, ["sim", "systolic", "--model", onnx_file, "--calib",
                              str(files["calib"]), "--images", "99"], "--images must be in 1..16")
+    _one_line_error(capsys, ["sim", "systolic", "--model", "torchvision.models:resnet18"],
+                    "cannot import", "--model resnet18 is the same architecture")
+    np.savez(tmp_path / "two.npz", a=np.zeros((2, 3, 8, 8), np.float32),
+             b=np.zeros((2, 3, 8, 8), np.float32))
+    _one_line_error(capsys, ["sim", "systolic", "--model", onnx_file, "--calib",
+                             str(tmp_path / "two.npz")], "holds arrays a, b")
+    import shutil
+
+    if shutil.which("iverilog"):
+        _one_line_error(capsys, ["verify", "systolic", "--model", onnx_file, "--calib",
+                                 str(files["calib"]), "--image", "16"], "--image must be in 0..15")
+
+
+def test_calib_npz(files, tmp_path):
+    np.savez(tmp_path / "c.npz", images=files["x"].numpy()[:4])
+    wl = importer.load_workload(str(files["models"]["mlp"]["onnx"]), calib=str(tmp_path / "c.npz"),
+                                images=4)
+    assert wl.batch == 4 and "4 calibration image(s)" in wl.description
 
 
 CONV_CSV = """Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,

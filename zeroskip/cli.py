@@ -486,7 +486,13 @@ def _verify_model(args, cfg, check) -> None:
         raise CliError(f"--image must be at least 0, not {args.image}")
     build_root = check_out_dir(args.build, "--build").resolve() if args.build else None
     check_icarus()
-    wl = load_source(args, images=args.image + 1)
+    from zeroskip.models.importer import ImagesOutOfRange
+
+    try:
+        wl = load_source(args, images=args.image + 1)
+    except ImagesOutOfRange as e:
+        raise CliError(f"--image must be in 0..{e.available - 1} (a calibration image), not "
+                       f"{args.image}") from None
     names = [l.name for l in wl.layers]
     chosen = args.layer or names
     for n in chosen:
