@@ -94,9 +94,9 @@ def _nice(name: str) -> str:
 
 
 # --- fusing the float graph into layers and host ops ----------------------------------------
-def fuse(graph: FloatGraph) -> list[Node]:
-    """Steps: ``layer`` nodes (conv/linear with BatchNorm, activation and pool folded in) and
-    host ops. Checks the result is still one connected graph from input to output."""
+def fuse(graph: FloatGraph) -> tuple[list[Node], str]:
+    """(steps, output tensor): ``layer`` steps (conv / linear with BatchNorm, activation and
+    pool folded in) and host ops, in graph order."""
     consumers: dict[str, int] = {}
     for n in graph.nodes:
         for t in n.inputs:
@@ -819,7 +819,8 @@ def load_workload(model: str, weights: str | None = None, calib: str | None = No
     signed = [s.attrs["spec"].name for s in qg.steps if s.op == "layer" and s.attrs["signed_in"]]
     if signed:
         notes.append(f"signed inputs ({', '.join(signed)}): the host adds "
-                     f"{qg.zero_point} (and pads with it where the layer pads), the bias absorbs the offset, so the "
+                     f"{qg.zero_point} (and pads with it where the layer pads), the bias "
+                     "absorbs the offset, so the "
                      "blocks see unsigned activations (exact)")
     desc = (f"{g.name}: {imported.source}, {imported.weights}, int{qg.fxp.act_bits} with "
             f"'{rule}' clipping; {ctext}, {images} simulated")

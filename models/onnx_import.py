@@ -126,7 +126,8 @@ def from_onnx(proto, name: str = "model") -> FloatGraph:
             alias[node.output[0]] = node.input[0]
         elif op == "Conv":
             w = const(node, node.input[1], "weight")
-            b = const(node, node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+            b = const(node, node.input[2], "bias") if len(node.input) > 2 and node.input[2] \
+                else None
             if w.ndim != 4:
                 raise _unsupported(node, f"a {w.ndim - 2}-D convolution")
             if any(d != 1 for d in a.get("dilations", [1, 1])):
@@ -177,7 +178,8 @@ def from_onnx(proto, name: str = "model") -> FloatGraph:
                 raise _unsupported(node, "transA, alpha or beta other than the defaults")
             w = const(node, node.input[1], "weight")
             w = w if a.get("transB", 0) else w.T
-            b = const(node, node.input[2], "bias") if len(node.input) > 2 and node.input[2] else None
+            b = const(node, node.input[2], "bias") if len(node.input) > 2 and node.input[2] \
+                else None
             emit(node, "linear", [node.input[0]], weight=w, bias=b)
         elif op == "MatMul":
             emit(node, "linear", [node.input[0]], weight=const(node, node.input[1], "weight").T,

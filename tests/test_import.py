@@ -167,8 +167,9 @@ def independent_layers(model: nn.Module, x: torch.Tensor) -> list[dict]:
                              macs=h * w * c * (mod.in_channels // mod.groups) * mod.kernel_size[0]
                              * mod.kernel_size[1]))
         else:
-            seen.append(dict(kind="fc", in_ch=mod.in_features, out_ch=mod.out_features, k=1, stride=1,
-                             out_h=1, out_w=1, groups=1, macs=mod.in_features * mod.out_features))
+            seen.append(dict(kind="fc", in_ch=mod.in_features, out_ch=mod.out_features, k=1,
+                             stride=1, out_h=1, out_w=1, groups=1,
+                             macs=mod.in_features * mod.out_features))
     hs = [m.register_forward_hook(hook) for m in model.modules()
           if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
@@ -381,7 +382,7 @@ def test_unsupported_op_is_one_line(tmp_path, capsys, cls, op):
         warnings.simplefilter("ignore")
         torch.onnx.export(cls().eval(), (torch.zeros(1, *INPUT),), path, dynamo=False)
     err = _one_line_error(capsys, ["sim", "systolic", "--model", str(path)],
-                          f"unsupported ONNX op", op, "node '/", "supported: Conv")
+                          "unsupported ONNX op", op, "node '/", "supported: Conv")
     assert "(node '/" in err
 
 
@@ -439,8 +440,8 @@ def test_calib_npz(files, tmp_path):
     assert wl.batch == 4 and "4 calibration image(s)" in wl.description
 
 
-CONV_CSV = """Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,
-Conv1, 230, 230, 7, 7, 3, 64, 2,
+CONV_CSV = ("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, "
+            "Num Filter, Strides,\n") + """Conv1, 230, 230, 7, 7, 3, 64, 2,
 Conv2, 58, 58, 3, 3, 64, 64, 1,
 FC, 1, 1, 1, 1, 512, 1000, 1,
 """
