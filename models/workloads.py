@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NETWORKS = ("digits", "vgg16", "resnet18", "alexnet")
+# the architectures of models/zoo.py (``--model NAME``), named here without importing torch
+ZOO_MODELS = ("resnet18", "resnet50", "vgg16", "mobilenet_v2", "alexnet")
 
 
 @dataclass(frozen=True)

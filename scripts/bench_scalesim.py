@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_scalesim.py            # VGG-16 conv3_1 + AlexNet conv1..5
     .venv/bin/python scripts/bench_scalesim.py --quick    # VGG-16 conv3_1 only
     .venv/bin/python scripts/bench_scalesim.py --layers alexnet.conv3 alexnet.conv5
+    .venv/bin/python scripts/bench_scalesim.py --topology my_net.csv   # a SCALE-Sim topology
 
 SCALE-Sim (``pip install scalesim``, 3.0.0) lives in its own venv, ``.venv-scalesim``, created
 on first use with ``numpy<2.4`` (SCALE-Sim 3.0.0 crashes at the end of a layer with numpy 2.4,
@@ -240,7 +241,7 @@ def run_zeroskip(spec: ConvLayer, acc_depth: int | None, min_seconds: float = 0.
             "cfg": cfg}
 
 
-def run_step_model(name: str, spec: ConvLayer, cfg: SystolicConfig) -> dict:
+def run_step_model(name: str, spec: ConvLayer, cfg: SystolicConfig, wl=None) -> dict:
     """zeroskip's step-per-cycle model on the layer with the workload's seeded int8 data;
     its outputs are checked against ``sim.systolic.array_outputs``."""
     import numpy as np
@@ -249,8 +250,7 @@ def run_step_model(name: str, spec: ConvLayer, cfg: SystolicConfig) -> dict:
     from zeroskip.sim import workload
     from zeroskip.sim.systolic import Gemm, StepModel, array_outputs
 
-    net = name.split(".", 1)[0]
-    wl = workload.load(net)
+    wl = wl or workload.load(name.split(".", 1)[0])
     data = wl.layer_data([l.name for l in wl.layers].index(spec.name))
     x = np.pad(data.x, ((0, 0), (spec.pad, spec.pad), (spec.pad, spec.pad)))
     win = sliding_window_view(x, (spec.k, spec.k), axis=(1, 2))[:, ::spec.stride, ::spec.stride]
@@ -313,6 +313,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", nargs="+", default=DEFAULT_LAYERS, metavar="NET.LAYER",
                     help=f"layers to run (default: {' '.join(DEFAULT_LAYERS)})")
     ap.add_argument("--quick", action="store_true", help="only vgg16.conv3_1")
+    ap.add_argument("--topology", type=Path, metavar="FILE.csv",
+                    help="every layer of a SCALE-Sim topology file (conv or GEMM format) "
+                         "instead of --layers")
     ap.add_argument("--acc-depth", type=int, default=None,
                     help="zeroskip partial-sum memory depth (default: the layer's M)")
     ap.add_argument("--no-scalesim", action="store_true",
@@ -322,8 +325,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the measurements to this file")
     args = ap.parse_args(argv)
     names = ["vgg16.conv3_1"] if args.quick else args.layers
+    wl = None
     try:
-        specs = [(name, find_layer(name)) for name in names]
+        if args.topology:
+            from zeroskip.models.topology import load_workload
+
+            wl = load_workload(args.topology)
+            specs = [(f"{wl.name}.{l.name}", l) for l in wl.layers]
+        else:
+            specs = [(name, find_layer(name)) for name in names]
     except ValueError as e:
         sys.exit(f"error: {e}")
 
@@ -334,7 +344,7 @@ def main(argv=None) -> int:
             zs = run_zeroskip(spec, args.acc_depth)
             if args.step_model:
                 print(f"StepModel on {name} ...", flush=True)
-                zs["step"] = run_step_model(name, spec, zs["cfg"])
+                zs["step"] = run_step_model(name, spec, zs["cfg"], wl)
                 if zs["step"]["cycles"] != zs["cycles"]:
                     raise RuntimeError(f"StepModel and simulate_layer disagree on {name}")
             ss = None

@@ -253,12 +253,30 @@ def _draw_where(rng, w: np.ndarray, p: float, apply, chunk: int = 1 << 20) -> No
         apply(part, np.less(b, p, out=m))
 
 
+def imported_packing(w: np.ndarray, cfg: CombinedConfig) -> cc.Packing:
+    """An imported model's int8 ``[K, N]`` weights magnitude-pruned to
+    ``target_sparsity(alpha)`` (no retraining) and packed, in windows as a shape-only layer."""
+    if cfg.alpha == 1:
+        return identity_packing(w)
+    return cc.pack(cc.magnitude_prune(w, cc.target_sparsity(cfg.alpha)), cfg.alpha, cfg.gamma,
+                   cfg.group_block, window=SHAPE_ONLY_WINDOW)
+
+
 def network_packings(workload, cfg: CombinedConfig, progress=None):
     """(packings per layer, notes, extra figures) for a ``sim.workload.Workload``."""
     if workload.real and cfg.alpha == 1:
         packings = [identity_packing(workload.layer_data(i).w.reshape(s.out_ch, -1).T)
                     for i, s in enumerate(workload.layers)]
         return packings, ["alpha = 1: the dense int8 weights, no pruning (the dense array)"], {}
+    if workload.real and not workload.trained_digits:  # an imported model's own weights
+        s = cc.target_sparsity(cfg.alpha)
+        packings = [imported_packing(workload.layer_data(i).w.reshape(sp.out_ch, -1).T, cfg)
+                    for i, sp in enumerate(workload.layers)]
+        return packings, [
+            f"the imported int8 weights magnitude-pruned to {s:.1%} sparsity "
+            f"(target_sparsity(alpha={cfg.alpha})) without retraining (accuracy not "
+            f"re-measured), gamma={cfg.gamma}, grouped in windows of {SHAPE_ONLY_WINDOW} "
+            "columns"], {}
     if workload.real:
         res = cc.joint_optimize(cfg.alpha, cfg.gamma, cfg.group_block)
         layers = cc.joint_quant_layers(res, fxp=cfg.fxp)

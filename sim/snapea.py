@@ -503,7 +503,7 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
     params = params or [None] * n_layers
     ok = eligible(workload.layers)
     inputs = None
-    if workload.real and any(p is not None for p in params):
+    if workload.trained_digits and any(p is not None for p in params):
         x0 = workload.real_inputs[0]
         acts = snapea_network_forward(x0, workload.quant, params)
         inputs = [a.reshape(a.shape[0], s.in_ch, s.in_h, s.in_w)
@@ -536,7 +536,7 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
                      "order, per-band lane sums scaled): " + ", ".join(f"{n} s={k}"
                                                                       for n, k in sampled))
     rep = NetworkReport("snapea", cfg.to_dict(), reports, notes)
-    if workload.real:
+    if workload.trained_digits:
         from zeroskip.models import digits
 
         data = digits.load_data()

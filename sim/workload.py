@@ -57,9 +57,11 @@ class Workload:
     real_inputs: list | None = None  # per layer int64 [N, C, H, W] real activations
     seed: int = SEED
     notes: list[str] = field(default_factory=list)
+    trained_digits: bool = False  # the bundled digits net: its data set and joint training apply
 
     @property
     def real(self) -> bool:
+        """Real weights and activations (the digits net or an imported model)."""
         return self.quant is not None
 
     @property
@@ -101,9 +103,7 @@ def load(name: str, images: int = 8, rule: str = "kl", progress=None) -> Workloa
     """The named workload (``models.workloads.NETWORKS``)."""
     layers = network_layers(name)
     if name != "digits":
-        return Workload(name, layers, "layer shapes with the seeded activation model of "
-                        "sim/workload.py (random int8 weights, per-layer input densities "
-                        f"{', '.join(f'{activation_density(i, len(layers)):.2f}' for i in range(len(layers)))})")
+        return shape_only(name, layers)
     from zeroskip.models import digits
 
     w = digits.load_workload(rule, progress=progress)
@@ -111,4 +111,13 @@ def load(name: str, images: int = 8, rule: str = "kl", progress=None) -> Workloa
     return Workload("digits", layers,
                     f"trained digits CNN (float {w.float_acc:.2%}, int8 {w.int_acc:.2%} test "
                     f"accuracy, '{rule}' clipping), real activations of {images} images",
-                    quant=w.layers, real_inputs=digits.layer_inputs(w.layers, x))
+                    quant=w.layers, real_inputs=digits.layer_inputs(w.layers, x),
+                    trained_digits=True)
+
+
+def shape_only(name: str, layers: list[ConvLayer], source: str = "layer shapes") -> Workload:
+    """A network known by its layer shapes only, with the seeded activation model."""
+    densities = ", ".join(f"{activation_density(i, len(layers)):.2f}" for i in range(len(layers)))
+    return Workload(name, layers, f"{source} with the seeded activation model of "
+                    "sim/workload.py (random int8 weights, per-layer input densities "
+                    f"{densities})")

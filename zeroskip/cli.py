@@ -136,10 +136,11 @@ def print_layer_table(report, title: str) -> None:
 DEFAULT_IMAGES = 8
 
 
-def check_workload_args(network: str, images: int | None) -> int:
+def check_workload_args(network: str | None, images: int | None) -> int:
     """The number of digits images to run, after checking ``--network`` and ``--images``."""
     from zeroskip.models.digits import CALIBRATION_IMAGES
 
+    network = network or "digits"
     if network not in NETWORKS:
         raise CliError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
     if images is None:
@@ -153,9 +154,10 @@ def check_workload_args(network: str, images: int | None) -> int:
     return images
 
 
-def load_workload(network: str, images: int | None = None):
+def load_workload(network: str | None, images: int | None = None):
     from zeroskip.sim import workload
 
+    network = network or "digits"
     images = check_workload_args(network, images)
     with _progress() as prog:
         task = prog.add_task(f"loading {network}", total=None)
@@ -166,6 +168,74 @@ def load_workload(network: str, images: int | None = None):
         w = workload.load(network, images=images, progress=train_progress)
         prog.update(task, description=f"loaded {network}", total=1, completed=1)
     return w
+
+
+MODEL_OPTIONS = ("weights", "calib", "input_size", "mean", "std")
+
+
+def add_source_options(p: argparse.ArgumentParser, topology: bool = True) -> None:
+    """``--model`` (and its weights, calibration images and input size) and ``--topology``,
+    beside ``--network``."""
+    from zeroskip.models.workloads import ZOO_MODELS as MODELS
+
+    p.add_argument("--model", help="your network: an .onnx file, a TorchScript (.pt) or "
+                   "torch.export (.pt2) file, module:function returning a torch.nn.Module, or "
+                   f"one of {', '.join(MODELS)} (seeded random weights unless --weights)")
+    p.add_argument("--weights", help="--model: a state dict (.pth) for a PyTorch model")
+    p.add_argument("--calib", help="--model: calibration and input images, an .npy / .npz "
+                   "float N x C x H x W array or a folder of PNG / JPEG files (default: seeded "
+                   "random images)")
+    p.add_argument("--input-size", metavar="C,H,W", help="--model: input size where the model "
+                   "does not fix it (and for a --calib folder)")
+    p.add_argument("--mean", help="--calib folder: per-channel mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", help="--calib folder: per-channel std, e.g. 0.229,0.224,0.225")
+    if topology:
+        p.add_argument("--topology", metavar="FILE.csv", help="layer shapes from a SCALE-Sim "
+                       "topology file (conv or GEMM format) with the seeded activation model")
+
+
+def check_source_args(args) -> str:
+    """Which way in (``network``, ``model`` or ``topology``), after checking the options."""
+    given = [o for o in ("network", "model", "topology") if getattr(args, o, None)]
+    if len(given) > 1:
+        raise CliError(f"give one of --network, --model, --topology, not "
+                       f"{' and '.join(_flag(g) for g in given)}")
+    kind = given[0] if given else "network"
+    if kind != "model":
+        for o in MODEL_OPTIONS:
+            if getattr(args, o, None):
+                raise CliError(f"{_flag(o)} applies to --model only")
+    if kind == "network":
+        check_workload_args(getattr(args, "network", None), getattr(args, "images", None))
+    elif kind == "topology" and getattr(args, "images", None) is not None:
+        raise CliError("--images applies to --network digits and --model (a topology runs "
+                       "one input from the seeded activation model); leave it out")
+    elif kind == "model" and getattr(args, "images", None) is not None and args.images < 1:
+        raise CliError(f"--images must be at least 1, not {args.images}")
+    return kind
+
+
+def load_source(args, images: int | None = None):
+    """The workload of ``--network``, ``--model`` or ``--topology``."""
+    kind = check_source_args(args)
+    images = images or getattr(args, "images", None)
+    if kind == "network":
+        return load_workload(args.network, images)
+    if kind == "topology":
+        from zeroskip.models import topology
+
+        return topology.load_workload(args.topology)
+    from zeroskip.models import importer
+
+    with _progress() as prog:
+        prog.add_task(f"importing {args.model} (export, calibration, integer graph)", total=None)
+        return importer.load_workload(args.model, args.weights, args.calib, args.input_size,
+                                      args.mean, args.std, images=images or 1)
+
+
+def print_workload_notes(wl) -> None:
+    for note in wl.notes:
+        print(f"note: {note}")
 
 
 def _progress():
@@ -198,16 +268,19 @@ def cmd_sim(args) -> None:
     cfg = config_from_args(args.block, args)
     table = load_table(args.energy_table)
     out = check_out_file(args.json) if args.json else None
-    check_workload_args(args.network, args.images)
-    wl = load_workload(args.network, args.images)
+    wl = load_source(args)
     t0 = time.perf_counter()
     report = simulate(args.block, cfg, wl, table)
     dt = time.perf_counter() - t0
-    print_layer_table(report, f"{args.block} on {args.network} ({dt:.2f} s)")
+    print_layer_table(report, f"{args.block} on {wl.name} ({dt:.2f} s)")
     for note in report.notes:
         print(f"note: {note}")
+    print_workload_notes(wl)
     if out:
-        write_json(out, report.to_dict())
+        d = report.to_dict()
+        if wl.notes:
+            d["workload_notes"] = wl.notes
+        write_json(out, d)
 
 
 def print_comparison(rows: list[dict], title: str) -> None:
@@ -317,9 +390,9 @@ def cmd_run(args) -> None:
     configs = compare.equal_configs(_mac_units_arg(args.macs), _block_presets(args.preset))
     out = check_out_dir(args.out)
     table = load_table(args.energy_table)
-    check_workload_args(args.network, args.images)
-    wl = load_workload(args.network, args.images)
+    wl = load_source(args)
     print(f"workload: {wl.description}")
+    print_workload_notes(wl)
     print(f"hardware: {compare.hardware_line(configs)}")
     t0 = time.perf_counter()
     with _progress() as prog:
@@ -351,6 +424,10 @@ def cmd_run(args) -> None:
     print_area(area, f"{wl.name}: the same blocks by area ({fpga.AREA_TARGET} "
                      f"{fpga.TARGETS[fpga.AREA_TARGET]['device']}, AXI4-Stream tops)")
     report = compare.report_dict(wl, reports)
+    if wl.notes:
+        report["workload_notes"] = wl.notes
+    if getattr(wl, "graph", None) is not None:
+        report["ran_where"] = wl.graph.where()
     report["area"] = area
     # an interrupted run must not leave an earlier run's report looking like this one's:
     # the old report goes first, every file is written under a temporary name and moved,
@@ -398,9 +475,8 @@ def _block_presets(values: list[str] | None) -> dict[str, str]:
 
 
 def cmd_verify(args) -> None:
-    """Run a block's RTL (Icarus + cocotb) on layers of the digits net with real activations."""
-    import tempfile
-
+    """Run a block's RTL (Icarus + cocotb) on layers of the digits net (or of ``--model``)
+    with real activations."""
     cfg = config_from_args(args.block, args)
     check = _checkout_part(args.block, "verifier")
     from tb.runner import check_icarus
@@ -408,6 +484,9 @@ def cmd_verify(args) -> None:
     from zeroskip.models.digits import CALIBRATION_IMAGES
     from zeroskip.models.workloads import network_layers
 
+    if getattr(args, "model", None):
+        return _verify_model(args, cfg, check)
+    check_source_args(args)  # --weights & co. without --model
     if not 0 <= args.image < CALIBRATION_IMAGES:
         raise CliError(f"--image must be in 0..{CALIBRATION_IMAGES - 1} (a digits calibration "
                        f"image), not {args.image}")
@@ -421,6 +500,46 @@ def cmd_verify(args) -> None:
         build_root = check_out_dir(args.build, "--build").resolve()
     check_icarus()
     wl = load_workload("digits", images=args.image + 1)
+    _verify_layers(args, cfg, check, wl, chosen, build_root if args.build else None)
+
+
+def _verify_model(args, cfg, check) -> None:
+    """``zeroskip verify --model``: layers of an imported model on its calibration images."""
+    from tb.runner import check_icarus
+
+    if args.image < 0:
+        raise CliError(f"--image must be at least 0, not {args.image}")
+    build_root = check_out_dir(args.build, "--build").resolve() if args.build else None
+    check_icarus()
+    from zeroskip.models.importer import ImagesOutOfRange
+
+    try:
+        wl = load_source(args, images=args.image + 1)
+    except ImagesOutOfRange as e:
+        raise CliError(f"--image must be in 0..{e.available - 1} (a calibration image), not "
+                       f"{args.image}") from None
+    names = [l.name for l in wl.layers]
+    chosen = args.layer or names
+    for n in chosen:
+        if n not in names:
+            raise CliError(f"unknown layer {n!r}; {wl.name} has: {', '.join(names)}")
+    if args.block == "combined" and cfg.alpha != 1:
+        # the block's verifier packs the digits net's jointly optimised layers; an imported
+        # model's are its own weights, pruned and packed as the simulator does
+        from tb.combined_cases import verify_packed
+
+        from zeroskip.sim.combined import imported_packing
+
+        def check(cfg, q, x, build_dir):
+            return verify_packed(cfg, q, x, imported_packing(q.weight_matrix.numpy(), cfg),
+                                 build_dir)
+    _verify_layers(args, cfg, check, wl, chosen, build_root)
+
+
+def _verify_layers(args, cfg, check, wl, chosen, build_root) -> None:
+    import tempfile
+
+    names = [l.name for l in wl.layers]
     for n in chosen:  # what the simulator refuses, the RTL is not run on
         q = wl.quant[names.index(n)]
         cfg.fxp.check_reduction(n, q.spec.gemm[1], int(q.bias.abs().max()))
@@ -526,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="digits layer to verify (repeatable; default: every layer)")
         v.add_argument("--image", type=int, default=0, metavar="I",
                        help="which calibration image, 0..255 (default 0)")
+        add_source_options(v, topology=False)
         v.add_argument("--build", metavar="DIR", help="keep the build and logs in this folder "
                        "(default: a temporary folder, removed after a pass)")
     add_block_subcommand(sub, "verify", "run a block's RTL (Icarus + cocotb) on digits layers "
@@ -548,11 +668,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_network_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--network", default="digits", metavar="NAME",
+    """The workload: ``--network``, or ``--model`` / ``--topology`` (``add_source_options``),
+    and ``--images``."""
+    p.add_argument("--network", default=None, metavar="NAME",
                    help=f"workload: {', '.join(NETWORKS)} (default: digits, the bundled "
                         "trained net with real activations)")
+    add_source_options(p)
     p.add_argument("--images", type=int, default=None, metavar="N",
-                   help=f"digits images to run, 1..256 (default {DEFAULT_IMAGES})")
+                   help=f"digits images to run, 1..256 (default {DEFAULT_IMAGES}); with "
+                        "--model: calibration images to simulate (default 1)")
 
 
 def add_energy_option(p: argparse.ArgumentParser) -> None:

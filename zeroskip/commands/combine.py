@@ -15,8 +15,11 @@ from zeroskip.hw import config as hwcfg
 def add_parser(sub) -> None:
     p = sub.add_parser("combine", help="column combining: prune, pack and retrain a network "
                        "for the column-combined array, report accuracy and packing")
-    p.add_argument("--network", default="digits", help="digits (joint optimisation) or a "
-                   "shape-only network (random pruned matrices)")
+    p.add_argument("--network", default=None, help="digits (joint optimisation; the default) "
+                   "or a shape-only network (random pruned matrices)")
+    from zeroskip.cli import add_source_options
+
+    add_source_options(p)  # --model: its own weights, pruned without retraining
     p.add_argument("--alpha", type=int, default=8, help="max original columns per packed "
                    "column (default 8)")
     p.add_argument("--gamma", type=float, default=0.5, help="allowed conflicts per group as a "
@@ -56,13 +59,19 @@ def _layer_figures(rep) -> dict:
             **{k: e[k] for k in keys}}
 
 
-def run_combine(network: str, cfg, table=None, progress=None) -> dict:
-    """All figures of one column-combining run (what ``zeroskip combine`` prints)."""
+def run_combine(network: str, cfg, table=None, progress=None, wl=None) -> dict:
+    """All figures of one column-combining run (what ``zeroskip combine`` prints); ``wl``: a
+    workload already loaded (``--model``, ``--topology``) instead of ``network``."""
     from zeroskip.models import column_combining as cc
     from zeroskip.sim import combined, workload
 
-    wl = workload.load(network)
-    if wl.real:
+    wl = wl or workload.load(network)
+    network = wl.name
+    if wl.real and not wl.trained_digits:  # an imported model: its weights, no retraining
+        packings, notes, _ = combined.network_packings(wl, cfg)
+        acc = {"accuracy_before": None, "accuracy_after": None, "accuracy_drop_pp": None}
+        source = f"{wl.description}; {notes[0]}; no accuracy figures"
+    elif wl.real:
         from zeroskip.models.digits import load_data
 
         res = cc.joint_optimize(cfg.alpha, cfg.gamma, cfg.group_block, progress=progress)
@@ -125,9 +134,13 @@ def cmd_combine(args) -> None:
     table = load_table(args.energy_table)
     out = check_out_file(args.json) if args.json else None
     cfg = _cfg(args, args.block)
+    from zeroskip.cli import check_source_args, load_source
+
+    wl = None if check_source_args(args) == "network" else load_source(args)
+    network = wl.name if wl else args.network or "digits"
     with _progress() as prog:
         task = prog.add_task("column combining", total=None)
-        result = run_combine(args.network, cfg, table,
+        result = run_combine(network, cfg, table, wl=wl,
                              progress=lambda msg: prog.update(task, description=msg))
         # the row split against one global grouping (or per-tile grouping against the
         # chosen global one), same alpha, gamma and array; on the digits net only (grouping
@@ -136,11 +149,11 @@ def cmd_combine(args) -> None:
         if result["accuracy_before"] is not None:
             other = 0 if args.block else cfg.cols
             prog.update(task, description=f"comparison: block={other}")
-            runs.append(run_combine(args.network, _cfg(args, other), table))
+            runs.append(run_combine(network, _cfg(args, other), table))
     keys = ("column_reduction", "tile_reduction", "accuracy_after", "accuracy_drop_pp")
     result["block_comparison"] = {f"block={r['block']}": {k: r[k] for k in keys}
                                   | _subset(r["network_figures"]) for r in runs}
-    _print(result, f"column combining on {args.network}: alpha={cfg.alpha}, gamma={cfg.gamma}, "
+    _print(result, f"column combining on {network}: alpha={cfg.alpha}, gamma={cfg.gamma}, "
                    f"block={cfg.group_block}, {cfg.rows}x{cfg.cols} array")
     print(f"weights: {result['weights']}")
     if result["accuracy_before"] is not None:

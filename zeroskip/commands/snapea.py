@@ -90,8 +90,8 @@ def cmd_sim(args, plain) -> None:
 
     if args.block != "snapea":
         return plain(args)
-    from zeroskip.cli import (_console, check_out_file, check_workload_args, config_from_args,
-                              load_workload, print_layer_table, write_json)
+    from zeroskip.cli import (_console, check_out_file, check_source_args, config_from_args,
+                              load_source, print_layer_table, print_workload_notes, write_json)
     from zeroskip.sim import snapea
     from zeroskip.sim.energy import load_table
 
@@ -101,9 +101,9 @@ def cmd_sim(args, plain) -> None:
     cfg = config_from_args("snapea", args)
     table = load_table(args.energy_table)
     out = check_out_file(args.json) if args.json else None
-    check_workload_args(args.network, args.images)
+    kind = check_source_args(args)
     if mode == "predictive":
-        if args.network != "digits":
+        if kind != "network" or (args.network or "digits") != "digits":
             raise CliError("predictive mode needs calibration data to choose (Th, n): use "
                            "--network digits")
         if args.budget is None:
@@ -111,7 +111,7 @@ def cmd_sim(args, plain) -> None:
                            "percentage points, e.g. --budget 1)")
         if not 0 <= args.budget <= 100:
             raise CliError(f"--budget must be in 0..100 percentage points, not {args.budget:g}")
-    wl = load_workload(args.network, args.images)
+    wl = load_source(args)
     params, tuning = None, None
     if mode == "predictive":
         tuner, res = _tuned(args.budget, cfg.check_every)
@@ -119,10 +119,11 @@ def cmd_sim(args, plain) -> None:
     t0 = time.perf_counter()
     report = snapea.simulate_network(wl, cfg, table, mode=mode, params=params)
     dt = time.perf_counter() - t0
-    print_layer_table(report, f"snapea ({mode}) on {args.network} ({dt:.2f} s)")
+    print_layer_table(report, f"snapea ({mode}) on {wl.name} ({dt:.2f} s)")
     print_snapea_table(report, _console())
     for note in report.notes:
         print(f"note: {note}")
+    print_workload_notes(wl)
     if report.accuracy is not None:
         print(f"note: test accuracy {report.accuracy:.2%}")
     if tuning:
