@@ -310,3 +310,36 @@ def test_snapea_tuner_respects_the_budget_on_validation(digits):
         assert tuner.accuracy(r.params) == r.calib_acc
         saved.append(r.macs_exact - r.macs)
     assert 0 < saved[0] <= saved[1]
+
+
+@pytest.mark.parametrize("mode", ["exact", "predictive", "dense"])
+@pytest.mark.parametrize("cfg", [SnaPEAConfig(lanes=8, max_taps=7, act_depth=400, max_windows=64,
+                                              check_every=2),
+                                 SnaPEAConfig(lanes=6, max_taps=64, act_depth=400,
+                                              max_windows=64)],
+                         ids=["segments", "one-segment"])
+def test_snapea_idle_lanes_take_bands_of_the_tile(cfg, mode):
+    """A group with fewer kernels than lanes: the idle lanes compute the same kernels on other
+    bands of the tile's rows (lane ``b * kernels + j``). Outputs, MACs and cycles of the
+    step model, the vectorised count and the reference agree, the group's time is the
+    slowest band's, and the lanes do not idle."""
+    from zeroskip.sim.snapea import StepModel, bands_of, layer_commands, plan_layer, run_layer
+
+    spec = ConvLayer("b", 3, 2, 8, 8, k=3, pad=1)
+    layer, x = random_layer(spec, seed=9, fxp=cfg.fxp, density=0.5)
+    rng = np.random.default_rng(2)
+    params = (LayerParams(rng.integers(1, 8, 2), rng.integers(-4000, 4000, 2))
+              if mode == "predictive" else None)
+    w, b, m, s = (t.numpy() for t in (layer.weight, layer.bias, layer.mult, layer.shift))
+    terminate = mode != "dense"
+    tiles = plan_layer(spec, cfg)
+    assert all(bands_of(t, 2, cfg) > 1 for t in tiles)
+    cmds = layer_commands(x.numpy(), spec, w, b, m, s, cfg, params, terminate)
+    assert {c.lanes_used for c in cmds} == {2 * bands_of(tiles[0], 2, cfg)}
+    out, stats = StepModel(cfg).run(cmds, spec.out_h * spec.out_w, spec.out_ch)
+    run = run_layer(x.numpy(), spec, w, b, m, s, cfg, params, terminate)
+    ref = snapea_layer_forward(x, layer, params).reshape(spec.out_ch, -1).T.numpy()
+    assert (out == ref).all() and (run.outputs == ref).all()
+    assert run.cyc["cycles"] == stats["cycles"]
+    assert int(run.t.macs.sum()) == stats["macs"]
+    assert run.cyc["squashed"] == stats["squashed"]
