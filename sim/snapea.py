@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zeroskip.hw.config import SnaPEAConfig, ceil_div
+from zeroskip.hw.config import SnaPEAConfig, ceil_div, ceil_log2
 from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models.snapea import (KernelOrder, LayerParams, Termination, block_outputs, eligible,
                                     reorder, termination)
@@ -477,27 +477,57 @@ def ceil_div_np(a, b):
     return -(-np.asarray(a) // b)
 
 
-def _events(spec, cfg, macs, taps, checks, full_windows, cyc, nnz) -> dict:
-    idx_bytes = ceil_div(cfg.addr_bits, 8)
+def index_bits(spec: ConvLayer) -> int:
+    """Bits of one tap's index as stored in DRAM: its position ``c·k·k + ky·k + kx`` in the
+    kernel, at the narrowest width that holds every position (the host turns it into the
+    tile's input offset, which depends on the tile, when it sends the weight beats)."""
+    return max(1, ceil_log2(spec.gemm[1]))
+
+
+def index_stream_bits(spec: ConvLayer, order: KernelOrder, fxp) -> tuple[int, int]:
+    """(bits of the layer's packed weight/index stream in DRAM, of them the index's): per
+    kernel a header of two tap counts (``taps``, ``exact_from``) at ``bits(K)`` each, then
+    per tap its weight (``weight_bits``, two's complement) and position (``index_bits``)."""
+    taps = int(np.asarray(order.taps).sum())
+    header = 2 * max(1, int(spec.gemm[1]).bit_length()) * order.kernels
+    idx = taps * index_bits(spec)
+    return header + taps * fxp.weight_bits + idx, idx
+
+
+def _events(spec, cfg, macs, order, checks, full_windows, cyc,
+            weights_from_dram: bool = True) -> tuple[dict, dict]:
+    """The layer's action counts on one image, and the index's part of them (bytes of
+    DRAM and of the lanes' weight/index buffers) for the breakdown. The weight/index stream
+    comes from DRAM once per batch (``weights_from_dram`` on the first image only), as the
+    dense array's model counts its weights; every tile streams it into the lanes again
+    (buffer writes)."""
+    taps = order.taps
+    tap_bits = cfg.fxp.weight_bits + cfg.addr_bits  # one lane buffer entry: weight, offset
     psum_bytes = ceil_div(cfg.fxp.acc_bits + 1, 8)
     m, _, n = spec.gemm
     # taps issued and discarded after an early stop read the buffers and multiply too
     issued = int(macs.sum()) + cyc["squashed"]
     # partial sums between segments: each window of each kernel, written then read back
     between = m * int(np.maximum(0, ceil_div_np(taps, cfg.max_taps) - 1).sum())
-    return {
+    entries = issued + cyc["weight_beats"] * cfg.lanes  # buffer reads + writes, per entry
+    stream_bits, idx_bits = index_stream_bits(spec, order, cfg.fxp)
+    weights_dram = ceil_div(stream_bits, 8) + 4 * n if weights_from_dram else 0
+    events = {
         "mac": issued,
         "compare": int(checks),  # sign / threshold checks
         "requant": int(full_windows),  # terminated windows skip the requantiser
         "sram_read_byte": issued,  # input buffer, one activation per tap
         "sram_write_byte": cyc["act_beats"],  # input buffer fill
-        # per-lane weight + index buffers: read per tap, written per weight beat
-        "small_sram_byte": issued * (1 + idx_bytes)
-        + cyc["weight_beats"] * cfg.lanes * (1 + idx_bytes)
+        # per-lane weight + index buffers (entries of tap_bits): read per tap, written per
+        # weight beat
+        "small_sram_byte": ceil_div(entries * tap_bits, 8)
         + 2 * m * n  # output bank write + read-out
         + 2 * between * psum_bytes,
-        "dram_byte": spec.input_size + nnz * (1 + idx_bytes) + 4 * n + spec.output_size,
+        "dram_byte": spec.input_size + weights_dram + spec.output_size,
     }
+    index = {"dram_byte": ceil_div(idx_bits, 8) if weights_from_dram else 0,
+             "small_sram_byte": ceil_div(entries * cfg.addr_bits, 8)}
+    return events, index
 
 
 def _checks(t: Termination, order: KernelOrder, cfg: SnaPEAConfig, terminate: bool) -> int:
@@ -525,6 +555,7 @@ class LayerRun:
     base_events: dict
     outputs: np.ndarray  # [M, N]
     sample: int = 1  # every how many windows were evaluated (1: all, exact)
+    index_events: dict | None = None  # the index's part of ``events`` (``_events``)
 
 
 # opt-in only (``run_layer(limit=...)``, ``simulate_network(sample_limit=...)``): windows x
@@ -541,12 +572,14 @@ def sample_stride(spec: ConvLayer, limit: int | None = None) -> int:
 
 def run_layer(x: np.ndarray, spec: ConvLayer, w, bias, mult, shift, cfg: SnaPEAConfig,
               params: LayerParams | None = None, terminate: bool = True,
-              limit: int | None = None) -> LayerRun:
+              limit: int | None = None, weights_from_dram: bool = True) -> LayerRun:
     """Vectorised run of one layer on one input ([C, H, W]): every window, exact (default).
 
     Opt-in estimate: with ``limit``, layers with more than ``limit`` window x kernel x tap
     terms evaluate every ``sample_stride``-th window only and scale the per-tile lane sums,
     MACs and events (``outputs`` then covers the sampled windows only).
+    ``weights_from_dram``: count the weight/index stream's DRAM read (the first image of a
+    batch; later images reuse it).
     """
     cfg.fxp.check_reduction(spec.name, spec.gemm[1], int(np.abs(bias).max(initial=0)))
     order = layer_order(w, spec, cfg, params)
@@ -558,16 +591,16 @@ def run_layer(x: np.ndarray, spec: ConvLayer, w, bias, mult, shift, cfg: SnaPEAC
     cyc = layer_cycles(spec, cfg, t.macs, t.zeroed, order.taps, s)
     base_cyc = layer_cycles(spec, cfg, dense_macs, np.zeros(t.macs.shape, bool), order.taps,
                             s)
-    nnz = int((np.asarray(w) != 0).sum())
     checks = _checks(t, order, cfg, terminate)
     scale = spec.gemm[0] / len(a)
     macs_all = t.macs if s == 1 else np.rint(t.macs * scale).astype(np.int64)
     full_windows = (~t.zeroed).sum() * scale
-    events = _events(spec, cfg, macs_all, order.taps, checks * scale, full_windows, cyc, nnz)
-    base_events = _events(spec, cfg, np.rint(dense_macs * scale).astype(np.int64), order.taps, 0,
-                          spec.gemm[0] * spec.out_ch, base_cyc, nnz)
+    events, index = _events(spec, cfg, macs_all, order, checks * scale, full_windows, cyc,
+                            weights_from_dram)
+    base_events, _ = _events(spec, cfg, np.rint(dense_macs * scale).astype(np.int64), order,
+                             0, spec.gemm[0] * spec.out_ch, base_cyc, weights_from_dram)
     outputs = block_outputs(t, mult, shift, cfg.fxp, spec.relu)
-    return LayerRun(t, order, cyc, base_cyc, events, base_events, outputs, s)
+    return LayerRun(t, order, cyc, base_cyc, events, base_events, outputs, s, index)
 
 
 def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode: str,
@@ -605,6 +638,9 @@ def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode:
                              "baseline_energy_pj": base_energy,
                              "baseline_onchip_energy_pj": base_onchip})
     rep.priced(table)
+    index = {k: sum(r.index_events[k] for r in runs) for k in runs[0].index_events}
+    rep.extra["index_energy_pj"] = price(index, table)["energy_pj"]
+    rep.extra["index_energy_share"] = rep.extra["index_energy_pj"] / rep.energy_pj
     rep.extra["speedup"] = base_cycles / cycles
     rep.extra["energy_ratio"] = base_energy / rep.energy_pj
     # compute + buffers only: DRAM traffic (inputs, weights, outputs) is the same either way
@@ -620,8 +656,8 @@ def simulate_layer(spec: ConvLayer, datas: list, cfg: SnaPEAConfig, table=None,
                    params: LayerParams | None = None, terminate: bool = True,
                    mode: str = "exact") -> LayerReport:
     """One layer over one or more ``sim.workload.LayerData`` (one per image)."""
-    runs = [run_layer(d.x, spec, d.w, d.bias, d.mult, d.shift, cfg, params, terminate)
-            for d in datas]
+    runs = [run_layer(d.x, spec, d.w, d.bias, d.mult, d.shift, cfg, params, terminate,
+                      weights_from_dram=i == 0) for i, d in enumerate(datas)]
     return _layer_report(spec, cfg, runs, table, terminate, mode)
 
 
@@ -660,7 +696,8 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
                 d.x = inputs[i][img].numpy()
         term = ok[i] and mode != "dense"
         runs = [run_layer(d.x, spec, d.w, d.bias, d.mult, d.shift, cfg,
-                          params[i] if term else None, term, sample_limit) for d in datas]
+                          params[i] if term else None, term, sample_limit, img == 0)
+                for img, d in enumerate(datas)]
         sys_rep = None
         if systolic:
             from zeroskip.hw.config import SYSTOLIC_PRESETS

@@ -343,3 +343,30 @@ def test_snapea_idle_lanes_take_bands_of_the_tile(cfg, mode):
     assert run.cyc["cycles"] == stats["cycles"]
     assert int(run.t.macs.sum()) == stats["macs"]
     assert run.cyc["squashed"] == stats["squashed"]
+
+
+def test_snapea_index_is_counted_as_stored_once_per_batch():
+    """The weight/index stream in DRAM: a header of two tap counts per kernel, then per tap
+    the weight and the tap's position in the kernel at the narrowest width; read from DRAM
+    for the first image of a batch only, and its index share priced."""
+    from zeroskip.sim.snapea import index_bits, index_stream_bits, run_layer, simulate_layer
+    from zeroskip.sim.workload import LayerData
+
+    spec = ConvLayer("c", 16, 8, 6, 6, k=3, pad=1)  # K = 144: 8-bit positions
+    layer, x = random_layer(spec, seed=3, density=0.5)
+    cfg = SnaPEAConfig(lanes=4)
+    assert index_bits(spec) == 8 and index_bits(fc("f", 129, 3)) == 8
+    o = reorder(layer.weight.numpy())
+    bits, idx = index_stream_bits(spec, o, cfg.fxp)
+    assert idx == int(o.taps.sum()) * 8
+    assert bits == 8 * 2 * 8 + int(o.taps.sum()) * (8 + 8)
+    args = (x.numpy(), spec, layer.weight.numpy(), layer.bias.numpy(), layer.mult.numpy(),
+            layer.shift.numpy(), cfg)
+    first, later = run_layer(*args), run_layer(*args, weights_from_dram=False)
+    assert (first.events["dram_byte"] - later.events["dram_byte"]
+            == -(-bits // 8) + 4 * spec.out_ch)
+    assert later.index_events["dram_byte"] == 0 < first.index_events["dram_byte"]
+    datas = [LayerData(x.numpy(), *(t.numpy() for t in (layer.weight, layer.bias, layer.mult,
+                                                         layer.shift)))] * 2
+    rep = simulate_layer(spec, datas, cfg)
+    assert 0 < rep.extra["index_energy_share"] < 1

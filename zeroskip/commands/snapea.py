@@ -142,7 +142,8 @@ def print_snapea_table(report, console) -> None:
 
     t = Table(title="early termination per layer (against this block with termination off)")
     for col in ("layer", "mode", "windows", "stopped exact", "stopped predicted", "MACs done",
-                "of block dense", "lane util", "lane balance", "speedup", "energy ratio", "on-chip"):
+                "of block dense", "lane util", "lane balance", "speedup", "energy ratio", "on-chip",
+                "index energy"):
         t.add_column(col, justify="left" if col in ("layer", "mode") else "right")
     for l in report.layers:
         e = l.extra
@@ -152,7 +153,7 @@ def print_snapea_table(report, console) -> None:
                   f"{l.macs_performed:,}", f"{l.macs_performed / e['macs_block_dense']:.1%}",
                   f"{e['lane_utilization']:.1%}", f"{e['lane_balance']:.1%}",
                   f"{e['speedup']:.2f}x", f"{e['energy_ratio']:.2f}x",
-                  f"{e['onchip_energy_ratio']:.2f}x")
+                  f"{e['onchip_energy_ratio']:.2f}x", f"{e['index_energy_share']:.1%}")
     c = sum(l.extra["baseline_cycles"] for l in report.layers)
     e = sum(l.extra["baseline_energy_pj"] for l in report.layers)
     o = sum(l.extra["baseline_onchip_energy_pj"] for l in report.layers)
@@ -164,5 +165,6 @@ def print_snapea_table(report, console) -> None:
               f"{tot['macs_performed']:,}",
               f"{tot['macs_performed'] / sum(l.extra['macs_block_dense'] for l in report.layers):.1%}",
               "", "", f"{c / tot['cycles']:.2f}x", f"{e / tot['energy_pj']:.2f}x",
-              f"{o / onchip:.2f}x")
+              f"{o / onchip:.2f}x",
+              f"{sum(l.extra['index_energy_pj'] for l in report.layers) / tot['energy_pj']:.1%}")
     console.print(t)
