@@ -370,3 +370,22 @@ def test_snapea_index_is_counted_as_stored_once_per_batch():
                                                          layer.shift)))] * 2
     rep = simulate_layer(spec, datas, cfg)
     assert 0 < rep.extra["index_energy_share"] < 1
+
+
+def test_snapea_tuning_uses_training_images_only():
+    """Profiling, tuning and validation images are disjoint parts of the training split
+    (after the quantiser's calibration images); the validation check is a 90 % upper bound,
+    so a budget of 0 never passes it and a few changed classes in 400 pass 3 %."""
+    from zeroskip.models import digits
+    from zeroskip.models.snapea_tune import (PROFILE_IMAGES, digits_split, holds,
+                                             upper_bound)
+
+    tune, val = digits_split()
+    n = len(digits.load_data().y_train)
+    first = max(PROFILE_IMAGES, digits.CALIBRATION_IMAGES)
+    assert len(set(tune) | set(val)) == len(tune) + len(val)
+    assert min(tune.min(), val.min()) >= first and max(tune.max(), val.max()) < n
+    assert upper_bound(0.0, 400) > 0 and upper_bound(0.01, 400) > 0.01
+    stats = {"accuracy": 0.995, "accuracy_exact": 1.0, "agreement": 0.995, "images": 400}
+    assert holds(stats, 3.0) and not holds(stats, 0.5)
+    assert not holds({**stats, "accuracy": 1.0, "agreement": 1.0}, 0.0)
