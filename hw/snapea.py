@@ -342,7 +342,10 @@ class SnaPEABlock(wiring.Component):
       ``weights`` in:  ``taps`` beats, beat ``j`` holding tap ``j`` (weight, input offset) of
                        every lane's reordered kernel segment.
       ``out``     out: on ``readout`` commands, ``windows`` beats, beat ``w`` holding window
-                       ``w``'s output of every lane (output channel ``group * lanes + lane``).
+                       ``w``'s output of every lane; which output pixel and channel a lane's
+                       window is, is the host's (``sim.snapea.layer_commands``: lane ``l``
+                       computes channel ``group * lanes + l % kernels`` on band
+                       ``l // kernels`` of the tile's rows, its input offsets shifted).
 
     Cycle schedule of one command (``SnaPEAConfig.command_cycles``; ``sim.snapea`` mirrors
     it), every input valid and ``out.ready`` high:
@@ -358,8 +361,10 @@ class SnaPEABlock(wiring.Component):
         output beats; then IDLE takes the next command.
     A command takes ``2 + act_count + taps + S + compute_tail (+ readout_latency +
     windows)`` cycles.
-    Backpressure on ``out`` holds the read-out; a missing input beat stalls the load.
-    Neither changes results.
+    Backpressure on ``out`` holds the read-out (a word moves on between the three places
+    when the place after it is free or moves on itself); a missing input beat stalls the
+    load (IDLE, ACTS and WEIGHTS each wait for their beat). Neither changes results; the
+    step model (``sim.snapea.StepModel``) follows both cycle for cycle.
     """
 
     def __init__(self, cfg: SnaPEAConfig):

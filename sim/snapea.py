@@ -8,15 +8,18 @@ Pieces, one schedule (``SnaPEAConfig.command_cycles``):
   kernels longer than the weight buffers);
 - ``layer_commands``: the stream beats of every command (command, input, weight/index beats)
   and where each output beat goes; shared by the step model and the cocotb testbench;
-- ``StepModel``: a step-per-cycle model of the block (FSM phases + each lane's issue stage,
-  tap by tap), an independent oracle of outputs, MAC counts and cycles for small cases;
+- ``StepModel``: a step-per-cycle model of the block (the FSM with every port's valid/ready
+  handshake, the read-out's places, each lane's issue stage tap by tap), an independent
+  oracle of outputs, MAC counts, cycles and output-beat cycles for small cases;
 - ``simulate_layer`` / ``simulate_network``: the vectorised count: per-window termination
   points from ``models.snapea.termination`` (block-sum matmuls + a short gather, every window,
   no loop over windows or MACs), per-lane sums per (tile, group, segment), the slowest lane
   sets the command's time.
 
-Dispatch is static: lane ``l`` of a group owns output channel ``group * lanes + l`` and walks
-all the tile's windows in raster order, one tap per cycle. A window that stops early costs
+Dispatch is static: lane ``l`` of a group of ``kernels`` kernels owns output channel
+``group * lanes + l % kernels`` and walks the windows of band ``l // kernels`` of the tile's
+rows (``bands_of``: lanes a small group leaves idle take other bands) in raster order, one
+tap per cycle. A window that stops early costs
 up to ``lane_squash`` more cycles: the taps the lane issued before the decision reached its
 issue stage (discarded) and the cycle that moves it to the next window. The group waits for its slowest
 lane (the balance cost, reported as ``lane_balance``: mean lane busy time / slowest lane).
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zeroskip.hw.config import SnaPEAConfig, ceil_div
+from zeroskip.hw.config import SnaPEAConfig, ceil_div, ceil_log2
 from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models.snapea import (KernelOrder, LayerParams, Termination, block_outputs, eligible,
                                     reorder, termination)
@@ -115,11 +118,29 @@ class Command:
     cmd: dict
     acts: list  # input beats (one activation each)
     weights: list  # weight/index beats (one {weight, offset} per lane)
-    windows: int
-    pixels: np.ndarray  # output pixel (row-major) of each of the tile's windows
+    windows: int  # windows each lane walks (one band of the tile)
+    pixels: np.ndarray  # [bands, windows]: output pixel (row-major) of each band's windows
     channel0: int  # first output channel of the group
-    lanes_used: int
+    kernels: int  # kernels of the group (lane l: kernel l % kernels, band l // kernels)
     tap0: int  # the segment's first tap (of the reordered kernels)
+
+    @property
+    def bands(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def lanes_used(self) -> int:
+        return self.bands * self.kernels
+
+
+def bands_of(tile: Tile, kernels: int, cfg: SnaPEAConfig) -> int:
+    """Bands a tile's rows are cut into for a group of ``kernels`` kernels: the most
+    (at most ``lanes // kernels``) that split its rows evenly, so every lane walks the same
+    number of windows. Lanes a group leaves idle take the other bands: lane ``l`` computes
+    kernel ``l % kernels`` on band ``l // kernels``."""
+    most = max(1, cfg.lanes // max(1, kernels))
+    rows = tile.r1 - tile.r0
+    return max(r for r in range(1, min(most, rows) + 1) if rows % r == 0)
 
 
 IDLE_LANE = {"taps": 0, "exact_from": 0, "spec_n": 0, "threshold": 0, "bias": 0, "mult": 0,
@@ -154,21 +175,28 @@ def layer_commands(x: np.ndarray, spec: ConvLayer, w: np.ndarray, bias, mult, sh
         pixels = t.pixels(spec.out_w)
         for g0 in range(0, spec.out_ch, cfg.lanes):
             ks = list(range(g0, min(spec.out_ch, g0 + cfg.lanes)))
+            nb = bands_of(t, len(ks), cfg)
+            band_w = t.windows // nb
+            # a band's windows are the tile's, a band's input its rows' (the offsets shifted)
+            band_step = (t.r1 - t.r0) // nb * spec.stride * t.in_cols
+            used = nb * len(ks)
             taps_g = int(max(order.taps[k] for k in ks))
             segs = segments(taps_g, cfg)
             for t0 in segs:
-                lanes = [_segment_lane(order, ks[lane], t0, cfg, bias, mult, shift)
-                         if lane < len(ks) else dict(IDLE_LANE) for lane in range(cfg.lanes)]
+                lanes = [_segment_lane(order, ks[lane % len(ks)], t0, cfg, bias, mult, shift)
+                         if lane < used else dict(IDLE_LANE) for lane in range(cfg.lanes)]
                 n = min(cfg.max_taps, taps_g - t0)
                 beats = []
                 for j in range(t0, t0 + n):
                     row = []
                     for lane in range(cfg.lanes):
-                        if lane < len(ks) and j < order.taps[ks[lane]]:
-                            c, r = divmod(int(order.index[ks[lane], j]), kk)
+                        k = ks[lane % len(ks)]
+                        if lane < used and j < order.taps[k]:
+                            c, r = divmod(int(order.index[k, j]), kk)
                             ky, kx = divmod(r, spec.k)
-                            row.append({"weight": int(order.weight[ks[lane], j]),
-                                        "offset": (c * t.in_rows + ky) * t.in_cols + kx})
+                            row.append({"weight": int(order.weight[k, j]),
+                                        "offset": (c * t.in_rows + ky) * t.in_cols + kx
+                                        + lane // len(ks) * band_step})
                         else:
                             row.append({"weight": 0, "offset": 0})
                     beats.append(row)
@@ -176,82 +204,170 @@ def layer_commands(x: np.ndarray, spec: ConvLayer, w: np.ndarray, bias, mult, sh
                 readout = t0 == segs[-1]
                 cmd = {"load_acts": int(load), "act_count": len(acts) if load else 0,
                        "taps": n, "readout": int(readout),
-                       "tile": {"windows": t.windows, "out_w": t.width,
+                       "tile": {"windows": band_w, "out_w": t.width,
                                 "col_step": spec.stride, "row_step": spec.stride * t.in_cols,
                                 "first": int(t0 == 0), "check_phase": t0 % cfg.check_every,
                                 "terminate": int(terminate), "relu": int(spec.relu)},
                        "lane": lanes}
-                cmds.append(Command(cmd, acts if load else [], beats, t.windows, pixels, g0,
-                                    len(ks), t0))
+                cmds.append(Command(cmd, acts if load else [], beats, band_w,
+                                    pixels.reshape(nb, band_w), g0, len(ks), t0))
     return cmds
 
 
 class StepModel:
-    """Step-per-cycle model of ``SnaPEABlock`` with every input valid and ``out.ready`` high:
-    the FSM phases (command, input load, weight load, launch, compute, read-out) and each
-    lane's issue stage cycle by cycle, tap by tap, with the lane's bank of partial sums
-    between segments. Returns ``(outputs [M, N], stats)`` with ``stats["cycles"]`` counted
-    from the first command beat to the last output beat, inclusive, and ``stats["macs"]``
-    (useful MACs; taps issued and discarded after an early stop are ``stats["squashed"]``)."""
+    """Step-per-cycle model of ``SnaPEABlock``: the FSM advanced one clock at a time with the
+    valid/ready handshake of every stream port (``cmd``, ``acts``, ``weights`` in, ``out``
+    out; the patterns of ``sim.streams.handshake_patterns``, as the cocotb bench drives
+    them), the read-out's three places (bank read data, the lanes' registers, the output
+    register), and each lane's issue stage tap by tap over its windows, with the lane's bank
+    of partial sums between segments.
+
+    ``run`` returns ``(outputs [M, N], stats)``: ``stats["cycles"]`` counted from the first
+    command transfer to the last output transfer, inclusive, ``stats["out_cycles"]`` the
+    cycle of every output transfer from the same origin, ``stats["macs"]`` (useful MACs;
+    taps issued and discarded after an early stop are ``stats["squashed"]``) and
+    ``stats["trace"]`` (port -> absolute transfer cycles)."""
 
     def __init__(self, cfg: SnaPEAConfig):
         self.cfg = cfg
 
-    def run(self, cmds: list[Command], m: int, n: int):
+    def _compute(self, c: Command, imem, banks) -> tuple[int, int, int]:
+        """Every lane of one command, window by window, tap by tap: updates the banks and
+        returns (the slowest lane's issue cycles, useful MACs, squashed taps)."""
         cfg, fxp = self.cfg, self.cfg.fxp
+        cmd, tile = c.cmd, c.cmd["tile"]
+        macs = squashed = slowest = 0
+        for lane in range(cfg.lanes):
+            p = cmd["lane"][lane]
+            cyc = 0
+            ox = oy = 0
+            for w_i in range(c.windows if p["taps"] else 0):
+                base = oy * tile["row_step"] + ox * tile["col_step"]
+                acc, dead = (p["bias"], False) if tile["first"] else banks[lane][w_i]
+                # a window that stopped in an earlier segment costs the tap that finds its
+                # flag in the bank
+                issued = 1 if dead else 0
+                for j in range(0 if dead else p["taps"]):
+                    issued += 1
+                    macs += 1
+                    row = c.weights[j][lane]
+                    acc += int(imem[base + row["offset"]]) * row["weight"]
+                    exact = (tile["terminate"] and j + 1 >= p["exact_from"]
+                             and (c.tap0 + j + 1) % cfg.check_every == 0 and acc < 0)
+                    pred = p["spec_n"] > 0 and j + 1 == p["spec_n"] and acc < p["threshold"]
+                    if exact or pred:
+                        dead = True
+                        break
+                early = dead and issued < p["taps"]
+                last_window = w_i == c.windows - 1
+                # after an early stop the lane spends up to lane_squash more cycles on the
+                # window (taps in flight, discarded, and the move on; not after its last)
+                extra = (min(p["taps"] - issued, cfg.lane_squash)
+                         if early and not last_window else 0)
+                cyc += issued + extra
+                squashed += extra
+                if p["last"]:
+                    y = 0 if dead else int(requantize(acc, p["mult"], p["shift"], fxp,
+                                                      bool(tile["relu"])))
+                    banks[lane][w_i] = (y, dead)
+                else:
+                    banks[lane][w_i] = (acc, dead)
+                ox += 1
+                if ox == tile["out_w"]:
+                    ox, oy = 0, oy + 1
+            slowest = max(slowest, cyc)
+        return slowest, macs, squashed
+
+    def run(self, cmds: list[Command], m: int, n: int, valid_p: float = 1.0,
+            ready_p: float = 1.0, seed: int = 0, max_cycles: int = 50_000_000):
+        from .streams import Source, handshake_patterns
+
+        cfg = self.cfg
         out = np.zeros((m, n), np.int64)
-        t = macs = squashed = 0
+        macs = squashed = 0
         imem = np.zeros(cfg.act_depth, np.int64)
         banks = [[(0, False)] * cfg.max_windows for _ in range(cfg.lanes)]
-        for c in cmds:
-            cmd, tile = c.cmd, c.cmd["tile"]
-            imem[:len(c.acts)] = c.acts
-            lane_cycles = []
-            for lane in range(cfg.lanes):
-                p = cmd["lane"][lane]
-                cyc = 0
-                ox = oy = 0
-                for w_i in range(c.windows if p["taps"] else 0):
-                    base = oy * tile["row_step"] + ox * tile["col_step"]
-                    acc, dead = (p["bias"], False) if tile["first"] else banks[lane][w_i]
-                    # a window that stopped in an earlier segment costs the tap that finds
-                    # its flag in the bank
-                    issued = 1 if dead else 0
-                    for j in range(0 if dead else p["taps"]):
-                        issued += 1
-                        macs += 1
-                        row = c.weights[j][lane]
-                        acc += int(imem[base + row["offset"]]) * row["weight"]
-                        exact = (tile["terminate"] and j + 1 >= p["exact_from"]
-                                 and (c.tap0 + j + 1) % cfg.check_every == 0 and acc < 0)
-                        pred = p["spec_n"] > 0 and j + 1 == p["spec_n"] and acc < p["threshold"]
-                        if exact or pred:
-                            dead = True
-                            break
-                    early = dead and issued < p["taps"]
-                    last_window = w_i == c.windows - 1
-                    # after an early stop the lane spends up to lane_squash more cycles on the
-                    # window (taps in flight, discarded, and the move on; not after its last)
-                    extra = (min(p["taps"] - issued, cfg.lane_squash)
-                             if early and not last_window else 0)
-                    cyc += issued + extra
-                    squashed += extra
-                    if p["last"]:
-                        y = 0 if dead else int(requantize(acc, p["mult"], p["shift"], fxp,
-                                                          bool(tile["relu"])))
-                        banks[lane][w_i] = (y, dead)
+        pat = handshake_patterns(valid_p, ready_p, seed)
+        srcs = {"cmd": Source(range(len(cmds)), pat["cmd"]),
+                "acts": Source([v for c in cmds for v in c.acts], pat["acts"]),
+                "weights": Source([0] * sum(len(c.weights) for c in cmds), pat["weights"])}
+        out_ready = pat["out"]
+        trace = {"cmd": [], "acts": [], "weights": [], "out": []}
+        state, c, cnt, left, t = "IDLE", None, 0, 0, 0
+        pend = mid = have = more = False
+        fetched = []  # read-out: window numbers in the three places, oldest first
+        done = 0
+        while done < len(cmds):
+            if t >= max_cycles:
+                raise TimeoutError(f"the step model ran {max_cycles} cycles")
+            # every source is asked every cycle, as the bench does (a source that offers
+            # a beat holds it until it is taken)
+            valid = {p: src.valid(t) for p, src in srcs.items()}
+            ready = out_ready(t)
+            taken = None
+            nxt = state
+            if state == "IDLE":
+                if valid["cmd"]:
+                    taken = "cmd"
+                    c = cmds[srcs["cmd"].payload()]
+                    cnt = 0
+                    nxt = "ACTS" if c.cmd["load_acts"] and c.cmd["act_count"] else "WEIGHTS"
+            elif state == "ACTS":
+                if valid["acts"]:
+                    taken = "acts"
+                    cnt += 1
+                    if cnt == c.cmd["act_count"]:
+                        cnt, nxt = 0, "WEIGHTS"
+            elif state == "WEIGHTS":
+                if valid["weights"]:
+                    taken = "weights"
+                    cnt += 1
+                    if cnt == c.cmd["taps"]:
+                        cnt, nxt = 0, "LAUNCH"
+            elif state == "LAUNCH":
+                imem[:len(c.acts)] = c.acts
+                slowest, mc, sq = self._compute(c, imem, banks)
+                macs, squashed = macs + mc, squashed + sq
+                left = slowest + cfg.compute_tail  # COMPUTE: the lanes, then the tail
+                nxt = "COMPUTE"
+            elif state == "COMPUTE":
+                left -= 1
+                if left == 0:
+                    if c.cmd["readout"]:
+                        cnt, pend, mid, have, more = 0, False, False, False, c.windows != 0
+                        fetched = []
+                        for lane in range(c.lanes_used):
+                            out[c.pixels[lane // c.kernels], c.channel0 + lane % c.kernels] = [
+                                v for v, _ in banks[lane][:c.windows]]
+                        nxt = "READOUT"
                     else:
-                        banks[lane][w_i] = (acc, dead)
-                    ox += 1
-                    if ox == tile["out_w"]:
-                        ox, oy = 0, oy + 1
-                lane_cycles.append(cyc)
-            t += cfg.command_cycles(len(c.acts), len(c.weights), max(lane_cycles), c.windows,
-                                    bool(cmd["readout"]))
-            if cmd["readout"]:
-                for lane in range(c.lanes_used):
-                    out[c.pixels, c.channel0 + lane] = [v for v, _ in banks[lane][:c.windows]]
-        return out, {"cycles": t, "macs": macs, "squashed": squashed}
+                        nxt, done = "IDLE", done + 1
+            elif state == "READOUT":
+                # a word moves on when the place after it is free or moves on itself
+                take = have and ready
+                move_out = mid and (not have or take)
+                move_mid = pend and (not mid or move_out)
+                fetch = more and (not pend or move_mid)
+                if take:
+                    trace["out"].append(t)
+                n_pend = True if fetch else (False if move_mid else pend)
+                n_mid = True if move_mid else (False if move_out else mid)
+                n_have = True if move_out else (False if take else have)
+                if fetch:
+                    cnt += 1
+                    more = cnt != c.windows
+                if take and not move_out and not pend:
+                    nxt, done = "IDLE", done + 1
+                pend, mid, have = n_pend, n_mid, n_have
+            if taken:
+                trace[taken].append(t)
+                srcs[taken].advance()
+            state = nxt
+            t += 1
+        origin = trace["cmd"][0]
+        return out, {"cycles": trace["out"][-1] - origin + 1 if trace["out"] else t - origin,
+                     "out_cycles": [x - origin for x in trace["out"]], "macs": macs,
+                     "squashed": squashed, "trace": trace}
 
 
 # --- the vectorised simulator --------------------------------------------------------------
@@ -289,6 +405,8 @@ def layer_cycles(spec: ConvLayer, cfg: SnaPEAConfig, macs: np.ndarray, stopped: 
         rows = np.arange(len(macs))
     mac_t, stop_t = np.asarray(macs)[rows], np.asarray(stopped)[rows]
     last = starts + windows - 1  # each tile's last window
+    kernels = np.minimum(cfg.lanes, n - np.arange(groups) * cfg.lanes)  # [G]
+    nbands = np.array([[bands_of(t, int(kg), cfg) for kg in kernels] for t in tiles])  # [T, G]
     slowest = np.zeros((len(tiles), groups), np.int64)
     busy_mean = squashed = 0.0
     cycles = 0
@@ -301,26 +419,30 @@ def layer_cycles(spec: ConvLayer, cfg: SnaPEAConfig, macs: np.ndarray, stopped: 
         cost = cfg.window_cycles(seg, performed, early)
         extra = cost - performed  # squashed taps (0 unless early)
         if sample == 1:
-            per_tile = np.add.reduceat(extra, starts, axis=0) - extra[last]
-            squashed += float(per_tile.sum())
-            per_tile += np.add.reduceat(performed, starts, axis=0)
+            per_tile = np.add.reduceat(cost, starts, axis=0) - extra[last]
         else:
             per_tile = np.zeros((len(tiles), n), np.float64)
             np.add.at(per_tile, tile_of, cost)
             counts = np.bincount(tile_of, minlength=len(tiles))
             per_tile = np.rint(per_tile * (windows / np.maximum(counts, 1))[:, None])
-            squashed += float(extra.sum() * sample)
         lane_busy = np.pad(per_tile, ((0, 0), (0, pad))).reshape(len(tiles), groups, cfg.lanes)
+        for ti, g in zip(*np.nonzero(nbands > 1)):
+            # a group that leaves lanes idle: its lanes walk bands of the tile's rows
+            lane_busy[ti, g] = _band_busy(cost, extra, ti, g, nbands[ti, g], starts, windows,
+                                          tile_of, kernels[g], cfg.lanes)
+        squashed += (float(lane_busy.sum()) - float(performed.sum()) * (
+            1 if sample == 1 else sample))
         active = s < nseg  # [G]: groups that have a segment s
         slow = lane_busy.max(2).astype(np.int64) * active[None]
         slowest += slow
         used = np.pad(seg[0] > 0, (0, pad)).reshape(groups, cfg.lanes).sum(1)  # [G]
-        busy_mean += float((lane_busy.sum(2) / np.maximum(used, 1)[None]).sum())
+        used_tg = np.maximum(used[None] * nbands, 1)
+        busy_mean += float((lane_busy.sum(2) / used_tg).sum())
         seg_beats = np.clip(taps_g - t0, 0, cfg.max_taps) * active
         readout = active & (s == nseg - 1)
         cycles += int(len(tiles) * (active.sum() * (2 + cfg.compute_tail) + seg_beats.sum())
                       + slow.sum()
-                      + readout.sum() * (cfg.readout_latency + windows).sum())
+                      + ((cfg.readout_latency + windows[:, None] // nbands) * readout).sum())
     act_beats = np.array([spec.in_ch * t.in_rows * t.in_cols for t in tiles])
     cycles += int(act_beats.sum())
     return {"cycles": int(cycles), "compute_cycles": int(slowest.sum()),
@@ -329,31 +451,83 @@ def layer_cycles(spec: ConvLayer, cfg: SnaPEAConfig, macs: np.ndarray, stopped: 
             "weight_beats": int(len(tiles) * taps_g.sum()), "squashed": int(round(squashed))}
 
 
+def _band_busy(cost, extra, ti, g, nb, starts, windows, tile_of, kernels, lanes):
+    """Issue cycles of every lane of group ``g`` on tile ``ti`` when its ``kernels`` kernels
+    run on ``nb`` bands of the tile (lane ``b * kernels + j``: kernel ``j`` on band ``b``);
+    each band's last window pays no squash. ``tile_of`` (sampled windows): scaled up."""
+    ks = slice(g * lanes, g * lanes + kernels)
+    band_w = windows[ti] // nb
+    busy = np.zeros(lanes, np.float64)
+    if tile_of is None:
+        rows = np.arange(starts[ti], starts[ti] + windows[ti])
+        c = cost[rows, ks].reshape(nb, band_w, kernels)
+        b = c.sum(1) - extra[rows, ks].reshape(nb, band_w, kernels)[:, -1]
+    else:
+        # sampled windows of the tile, in raster order: their band by position
+        rows = np.nonzero(tile_of == ti)[0]
+        band = np.minimum(np.arange(len(rows)) * nb // max(1, len(rows)), nb - 1)
+        b = np.zeros((nb, kernels))
+        np.add.at(b, band, cost[rows, ks])
+        b = np.rint(b * band_w / np.maximum(np.bincount(band, minlength=nb), 1)[:, None])
+    busy[:nb * kernels] = b.ravel()
+    return busy
+
+
 def ceil_div_np(a, b):
     return -(-np.asarray(a) // b)
 
 
-def _events(spec, cfg, macs, taps, checks, full_windows, cyc, nnz) -> dict:
-    idx_bytes = ceil_div(cfg.addr_bits, 8)
+def index_bits(spec: ConvLayer) -> int:
+    """Bits of one tap's index as stored in DRAM: its position ``c·k·k + ky·k + kx`` in the
+    kernel, at the narrowest width that holds every position (the host turns it into the
+    tile's input offset, which depends on the tile, when it sends the weight beats)."""
+    return max(1, ceil_log2(spec.gemm[1]))
+
+
+def index_stream_bits(spec: ConvLayer, order: KernelOrder, fxp) -> tuple[int, int]:
+    """(bits of the layer's packed weight/index stream in DRAM, of them the index's): per
+    kernel a header of two tap counts (``taps``, ``exact_from``) at ``bits(K)`` each, then
+    per tap its weight (``weight_bits``, two's complement) and position (``index_bits``)."""
+    taps = int(np.asarray(order.taps).sum())
+    header = 2 * max(1, int(spec.gemm[1]).bit_length()) * order.kernels
+    idx = taps * index_bits(spec)
+    return header + taps * fxp.weight_bits + idx, idx
+
+
+def _events(spec, cfg, macs, order, checks, full_windows, cyc,
+            weights_from_dram: bool = True) -> tuple[dict, dict]:
+    """The layer's action counts on one image, and the index's part of them (bytes of
+    DRAM and of the lanes' weight/index buffers) for the breakdown. The weight/index stream
+    comes from DRAM once per batch (``weights_from_dram`` on the first image only), as the
+    dense array's model counts its weights; every tile streams it into the lanes again
+    (buffer writes)."""
+    taps = order.taps
+    tap_bits = cfg.fxp.weight_bits + cfg.addr_bits  # one lane buffer entry: weight, offset
     psum_bytes = ceil_div(cfg.fxp.acc_bits + 1, 8)
     m, _, n = spec.gemm
     # taps issued and discarded after an early stop read the buffers and multiply too
     issued = int(macs.sum()) + cyc["squashed"]
     # partial sums between segments: each window of each kernel, written then read back
     between = m * int(np.maximum(0, ceil_div_np(taps, cfg.max_taps) - 1).sum())
-    return {
+    entries = issued + cyc["weight_beats"] * cfg.lanes  # buffer reads + writes, per entry
+    stream_bits, idx_bits = index_stream_bits(spec, order, cfg.fxp)
+    weights_dram = ceil_div(stream_bits, 8) + 4 * n if weights_from_dram else 0
+    events = {
         "mac": issued,
         "compare": int(checks),  # sign / threshold checks
         "requant": int(full_windows),  # terminated windows skip the requantiser
         "sram_read_byte": issued,  # input buffer, one activation per tap
         "sram_write_byte": cyc["act_beats"],  # input buffer fill
-        # per-lane weight + index buffers: read per tap, written per weight beat
-        "small_sram_byte": issued * (1 + idx_bytes)
-        + cyc["weight_beats"] * cfg.lanes * (1 + idx_bytes)
+        # per-lane weight + index buffers (entries of tap_bits): read per tap, written per
+        # weight beat
+        "small_sram_byte": ceil_div(entries * tap_bits, 8)
         + 2 * m * n  # output bank write + read-out
         + 2 * between * psum_bytes,
-        "dram_byte": spec.input_size + nnz * (1 + idx_bytes) + 4 * n + spec.output_size,
+        "dram_byte": spec.input_size + weights_dram + spec.output_size,
     }
+    index = {"dram_byte": ceil_div(idx_bits, 8) if weights_from_dram else 0,
+             "small_sram_byte": ceil_div(entries * cfg.addr_bits, 8)}
+    return events, index
 
 
 def _checks(t: Termination, order: KernelOrder, cfg: SnaPEAConfig, terminate: bool) -> int:
@@ -381,6 +555,7 @@ class LayerRun:
     base_events: dict
     outputs: np.ndarray  # [M, N]
     sample: int = 1  # every how many windows were evaluated (1: all, exact)
+    index_events: dict | None = None  # the index's part of ``events`` (``_events``)
 
 
 # opt-in only (``run_layer(limit=...)``, ``simulate_network(sample_limit=...)``): windows x
@@ -397,12 +572,14 @@ def sample_stride(spec: ConvLayer, limit: int | None = None) -> int:
 
 def run_layer(x: np.ndarray, spec: ConvLayer, w, bias, mult, shift, cfg: SnaPEAConfig,
               params: LayerParams | None = None, terminate: bool = True,
-              limit: int | None = None) -> LayerRun:
+              limit: int | None = None, weights_from_dram: bool = True) -> LayerRun:
     """Vectorised run of one layer on one input ([C, H, W]): every window, exact (default).
 
     Opt-in estimate: with ``limit``, layers with more than ``limit`` window x kernel x tap
     terms evaluate every ``sample_stride``-th window only and scale the per-tile lane sums,
     MACs and events (``outputs`` then covers the sampled windows only).
+    ``weights_from_dram``: count the weight/index stream's DRAM read (the first image of a
+    batch; later images reuse it).
     """
     cfg.fxp.check_reduction(spec.name, spec.gemm[1], int(np.abs(bias).max(initial=0)))
     order = layer_order(w, spec, cfg, params)
@@ -414,16 +591,16 @@ def run_layer(x: np.ndarray, spec: ConvLayer, w, bias, mult, shift, cfg: SnaPEAC
     cyc = layer_cycles(spec, cfg, t.macs, t.zeroed, order.taps, s)
     base_cyc = layer_cycles(spec, cfg, dense_macs, np.zeros(t.macs.shape, bool), order.taps,
                             s)
-    nnz = int((np.asarray(w) != 0).sum())
     checks = _checks(t, order, cfg, terminate)
     scale = spec.gemm[0] / len(a)
     macs_all = t.macs if s == 1 else np.rint(t.macs * scale).astype(np.int64)
     full_windows = (~t.zeroed).sum() * scale
-    events = _events(spec, cfg, macs_all, order.taps, checks * scale, full_windows, cyc, nnz)
-    base_events = _events(spec, cfg, np.rint(dense_macs * scale).astype(np.int64), order.taps, 0,
-                          spec.gemm[0] * spec.out_ch, base_cyc, nnz)
+    events, index = _events(spec, cfg, macs_all, order, checks * scale, full_windows, cyc,
+                            weights_from_dram)
+    base_events, _ = _events(spec, cfg, np.rint(dense_macs * scale).astype(np.int64), order,
+                             0, spec.gemm[0] * spec.out_ch, base_cyc, weights_from_dram)
     outputs = block_outputs(t, mult, shift, cfg.fxp, spec.relu)
-    return LayerRun(t, order, cyc, base_cyc, events, base_events, outputs, s)
+    return LayerRun(t, order, cyc, base_cyc, events, base_events, outputs, s, index)
 
 
 def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode: str,
@@ -461,6 +638,9 @@ def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode:
                              "baseline_energy_pj": base_energy,
                              "baseline_onchip_energy_pj": base_onchip})
     rep.priced(table)
+    index = {k: sum(r.index_events[k] for r in runs) for k in runs[0].index_events}
+    rep.extra["index_energy_pj"] = price(index, table)["energy_pj"]
+    rep.extra["index_energy_share"] = rep.extra["index_energy_pj"] / rep.energy_pj
     rep.extra["speedup"] = base_cycles / cycles
     rep.extra["energy_ratio"] = base_energy / rep.energy_pj
     # compute + buffers only: DRAM traffic (inputs, weights, outputs) is the same either way
@@ -476,8 +656,8 @@ def simulate_layer(spec: ConvLayer, datas: list, cfg: SnaPEAConfig, table=None,
                    params: LayerParams | None = None, terminate: bool = True,
                    mode: str = "exact") -> LayerReport:
     """One layer over one or more ``sim.workload.LayerData`` (one per image)."""
-    runs = [run_layer(d.x, spec, d.w, d.bias, d.mult, d.shift, cfg, params, terminate)
-            for d in datas]
+    runs = [run_layer(d.x, spec, d.w, d.bias, d.mult, d.shift, cfg, params, terminate,
+                      weights_from_dram=i == 0) for i, d in enumerate(datas)]
     return _layer_report(spec, cfg, runs, table, terminate, mode)
 
 
@@ -516,7 +696,8 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
                 d.x = inputs[i][img].numpy()
         term = ok[i] and mode != "dense"
         runs = [run_layer(d.x, spec, d.w, d.bias, d.mult, d.shift, cfg,
-                          params[i] if term else None, term, sample_limit) for d in datas]
+                          params[i] if term else None, term, sample_limit, img == 0)
+                for img, d in enumerate(datas)]
         sys_rep = None
         if systolic:
             from zeroskip.hw.config import SYSTOLIC_PRESETS

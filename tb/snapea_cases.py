@@ -9,16 +9,18 @@ from dataclasses import replace
 from zeroskip.hw.layouts import pack, snapea_layouts
 from zeroskip.models.snapea import snapea_layer_forward
 from zeroskip.sim.snapea import StepModel, layer_commands, run_layer
-from tb.cases import lane_beats
 from tb.runner import run_rtl
 from tb.scoreboard import Case
 
 
-def snapea_case(cfg, layer, x, params=None, terminate=True, ready_p=1.0, seed=0) -> Case:
-    """The host driver's beats, the reference outputs, and the simulator's cycle prediction
-    (the step model and the vectorised count must agree first; under backpressure the step
-    model predicts no cycles). ``extra`` counts the segments, column tiles and windows that
-    stopped before their kernel's last segment (their flags kept in the bank)."""
+def snapea_case(cfg, layer, x, params=None, terminate=True, valid_p=1.0, ready_p=1.0,
+                seed=0) -> Case:
+    """The host driver's beats, the reference outputs, and the step model's cycle prediction
+    under the same handshake patterns (input gaps with ``valid_p`` < 1, output backpressure
+    with ``ready_p`` < 1): the total and the cycle of every output beat. Without stalls the
+    step model and the vectorised count must agree first. ``extra`` counts the segments,
+    column tiles and windows that stopped before their kernel's last segment (their flags
+    kept in the bank)."""
     spec = replace(layer.spec, pool=1)
     layer = replace(layer, spec=spec)
     ref = snapea_layer_forward(x, layer, params)
@@ -26,26 +28,41 @@ def snapea_case(cfg, layer, x, params=None, terminate=True, ready_p=1.0, seed=0)
     w, b, m, s = (t.numpy() for t in (layer.weight, layer.bias, layer.mult, layer.shift))
     xn = x.numpy()
     cmds = layer_commands(xn, spec, w, b, m, s, cfg, params, terminate)
-    out, stats = StepModel(cfg).run(cmds, *expected.shape)
+    out, stats = StepModel(cfg).run(cmds, *expected.shape, valid_p, ready_p, seed)
     assert (out == expected).all(), "step model != torch reference"
     run = run_layer(xn, spec, w, b, m, s, cfg, params, terminate)
     assert (run.outputs == expected).all(), "vectorised simulator != torch reference"
-    assert run.cyc["cycles"] == stats["cycles"], "vectorised cycles != step model"
+    if valid_p == ready_p == 1.0:
+        assert run.cyc["cycles"] == stats["cycles"], "vectorised cycles != step model"
     assert int(run.t.macs.sum()) == stats["macs"]
     lay = snapea_layouts(cfg)
     inputs = {"cmd": [pack(lay.command, c.cmd) for c in cmds],
               "acts": [pack(lay.act, [int(v)]) for c in cmds for v in c.acts],
               "weights": [pack(lay.weight_row, r) for c in cmds for r in c.weights]}
-    slices = [(c.pixels[j], c.channel0, c.lanes_used)
-              for c in cmds if c.cmd["readout"] for j in range(c.windows)]
-    beats, masks = lane_beats(lay.out_vector, expected & cfg.fxp.act_max, slices,
-                              cfg.fxp.act_bits)
+    beats, masks = out_beats(lay.out_vector, expected & cfg.fxp.act_max, cmds,
+                             cfg.fxp.act_bits)
     last_segment = (-(-run.order.taps // cfg.max_taps) - 1)[None] * cfg.max_taps
-    return Case(inputs, {"out": beats}, masks={"out": masks},
-                cycles=int(stats["cycles"]) if ready_p == 1.0 else -1, ready_p=ready_p,
+    return Case(inputs, {"out": beats}, masks={"out": masks}, cycles=int(stats["cycles"]),
+                out_cycles={"out": stats["out_cycles"]}, valid_p=valid_p, ready_p=ready_p,
                 seed=seed, extra={"segments": run.cyc["segments"], "tiles": run.cyc["tiles"],
                                   "carried_stops": int((run.t.zeroed
                                                         & (run.t.macs <= last_segment)).sum())})
+
+
+def out_beats(layout, ref, cmds, act_bits) -> tuple[list[int], list[int]]:
+    """The read-out beats of every command: beat ``j`` holds, in lane ``b * kernels + i``,
+    output channel ``channel0 + i`` of the ``j``-th window of band ``b``; idle lanes are
+    padding, left out of the mask."""
+    beats, masks = [], []
+    for c in cmds:
+        if not c.cmd["readout"]:
+            continue
+        for j in range(c.windows):
+            row = [int(ref[c.pixels[lane // c.kernels, j], c.channel0 + lane % c.kernels])
+                   for lane in range(c.lanes_used)]
+            beats.append(pack(layout, row + [0] * (layout.length - len(row))))
+            masks.append((1 << (act_bits * len(row))) - 1)
+    return beats, masks
 
 
 def verify_layer(cfg, layer, x, build_dir) -> dict:

@@ -76,6 +76,8 @@ RANDOM = {
     # second): the window sequencer's row wrap from the start and on every move
     "conv-one-column": (ConvLayer("c", 2, 3, 5, 1, k=1), "2lanes-chk3"),
     "conv-two-columns": (ConvLayer("c", 2, 3, 5, 2, k=3, pad=1), "1lane"),
+    # two kernels on four lanes: the idle lanes take the other band of the rows
+    "conv-bands": (ConvLayer("c", 2, 2, 6, 4, k=3, pad=1), "4lanes"),
 }
 
 
@@ -103,7 +105,27 @@ def test_snapea_rtl_segments_in_predictive_mode(tmp_path):
 
 @pytest.mark.rtl
 def test_snapea_rtl_output_backpressure_keeps_results(tmp_path):
+    """Output backpressure: results, the total cycles and every output beat's cycle as the
+    step model predicts them under the same ready pattern."""
     cfg = CONFIGS["3lanes"]
     layer, x = random_layer(ConvLayer("c", 2, 4, 5, 5, k=3, pad=1), seed=8, density=0.5)
-    run_rtl(cfg, "tb.snapea_tb", snapea_case(cfg, layer, x, some_params(layer, 1),
-                                             ready_p=0.5, seed=4), tmp_path)
+    case = snapea_case(cfg, layer, x, some_params(layer, 1), ready_p=0.5, seed=4)
+    assert case.cycles > 0 and len(case.out_cycles["out"]) == len(case.outputs["out"])
+    run_rtl(cfg, "tb.snapea_tb", case, tmp_path)
+
+
+STALLS = [("conv-bands", 0.6, 0.7, 2), ("conv-segments-tiles", 0.7, 0.5, 6)]
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("name,valid_p,ready_p,seed", STALLS, ids=[s[0] for s in STALLS])
+def test_snapea_rtl_cycles_under_input_gaps_and_backpressure(name, valid_p, ready_p, seed,
+                                                             tmp_path):
+    """Random gaps on every input stream and random output backpressure: outputs, total
+    cycles and the cycle of every output beat as the step model predicts them."""
+    spec, size = RANDOM[name]
+    cfg = CONFIGS[size]
+    layer, x = random_layer(spec, seed=5, fxp=cfg.fxp, density=0.5)
+    case = snapea_case(cfg, layer, x, some_params(layer, seed), valid_p=valid_p,
+                       ready_p=ready_p, seed=seed)
+    run_rtl(cfg, "tb.snapea_tb", case, tmp_path)

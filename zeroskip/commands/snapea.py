@@ -29,18 +29,20 @@ def add_parser(sub) -> None:
     sim.set_defaults(func=lambda args: cmd_sim(args, plain))
 
 
-def _tuned(budget: float, check_every: int):
-    from zeroskip.models.snapea_tune import digits_tuner
+def _tuned(budget: float, check_every: int, workload=None):
+    from zeroskip.models.snapea_tune import honest_tuning
 
-    tuner = digits_tuner(check_every)
-    return tuner, tuner.tune(budget)
+    return honest_tuning(budget, check_every, workload)
 
 
 def cmd_tune(args) -> None:
     from rich.table import Table
 
+    import torch
+
     from zeroskip.models import digits
-    from zeroskip.models.snapea_tune import digits_test_accuracy, digits_tuner
+    from zeroskip.models.snapea_tune import (Validator, digits_split, digits_tuner,
+                                             honest_tuning)
     from zeroskip.cli import _console, check_out_file, write_json
 
     out = check_out_file(args.json) if args.json else None
@@ -53,35 +55,39 @@ def cmd_tune(args) -> None:
     t0 = time.perf_counter()
     w = digits.load_workload("kl")
     tuner = digits_tuner(args.check_every, w)
+    _, val = digits_split()
+    v = torch.from_numpy(val)
+    validator = Validator(w.layers, w.data.x_train[v], w.data.y_train[v])
     rows = []
-    exact_held = digits_test_accuracy(w.layers, None, "held_out")
-    exact_all = digits_test_accuracy(w.layers, None)
     for b in budgets:
-        r = tuner.tune(b)
-        rows.append({**r.to_dict(),
-                     "held_out_acc": digits_test_accuracy(w.layers, r.params, "held_out"),
-                     "test_acc": digits_test_accuracy(w.layers, r.params),
+        h = honest_tuning(b, args.check_every, w, tuner, validator)
+        rows.append({**h.to_dict(),
                      "params": {w.layers[i].spec.name: p.to_dict()
-                                for i, p in enumerate(r.params) if p is not None}})
+                                for i, p in enumerate(h.params) if p is not None}})
     dt = time.perf_counter() - t0
+    exact_test = rows[0]["accuracy_test_exact"] if rows else float("nan")
     t = Table(title=f"SnaPEA predictive mode on the digits net: MACs vs accuracy "
-                    f"({dt:.1f} s; exact mode: validation {tuner.acc_exact:.2%}, held-out "
-                    f"{exact_held:.2%}, test {exact_all:.2%})")
-    for col in ("budget", "validation acc", "held-out acc", "test acc", "MACs vs exact",
-                "MACs saved", "layers (n/nnz, miss rate)"):
+                    f"({dt:.1f} s; exact mode: test {exact_test:.2%})")
+    for col in ("budget", "margin", "tuning agreement", "validation agreement",
+                "validation acc", "test acc", "test loss", "MACs vs exact", "MACs saved",
+                "layers (n/nnz, miss rate)"):
         t.add_column(col, justify="left" if col.startswith("layers") else "right")
     for r in rows:
         choice = ", ".join(f"{k} ({f:g}, {e:g})" for k, (f, e) in r["choice"].items()) or "-"
-        t.add_row(f"{r['budget_pct']:g} %", f"{r['calib_acc']:.2%}", f"{r['held_out_acc']:.2%}",
-                  f"{r['test_acc']:.2%}", f"{r['macs']:,} / {r['macs_exact']:,}",
-                  f"{r['macs_saved_vs_exact']:.1%}", choice)
+        t.add_row(f"{r['budget_pct']:g} %", f"{r['margin']:g}", f"{r['calib_agreement']:.2%}",
+                  f"{r['validation']['agreement']:.2%}", f"{r['validation']['accuracy']:.2%}",
+                  f"{r['accuracy_test']:.2%}",
+                  f"{(r['accuracy_test_exact'] - r['accuracy_test']) * 100:.2f} pp",
+                  f"{r['macs']:,} / {r['macs_exact']:,}", f"{r['macs_saved_vs_exact']:.1%}",
+                  choice)
     _console().print(t)
-    print("note: MACs are the block's MACs on the profiling windows (64 calibration images, "
-          "all layers, exact termination included) relative to exact mode; validation = half "
-          "of the test split, held-out = the other half (never used for tuning)")
+    print(f"note: (Th, n) from training images only: thresholds profiled on training images "
+          f"0..63, the budget checked on {len(tuner.y_acc)} tuning images, the margin (share "
+          f"of the budget held back) chosen on {len(val)} validation images (90 % upper "
+          f"bounds within the budget); test = the whole test split ({len(w.data.y_test)} "
+          "images), never used for tuning. MACs: the profiling windows, relative to exact mode")
     if out:
-        write_json(out, {"exact": {"validation_acc": tuner.acc_exact, "held_out_acc": exact_held,
-                                   "test_acc": exact_all}, "curve": rows})
+        write_json(out, {"exact": {"test_acc": exact_test}, "curve": rows})
 
 
 def cmd_sim(args, plain) -> None:
@@ -114,8 +120,8 @@ def cmd_sim(args, plain) -> None:
     wl = load_source(args)
     params, tuning = None, None
     if mode == "predictive":
-        tuner, res = _tuned(args.budget, cfg.check_every)
-        params, tuning = res.params, res.to_dict()
+        honest = _tuned(args.budget, cfg.check_every)
+        params, tuning = honest.params, honest.to_dict()
     t0 = time.perf_counter()
     report = snapea.simulate_network(wl, cfg, table, mode=mode, params=params)
     dt = time.perf_counter() - t0
@@ -127,12 +133,20 @@ def cmd_sim(args, plain) -> None:
     if report.accuracy is not None:
         print(f"note: test accuracy {report.accuracy:.2%}")
     if tuning:
-        print(f"note: predictive parameters for a {tuning['budget_pct']:g} % budget: "
-              f"{tuning['choice']} (layer: (n / non-zero weights, miss rate))")
+        print(f"note: predictive parameters for a {tuning['budget_pct']:g} % budget "
+              f"(margin {tuning['margin']:g}, chosen at {tuning['tuned_budget_pct']:g} % on "
+              f"{len(tuning['tuning_images']['tuning'])} tuning images, checked on "
+              f"{len(tuning['tuning_images']['validation'])} validation images, all from the "
+              f"training split): {tuning['choice']} (layer: (n / non-zero weights, miss rate))")
+        print(f"note: test split ({tuning['test_images']} images, never used for tuning): "
+              f"{tuning['accuracy_test']:.2%} against exact mode's "
+              f"{tuning['accuracy_test_exact']:.2%}")
     if out:
         d = report.to_dict()
         if tuning:
             d["tuning"] = tuning
+            d.update({k: tuning[k] for k in ("tuning_images", "test_images",
+                                             "accuracy_test")})
         write_json(out, d)
 
 
@@ -141,7 +155,8 @@ def print_snapea_table(report, console) -> None:
 
     t = Table(title="early termination per layer (against this block with termination off)")
     for col in ("layer", "mode", "windows", "stopped exact", "stopped predicted", "MACs done",
-                "of block dense", "lane util", "lane balance", "speedup", "energy ratio", "on-chip"):
+                "of block dense", "lane util", "lane balance", "speedup", "energy ratio", "on-chip",
+                "index energy"):
         t.add_column(col, justify="left" if col in ("layer", "mode") else "right")
     for l in report.layers:
         e = l.extra
@@ -151,7 +166,7 @@ def print_snapea_table(report, console) -> None:
                   f"{l.macs_performed:,}", f"{l.macs_performed / e['macs_block_dense']:.1%}",
                   f"{e['lane_utilization']:.1%}", f"{e['lane_balance']:.1%}",
                   f"{e['speedup']:.2f}x", f"{e['energy_ratio']:.2f}x",
-                  f"{e['onchip_energy_ratio']:.2f}x")
+                  f"{e['onchip_energy_ratio']:.2f}x", f"{e['index_energy_share']:.1%}")
     c = sum(l.extra["baseline_cycles"] for l in report.layers)
     e = sum(l.extra["baseline_energy_pj"] for l in report.layers)
     o = sum(l.extra["baseline_onchip_energy_pj"] for l in report.layers)
@@ -163,5 +178,6 @@ def print_snapea_table(report, console) -> None:
               f"{tot['macs_performed']:,}",
               f"{tot['macs_performed'] / sum(l.extra['macs_block_dense'] for l in report.layers):.1%}",
               "", "", f"{c / tot['cycles']:.2f}x", f"{e / tot['energy_pj']:.2f}x",
-              f"{o / onchip:.2f}x")
+              f"{o / onchip:.2f}x",
+              f"{sum(l.extra['index_energy_pj'] for l in report.layers) / tot['energy_pj']:.1%}")
     console.print(t)
