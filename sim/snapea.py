@@ -641,10 +641,10 @@ def _layer_report(spec, cfg, runs: list[LayerRun], table, terminate: bool, mode:
     index = {k: sum(r.index_events[k] for r in runs) for k in runs[0].index_events}
     rep.extra["index_energy_pj"] = price(index, table)["energy_pj"]
     rep.extra["index_energy_share"] = rep.extra["index_energy_pj"] / rep.energy_pj
-    rep.extra["speedup"] = base_cycles / cycles
-    rep.extra["energy_ratio"] = base_energy / rep.energy_pj
+    rep.extra["speedup_vs_no_termination"] = base_cycles / cycles
+    rep.extra["energy_saving_vs_no_termination"] = base_energy / rep.energy_pj
     # compute + buffers only: DRAM traffic (inputs, weights, outputs) is the same either way
-    rep.extra["onchip_energy_ratio"] = base_onchip / (rep.energy_pj
+    rep.extra["onchip_energy_saving_vs_no_termination"] = base_onchip / (rep.energy_pj
                                                       - rep.energy_breakdown_pj["dram"])
     if systolic is not None:
         rep.extra["systolic_cycles"] = systolic.cycles
