@@ -25,7 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import multiply_accumulate
 from .config import CombinedConfig
-from .layouts import acc_shape, act_shape, combined_layouts, weight_shape
+from .layouts import acc_shape, act_shape, combined_layouts
 from .systolic import SystolicArray, SystolicBlock, shift_banks
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth import signed, unsigned
-from amaranth.hdl import Const
 from amaranth.lib import data
 
 from .config import FixedPointConfig, NullHopConfig, SystolicConfig, ceil_log2

@@ -21,7 +21,7 @@ pipelined requantiser into a double-buffered encoder.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -188,7 +188,7 @@ class PassGeometry(wiring.Component):
         m = Module()
         cfg, cmd = self._cfg, self.cmd
         S, log2s = cfg.sm_bits, cfg.sm_log2
-        dim, kb = cfg.dim_bits, cfg.k_bits
+        dim = cfg.dim_bits
         kdb = cfg.kernel_addr_bits
         p_bits = cfg.position_bits
         values = {
@@ -279,7 +279,7 @@ class SparsityMapDecoder(wiring.Component):
         cfg, cmd, k, ctl = self._cfg, self.cmd, self.geometry, self.control
         S, M = cfg.sm_bits, cfg.macs_per_channel
         log2s = cfg.sm_log2
-        dim, kb = cfg.dim_bits, cfg.k_bits
+        dim = cfg.dim_bits
         kdb = cfg.kernel_addr_bits
         p_bits = cfg.position_bits
         kob, krb, psb = cfg.kernel_offset_bits, cfg.kernel_range_bits, cfg.psum_step_bits

@@ -150,7 +150,7 @@ def output_stream(y: np.ndarray, p: Pass, spec: ConvLayer, cfg: NullHopConfig) -
 def pass_beats(data, spec: ConvLayer, plan: Plan, p: Pass, cfg: NullHopConfig):
     """(command dict, kernel beats, input words as a ``Stream``) of one pass."""
     x = _x3(data.x, spec)
-    L, cp, kk = cfg.lanes, plan.cp, spec.k * spec.k
+    L, cp = cfg.lanes, plan.cp
     n0 = p.group * L
     nn = min(L, spec.out_ch - n0)
     q = {}
@@ -770,7 +770,7 @@ class StepModel:
         """The pass's chunks in order, each ``(values [S], first, final, reads or None)``;
         the partial sums are requantised, pooled and cleared (they are all final here)."""
         cfg, fxp = self.cfg, self.cfg.fxp
-        S, L, G, parts = cfg.sm_bits, cfg.lanes, cfg.group, cfg.parts
+        S, G, parts = cfg.sm_bits, cfg.group, cfg.parts
         slots = S // G
         pool = c["pool"]
         ho, wo = c["out_h"] >> pool, c["out_w"] >> pool

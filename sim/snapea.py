@@ -295,7 +295,6 @@ class StepModel:
         trace = {"cmd": [], "acts": [], "weights": [], "out": []}
         state, c, cnt, left, t = "IDLE", None, 0, 0, 0
         pend = mid = have = more = False
-        fetched = []  # read-out: window numbers in the three places, oldest first
         done = 0
         while done < len(cmds):
             if t >= max_cycles:
@@ -335,7 +334,6 @@ class StepModel:
                 if left == 0:
                     if c.cmd["readout"]:
                         cnt, pend, mid, have, more = 0, False, False, False, c.windows != 0
-                        fetched = []
                         for lane in range(c.lanes_used):
                             out[c.pixels[lane // c.kernels], c.channel0 + lane % c.kernels] = [
                                 v for v, _ in banks[lane][:c.windows]]

@@ -19,7 +19,6 @@ from zeroskip.hw.fixedpoint import max_pool, requantize
 from zeroskip.models.reference import im2col_np
 from zeroskip.models.workloads import ConvLayer
 
-from .energy import price
 from .report import LayerReport, NetworkReport
 from .streams import Source, handshake_patterns
 

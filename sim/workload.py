@@ -17,7 +17,6 @@ weights and input activations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 

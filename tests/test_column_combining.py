@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from zeroskip.hw.config import CombinedConfig, SystolicConfig
+from zeroskip.hw.config import CombinedConfig
 from zeroskip.models import column_combining as cc
 from zeroskip.models.reference import gemm_reference, layer_forward
-from zeroskip.models.workloads import ConvLayer, fc
+from zeroskip.models.workloads import fc
 from zeroskip.sim import combined as sc
 from zeroskip.sim import systolic as ss
 

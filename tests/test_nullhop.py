@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from zeroskip.hw.config import NULLHOP_PRESETS, NullHopConfig
 from zeroskip.models.reference import im2col, layer_forward

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from zeroskip.hw.config import FixedPointConfig, SnaPEAConfig
+from zeroskip.hw.config import SnaPEAConfig
 from zeroskip.models.reference import layer_forward
 from zeroskip.models.snapea import LayerParams, reorder, snapea_layer_forward, termination
 from zeroskip.models.workloads import ConvLayer, fc
