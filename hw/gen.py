@@ -7,6 +7,7 @@ ports, so testbenches and FPGA flows reload exactly what the Verilog was built f
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -46,7 +47,7 @@ def write_top(make_top, name: str, out_dir, key: dict, extra=lambda top: {}) -> 
         except json.JSONDecodeError:
             pass
     top = make_top()
-    text = verilog.convert(top, name=name, emit_src=False)
+    text = compact_memory_init(verilog.convert(top, name=name, emit_src=False))
     ports = {path_name(path): {"dir": flow.name, "width": len(Value.cast(port))}
              for path, flow, port in _ports(top)}
     # each file under a temporary name, then moved: an interrupted run leaves no file that
@@ -57,6 +58,39 @@ def write_top(make_top, name: str, out_dir, key: dict, extra=lambda top: {}) -> 
         tmp.write_text(content)
         tmp.replace(path)
     return vpath
+
+
+_ZERO_INIT = re.compile(r"^    (?P<mem>[A-Za-z_][A-Za-z0-9_$]*)\[(?P<i>\d+)\] = "
+                        r"(?P<w>\d+)'h0+;$")
+
+
+def compact_memory_init(text: str) -> str:
+    """Amaranth's Verilog zero-initialises every memory element by element (``mem[0] =
+    8'h00;`` ... one line per word: most of a large design's file); each such ``initial``
+    block becomes one loop over the memory, which Icarus, Verilator and Yosys read the same
+    way. Blocks that hold anything else are left as they are."""
+    lines = text.split("\n")
+    out, i = [], 0
+    while i < len(lines):
+        if lines[i] == "  initial begin":
+            j = i + 1
+            body = []
+            while j < len(lines) and (m := _ZERO_INIT.match(lines[j])):
+                body.append(m)
+                j += 1
+            mems = {(m["mem"], m["w"]) for m in body}
+            if (body and j < len(lines) and lines[j] == "  end" and len(mems) == 1
+                    and [int(m["i"]) for m in body] == list(range(len(body)))):
+                mem, width = mems.pop()
+                var = f"{mem}__init"
+                out += [f"  integer {var};", "  initial begin",
+                        f"    for ({var} = 0; {var} < {len(body)}; {var} = {var} + 1)",
+                        f"      {mem}[{var}] = {width}'h0;", "  end"]
+                i = j + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return "\n".join(out)
 
 
 def path_name(path) -> str:
