@@ -4,9 +4,11 @@ reference), and its cycle count equals the simulator's, for several MAC counts, 
 sizes, strides, densities, pooling, band/tile splits, and layers of the trained digits net
 fed with real activations."""
 
+import dataclasses
+
 import pytest
 
-from zeroskip.hw.config import NullHopConfig
+from zeroskip.hw.config import FixedPointConfig, NullHopConfig
 from zeroskip.models.workloads import ConvLayer, fc
 from tb.cases import random_layer
 from tb.nullhop_cases import nullhop_case
@@ -125,4 +127,17 @@ def test_nullhop_rtl_every_kernel_size_and_stride(shape, tmp_path):
     spec = KERNELS_AND_STRIDES[shape]
     layer, x = random_layer(spec, seed=sum(map(ord, shape)), fxp=cfg.fxp, density=0.7,
                             full_range=True)
+    run_case(cfg, layer, x, tmp_path)
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("fxp", [FixedPointConfig(act_bits=4, weight_bits=4, acc_bits=20),
+                                 FixedPointConfig(act_bits=16, weight_bits=16, acc_bits=48)],
+                         ids=["4bit-acc20", "16bit-acc48"])
+def test_nullhop_rtl_other_widths_over_the_whole_output_range(fxp, tmp_path):
+    """Activations and weights other than 8-bit (16-bit values are wider than an 8-bit SM
+    word), another accumulator width, and outputs over the whole range, both ends clipped."""
+    cfg = dataclasses.replace(CONFIGS["4mac-sm8"], fxp=fxp)
+    spec = ConvLayer("c", 3, 5, 6, 6, k=3, pad=1, pool=2)
+    layer, x = random_layer(spec, seed=fxp.act_bits, fxp=fxp, density=0.6, full_range=True)
     run_case(cfg, layer, x, tmp_path)

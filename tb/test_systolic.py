@@ -3,7 +3,7 @@ reference and cycle-exact against the simulator, for several array sizes and lay
 
 import pytest
 
-from zeroskip.hw.config import SystolicConfig
+from zeroskip.hw.config import FixedPointConfig, SystolicConfig
 from zeroskip.models.workloads import ConvLayer, fc
 from zeroskip.sim.systolic import Gemm, StepModel, layer_cycles
 from tb.cases import gemm_case, random_layer
@@ -66,3 +66,21 @@ def test_systolic_rtl_on_digits_layers(digits, layer_name, size, tmp_path):
     idx = [l.spec.name for l in digits.layers].index(layer_name)
     x = digits.inputs[idx][0]
     run_case(cfg, gemm_case(digits.layers[idx], x), tmp_path)
+
+
+WIDTHS = {
+    "4bit-acc16": FixedPointConfig(act_bits=4, weight_bits=4, acc_bits=16),
+    "16bit-acc48": FixedPointConfig(act_bits=16, weight_bits=16, acc_bits=48),
+}
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("shape", ["conv3x3-ragged", "fc-norelu"])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_systolic_rtl_other_widths_over_the_whole_output_range(width, shape, tmp_path):
+    """Activations and weights other than 8-bit, another accumulator width, and outputs
+    that span the whole range and saturate at both ends."""
+    cfg = SystolicConfig(rows=4, cols=3, acc_depth=24, fxp=WIDTHS[width])
+    layer, x = random_layer(SHAPES[shape], seed=sum(map(ord, width + shape)), fxp=cfg.fxp,
+                            full_range=True)
+    run_case(cfg, gemm_case(layer, x), tmp_path)
