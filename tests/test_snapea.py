@@ -189,21 +189,13 @@ SIM_SHAPES = [ConvLayer("c", 4, 5, 7, 6, k=3, pad=1), ConvLayer("s", 2, 4, 9, 9,
               fc("f", 30, 7), ConvLayer("p", 3, 2, 3, 3, k=1)]
 
 
-@pytest.mark.parametrize("mode", ["exact", "predictive", "dense"])
-@pytest.mark.parametrize("cfg", SIM_CONFIGS,
-                         ids=lambda c: f"l{c.lanes}t{c.max_taps}a{c.act_depth}w{c.max_windows}"
-                         f"k{c.check_every}")
-@pytest.mark.parametrize("spec", SIM_SHAPES, ids=lambda s: s.name)
-def test_snapea_vectorised_simulator_matches_step_model_and_reference(spec, cfg, mode):
+def _step_model_and_count_agree(layer, x, cfg, params, terminate):
+    """Run a layer on the step model and the vectorised count: both give the reference's
+    outputs, the same cycles and the same MACs. Returns (count, step stats, commands)."""
     from zeroskip.sim.snapea import StepModel, layer_commands, run_layer
 
-    layer, x = random_layer(spec, seed=3, fxp=cfg.fxp, density=0.5)
-    rng = np.random.default_rng(1)
-    params = None
-    if mode == "predictive":
-        params = LayerParams(rng.integers(0, 8, spec.out_ch), rng.integers(-4000, 4000, spec.out_ch))
+    spec = layer.spec
     w, b, m, s = (t.numpy() for t in (layer.weight, layer.bias, layer.mult, layer.shift))
-    terminate = mode != "dense"
     cmds = layer_commands(x.numpy(), spec, w, b, m, s, cfg, params, terminate)
     out, stats = StepModel(cfg).run(cmds, spec.out_h * spec.out_w, spec.out_ch)
     run = run_layer(x.numpy(), spec, w, b, m, s, cfg, params, terminate)
@@ -211,6 +203,21 @@ def test_snapea_vectorised_simulator_matches_step_model_and_reference(spec, cfg,
     assert (out == ref).all() and (run.outputs == ref).all()
     assert run.cyc["cycles"] == stats["cycles"]
     assert int(run.t.macs.sum()) == stats["macs"]
+    return run, stats, cmds
+
+
+@pytest.mark.parametrize("mode", ["exact", "predictive", "dense"])
+@pytest.mark.parametrize("cfg", SIM_CONFIGS,
+                         ids=lambda c: f"l{c.lanes}t{c.max_taps}a{c.act_depth}w{c.max_windows}"
+                         f"k{c.check_every}")
+@pytest.mark.parametrize("spec", SIM_SHAPES, ids=lambda s: s.name)
+def test_snapea_vectorised_simulator_matches_step_model_and_reference(spec, cfg, mode):
+    layer, x = random_layer(spec, seed=3, fxp=cfg.fxp, density=0.5)
+    rng = np.random.default_rng(1)
+    params = None
+    if mode == "predictive":
+        params = LayerParams(rng.integers(0, 8, spec.out_ch), rng.integers(-4000, 4000, spec.out_ch))
+    run, stats, _ = _step_model_and_count_agree(layer, x, cfg, params, mode != "dense")
     if mode == "dense":
         assert run.cyc["cycles"] == run.base_cyc["cycles"]
     else:
@@ -323,25 +330,17 @@ def test_snapea_idle_lanes_take_bands_of_the_tile(cfg, mode):
     bands of the tile's rows (lane ``b * kernels + j``). Outputs, MACs and cycles of the
     step model, the vectorised count and the reference agree, the group's time is the
     slowest band's, and the lanes do not idle."""
-    from zeroskip.sim.snapea import StepModel, bands_of, layer_commands, plan_layer, run_layer
+    from zeroskip.sim.snapea import bands_of, plan_layer
 
     spec = ConvLayer("b", 3, 2, 8, 8, k=3, pad=1)
     layer, x = random_layer(spec, seed=9, fxp=cfg.fxp, density=0.5)
     rng = np.random.default_rng(2)
     params = (LayerParams(rng.integers(1, 8, 2), rng.integers(-4000, 4000, 2))
               if mode == "predictive" else None)
-    w, b, m, s = (t.numpy() for t in (layer.weight, layer.bias, layer.mult, layer.shift))
-    terminate = mode != "dense"
     tiles = plan_layer(spec, cfg)
     assert all(bands_of(t, 2, cfg) > 1 for t in tiles)
-    cmds = layer_commands(x.numpy(), spec, w, b, m, s, cfg, params, terminate)
+    run, stats, cmds = _step_model_and_count_agree(layer, x, cfg, params, mode != "dense")
     assert {c.lanes_used for c in cmds} == {2 * bands_of(tiles[0], 2, cfg)}
-    out, stats = StepModel(cfg).run(cmds, spec.out_h * spec.out_w, spec.out_ch)
-    run = run_layer(x.numpy(), spec, w, b, m, s, cfg, params, terminate)
-    ref = snapea_layer_forward(x, layer, params).reshape(spec.out_ch, -1).T.numpy()
-    assert (out == ref).all() and (run.outputs == ref).all()
-    assert run.cyc["cycles"] == stats["cycles"]
-    assert int(run.t.macs.sum()) == stats["macs"]
     assert run.cyc["squashed"] == stats["squashed"]
 
 
