@@ -150,7 +150,10 @@ def plot(reports: dict[str, NetworkReport], out_dir: Path, title: str,
     width = 0.8 / len(blocks)
     paths = []
 
-    items = {b: (lambda d: d["layers"] + [d["totals"]])(reports[b].to_dict()) for b in blocks}
+    items = {}  # per block: each layer's figures, then the whole network's
+    for b in blocks:
+        d = reports[b].to_dict()
+        items[b] = d["layers"] + [d["totals"]]
 
     def per_layer(b, key, cat=None):
         """Each layer's figure, then the whole network's."""
