@@ -13,6 +13,8 @@ from pathlib import Path
 from amaranth.back import verilog
 from amaranth.hdl import Value
 
+from zeroskip import write_atomic
+
 from .config import config_to_json
 
 
@@ -54,9 +56,7 @@ def write_top(make_top, name: str, out_dir, key: dict, extra=lambda top: {}) -> 
     # looks whole, and the JSON (which makes a later call skip the work) goes last
     for path, content in ((vpath, text), (jpath, json.dumps(
             {"top": name, **key, **extra(top), "ports": ports}, indent=2))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(content)
-        tmp.replace(path)
+        write_atomic(path, content)
     return vpath
 
 

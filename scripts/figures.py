@@ -125,6 +125,8 @@ def regions(files=None) -> list[tuple[Path, str]]:
 def update(names, check: bool, out=sys.stdout) -> int:
     """Regenerate the named figures; with ``check``, only compare. Returns the number of
     figures that differ (with ``check``) or that could not be made."""
+    from zeroskip import write_atomic
+
     bad = 0
     made: dict[str, str] = {}
     for path, name in regions():
@@ -155,9 +157,7 @@ def update(names, check: bool, out=sys.stdout) -> int:
                                                 "from the code"))
         else:
             new = text[:m.start("body")] + made[name] + text[m.end("body"):]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(new)
-            tmp.replace(path)
+            write_atomic(path, new)
             print(f"{path.relative_to(ROOT)}: {name} rewritten", file=out)
     return bad
 

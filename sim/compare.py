@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 from zeroskip import blocks as registry
+from zeroskip import replacing
 
 from .report import NetworkReport
 
@@ -102,9 +103,7 @@ CSV_FIELDS = ["block", "mac_units", "layer", "cycles", "macs_dense", "macs_perfo
 def write_csv(reports: dict[str, NetworkReport], path: Path) -> None:
     """One row per (block, layer) and a total per block; written under a temporary name,
     then moved into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         for block, rep in reports.items():
@@ -119,7 +118,6 @@ def write_csv(reports: dict[str, NetworkReport], path: Path) -> None:
                             "energy_compute_pj": f"{b['compute']:.3f}",
                             "energy_buffers_pj": f"{b['buffers']:.3f}",
                             "energy_dram_pj": f"{b['dram']:.3f}"})
-    tmp.replace(path)
 
 
 # Okabe & Ito's palette: told apart with every common colour-vision deficiency
@@ -163,9 +161,8 @@ def plot(reports: dict[str, NetworkReport], out_dir: Path, title: str,
         fig.tight_layout()
         for ext in ("png", "svg"):
             path = out_dir / f"{stem}.{ext}"
-            tmp = path.with_name(f".{path.name}.tmp.{ext}")
-            fig.savefig(tmp, dpi=110, format=ext)
-            tmp.replace(path)
+            with replacing(path) as tmp:
+                fig.savefig(tmp, dpi=110, format=ext)
             paths.append(path)
         plt.close(fig)
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from zeroskip import blocks as registry
+from zeroskip import write_atomic
 from zeroskip.hw import config as hwcfg
 from zeroskip.models.workloads import NETWORKS
 from zeroskip.sim.compare import DEFAULT_MAC_UNITS
@@ -323,13 +324,6 @@ def print_area(rows: list[dict], title: str) -> None:
     if missing:
         print(f"note: not synthesised yet: {', '.join(missing)}; 'zeroskip run --synth' "
               "synthesises them (minutes each) and keeps the results")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then move it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_json(path: Path, obj) -> None:

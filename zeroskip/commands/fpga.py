@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -247,11 +246,11 @@ def cached_synth(cfg, target: str = "ecp5", **flow) -> dict | None:
 
 def store_synth(result: dict, cfg, target: str, **flow) -> Path:
     """Keep ``result`` in the cache (written to a temporary name, then moved)."""
+    from zeroskip import write_atomic
+
     path = _cache_path(cache_key(cfg, target, **flow))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result, indent=2))
     return path
 
 
