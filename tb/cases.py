@@ -53,6 +53,16 @@ def random_layer(spec: ConvLayer, seed: int, fxp: FixedPointConfig | None = None
     return layer, torch.from_numpy(x)
 
 
+def assert_saturates_both_ends(expected: np.ndarray, fxp: FixedPointConfig, relu: bool) -> None:
+    """A full-range case must reach both clip ends of the output (0 and the top with ReLU,
+    both signed ends without), or it does not test saturation."""
+    lo, hi = (0, fxp.act_max) if relu else (-(fxp.act_max + 1) // 2, fxp.act_max // 2)
+    seen = int(expected.min()), int(expected.max())
+    if seen != (lo, hi):
+        raise AssertionError(f"outputs span {seen[0]}..{seen[1]}, not the clip ends {lo}..{hi}: "
+                             "pick another seed")
+
+
 def gemm_case(layer: QuantLayer, x: torch.Tensor) -> dict:
     """The layer as the block's GEMM plus its reference output (pooling left to the host)."""
     spec = replace(layer.spec, pool=1)

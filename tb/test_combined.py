@@ -5,12 +5,12 @@ array sizes; alpha = 1 is the dense array cycle for cycle."""
 
 import pytest
 
-from zeroskip.hw.config import CombinedConfig
+from zeroskip.hw.config import COMBINED_PRESETS, CombinedConfig, FixedPointConfig
 from zeroskip.models import column_combining as cc
 from zeroskip.models.workloads import ConvLayer
 from zeroskip.sim import systolic
-from tb.cases import random_layer
-from tb.combined_cases import verify_packed
+from tb.cases import assert_saturates_both_ends, gemm_case, random_layer
+from tb.combined_cases import pruned_layer, verify_packed
 
 
 def run_case(cfg, layer, x, packing, tmp_path, valid_p=1.0, ready_p=1.0, seed=0):
@@ -108,3 +108,39 @@ def test_combined_rtl_overlapped_passes_keep_results_and_predicted_cycles(shape,
     packing = cc.prune_and_pack(layer.weight_matrix.numpy(), 4, 0.5, sparsity=0.5)
     assert packing.tiles(cfg.rows, cfg.cols) > 3
     run_case(cfg, layer, x, packing, tmp_path, *((0.7, 0.6, 4) if stalls else ()))
+
+
+WIDTHS = {
+    "4bit-acc16": FixedPointConfig(act_bits=4, weight_bits=4, acc_bits=16),
+    "8bit-acc24": FixedPointConfig(act_bits=8, weight_bits=8, acc_bits=24),
+    "16bit-acc48": FixedPointConfig(act_bits=16, weight_bits=16, acc_bits=48),
+}
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "norelu"])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_combined_rtl_other_widths_over_the_whole_output_range(width, relu, tmp_path):
+    """Activations, weights and accumulators other than 8/8/32 bits on a packed layer whose
+    outputs span the whole range and saturate at both ends (0 and the top with ReLU, both
+    signed ends without)."""
+    cfg = CombinedConfig(rows=4, cols=3, acc_depth=24, alpha=4, gamma=0.5, fxp=WIDTHS[width])
+    spec = ConvLayer("c", 3, 6, 6, 5, k=3, pad=1, relu=relu)
+    layer, x = random_layer(spec, seed=sum(map(ord, width)) + relu + 10, fxp=cfg.fxp,
+                            full_range=True)
+    packing = cc.prune_and_pack(layer.weight_matrix.numpy(), 4, 0.5, sparsity=0.6)
+    expected = gemm_case(pruned_layer(layer, packing), x)["expected"]
+    assert_saturates_both_ends(expected, cfg.fxp, relu)
+    run_case(cfg, layer, x, packing, tmp_path)
+
+
+@pytest.mark.rtl
+def test_combined_rtl_default_preset_on_a_small_layer(tmp_path):
+    """The ``default`` preset as ``zeroskip gen combined`` builds it (8x8, 256-row partial-sum
+    memory, alpha 8) on a layer that crosses K and column tiles."""
+    cfg = COMBINED_PRESETS["default"]
+    layer, x = random_layer(ConvLayer("c", 8, 20, 7, 7, k=3, pad=1), seed=21, fxp=cfg.fxp,
+                            full_range=True)
+    packing = cc.prune_and_pack(layer.weight_matrix.numpy(), cfg.alpha, cfg.gamma)
+    assert packing.tiles(cfg.rows, cfg.cols) > 2
+    run_case(cfg, layer, x, packing, tmp_path)

@@ -3,10 +3,10 @@ reference and cycle-exact against the simulator, for several array sizes and lay
 
 import pytest
 
-from zeroskip.hw.config import FixedPointConfig, SystolicConfig
+from zeroskip.hw.config import SYSTOLIC_PRESETS, FixedPointConfig, SystolicConfig
 from zeroskip.models.workloads import ConvLayer, fc
 from zeroskip.sim.systolic import Gemm, StepModel, layer_cycles
-from tb.cases import gemm_case, random_layer
+from tb.cases import assert_saturates_both_ends, gemm_case, random_layer
 from tb.systolic_cases import verify_gemm
 
 CONFIGS = {
@@ -70,6 +70,7 @@ def test_systolic_rtl_on_digits_layers(digits, layer_name, size, tmp_path):
 
 WIDTHS = {
     "4bit-acc16": FixedPointConfig(act_bits=4, weight_bits=4, acc_bits=16),
+    "8bit-acc24": FixedPointConfig(act_bits=8, weight_bits=8, acc_bits=24),
     "16bit-acc48": FixedPointConfig(act_bits=16, weight_bits=16, acc_bits=48),
 }
 
@@ -81,6 +82,20 @@ def test_systolic_rtl_other_widths_over_the_whole_output_range(width, shape, tmp
     """Activations and weights other than 8-bit, another accumulator width, and outputs
     that span the whole range and saturate at both ends."""
     cfg = SystolicConfig(rows=4, cols=3, acc_depth=24, fxp=WIDTHS[width])
-    layer, x = random_layer(SHAPES[shape], seed=sum(map(ord, width + shape)), fxp=cfg.fxp,
+    # 24 outputs for the linear layer, so that both clip ends can be reached
+    spec = fc("f", 19, 24, relu=False) if shape == "fc-norelu" else SHAPES[shape]
+    layer, x = random_layer(spec, seed=sum(map(ord, width + shape)) + 1, fxp=cfg.fxp,
+                            full_range=True)
+    case = gemm_case(layer, x)
+    assert_saturates_both_ends(case["expected"], cfg.fxp, layer.spec.relu)
+    run_case(cfg, case, tmp_path)
+
+
+@pytest.mark.rtl
+def test_systolic_rtl_default_preset_on_a_small_layer(tmp_path):
+    """The ``default`` preset as ``zeroskip gen systolic`` builds it (8x8, 256-row partial-sum
+    memory) on a layer with several K and column tiles, outputs over the whole range."""
+    cfg = SYSTOLIC_PRESETS["default"]
+    layer, x = random_layer(ConvLayer("c", 5, 20, 7, 7, k=3, pad=1), seed=22, fxp=cfg.fxp,
                             full_range=True)
     run_case(cfg, gemm_case(layer, x), tmp_path)
