@@ -518,6 +518,20 @@ def _geometry(l):
             l.pool, l.out_h, l.out_w, l.gemm, l.macs)
 
 
+def test_mobilenet_v2_keeps_its_depthwise_convs():
+    """``--model mobilenet_v2``: every conv and the classifier, in call order, with the shapes,
+    groups and MACs a forward-hook count of the torch model gives (300,774,272 MACs: the
+    17 depthwise convs as the groups they are, not as dense convs)."""
+    got = importer.layer_shapes(importer.load_model("mobilenet_v2").graph)
+    want = independent_layers(zoo.build("mobilenet_v2"), torch.zeros(1, *zoo.INPUT_SIZE))
+    assert [(l.in_ch, l.out_ch, l.k, l.stride, l.groups, l.out_h, l.macs) for l in got] == \
+        [(w["in_ch"], w["out_ch"], w["k"], w["stride"], w["groups"], w["out_h"], w["macs"])
+         for w in want]
+    assert sum(l.groups > 1 for l in got) == 17 and all(
+        l.groups == l.in_ch == l.out_ch for l in got if l.groups > 1)
+    assert sum(l.macs for l in got) == 300_774_272
+
+
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
 def test_zoo_shapes_equal_the_hand_written_lists(name):
     """The named architectures import to exactly the hand-written shape lists of
