@@ -25,7 +25,7 @@ class QuantLayer:
     """One quantised layer: integer weights, bias and requantisation constants."""
 
     spec: ConvLayer
-    weight: torch.Tensor  # int64 [out_ch, in_ch, k, k], values in the signed weight range
+    weight: torch.Tensor  # int64 [out_ch, in_ch / groups, k, k], in the signed weight range
     bias: torch.Tensor  # int64 [out_ch]
     mult: torch.Tensor  # int64 [out_ch]
     shift: torch.Tensor  # int64 [out_ch]
@@ -35,7 +35,7 @@ class QuantLayer:
 
     def __post_init__(self):
         s = self.spec
-        want = (s.out_ch, s.in_ch, s.k, s.k)
+        want = (s.out_ch, s.in_ch // s.groups, s.k, s.k)
         if tuple(self.weight.shape) != want:
             raise ValueError(f"layer {s.name!r}: weight shape {tuple(self.weight.shape)} "
                              f"does not match the layer's {want}")
@@ -53,7 +53,8 @@ class QuantLayer:
 
     @property
     def weight_matrix(self) -> torch.Tensor:
-        """W as the GEMM's [K, N] matrix (K ordered channel, ky, kx like ``unfold``)."""
+        """W as the GEMM's [K, N] matrix (K ordered channel, ky, kx like ``unfold``; a
+        grouped conv's K is one group's, column n belonging to group n // (N / groups))."""
         return self.weight.reshape(self.spec.out_ch, -1).T.contiguous()
 
 
@@ -93,7 +94,7 @@ def conv_acc(x: torch.Tensor, layer: QuantLayer) -> torch.Tensor:
     worst = s.gemm[1] * int(xb.abs().max()) * int(layer.weight.abs().max())
     assert worst < _EXACT, "float64 convolution would not be exact"
     acc = F.conv2d(xb.double(), layer.weight.double(), layer.bias.double(),
-                   stride=s.stride, padding=s.pad)
+                   stride=s.stride, padding=s.pad, groups=s.groups)
     acc = acc.round().long()
     return acc if batched else acc[0]
 

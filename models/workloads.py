@@ -4,6 +4,12 @@ A fully connected layer is a 1x1 convolution on a 1x1 feature map, so every bloc
 layer type. Each conv layer is also a GEMM ``out[M, N] = im2col(x)[M, K] @ W[K, N]`` with
 ``M`` output pixels, ``K = in_ch * k * k`` (channel-major, then ky, then kx, as torch's
 ``unfold``) and ``N`` output channels.
+
+A grouped conv (``groups`` > 1; depthwise: ``groups == in_ch``) is ``groups`` independent
+convs, group ``g`` taking input channels ``[g, g + 1) * in_ch / groups`` to its ``out_ch /
+groups`` output channels. ``group_layer(g)`` is one of them, and that is what a block runs
+(one layer per group, issued by the host: ``sim.workload``). Its ``gemm`` is one group's K
+(``in_ch / groups * k * k``) against all ``out_ch`` columns, so ``macs`` is the real count.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ class ConvLayer:
     relu: bool = True
     pool: int = 1  # max-pool window (= stride) applied after ReLU; 1 = none
     kind: str = "conv"  # "conv" or "fc"
+    groups: int = 1  # independent convs over equal slices of the channels (depthwise: in_ch)
 
     def __post_init__(self):
-        for f in ("in_ch", "out_ch", "in_h", "in_w", "k", "stride", "pool"):
+        for f in ("in_ch", "out_ch", "in_h", "in_w", "k", "stride", "pool", "groups"):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"layer {self.name!r}: {f} must be a positive integer, not {v!r}")
@@ -40,6 +47,10 @@ class ConvLayer:
             raise ValueError(
                 f"layer {self.name!r}: a {self.k}x{self.k} kernel with stride {self.stride} and "
                 f"pad {self.pad} does not fit a {self.in_h}x{self.in_w} input")
+        if self.in_ch % self.groups or self.out_ch % self.groups or (
+                self.groups > 1 and self.kind != "conv"):
+            raise ValueError(f"layer {self.name!r}: {self.groups} groups must divide its "
+                             f"{self.in_ch} input and {self.out_ch} output channels (convs only)")
 
     @property
     def out_h(self) -> int:
@@ -51,8 +62,8 @@ class ConvLayer:
 
     @property
     def gemm(self) -> tuple[int, int, int]:
-        """(M, K, N) of the layer as a matrix product."""
-        return self.out_h * self.out_w, self.in_ch * self.k * self.k, self.out_ch
+        """(M, K, N) of the layer as a matrix product (K: one group's, for a grouped conv)."""
+        return self.out_h * self.out_w, self.in_ch // self.groups * self.k * self.k, self.out_ch
 
     @property
     def macs(self) -> int:
@@ -65,11 +76,21 @@ class ConvLayer:
 
     @property
     def weight_size(self) -> int:
-        return self.in_ch * self.k * self.k * self.out_ch
+        return self.in_ch // self.groups * self.k * self.k * self.out_ch
 
     @property
     def output_size(self) -> int:
         return self.out_ch * self.out_h * self.out_w
+
+    def group_layer(self, g: int) -> "ConvLayer":
+        """Group ``g`` of a grouped conv as a conv of its own (named ``<name>.group<g>``)."""
+        if not 0 <= g < self.groups:
+            raise ValueError(f"layer {self.name!r} has {self.groups} groups, not a group {g}")
+        if self.groups == 1:
+            return self
+        return ConvLayer(f"{self.name}.group{g}", self.in_ch // self.groups,
+                         self.out_ch // self.groups, self.in_h, self.in_w, k=self.k,
+                         stride=self.stride, pad=self.pad, relu=self.relu, pool=self.pool)
 
 
 def fc(name: str, in_features: int, out_features: int, relu: bool = True) -> ConvLayer:

@@ -264,6 +264,10 @@ def imported_packing(w: np.ndarray, cfg: CombinedConfig) -> cc.Packing:
 
 def network_packings(workload, cfg: CombinedConfig, progress=None):
     """(packings per layer, notes, extra figures) for a ``sim.workload.Workload``."""
+    if any(s.groups > 1 for s in workload.layers):  # a packing per group: sim/workload.py
+        from .workload import split_groups
+
+        return network_packings(split_groups(workload)[0], cfg, progress)
     if workload.real and cfg.alpha == 1:
         packings = [identity_packing(workload.layer_data(i).w.reshape(s.out_ch, -1).T)
                     for i, s in enumerate(workload.layers)]
@@ -302,6 +306,11 @@ def network_packings(workload, cfg: CombinedConfig, progress=None):
 def simulate_network(workload, cfg: CombinedConfig, table=None, progress=None,
                      packings=None) -> NetworkReport:
     """Every layer of a ``sim.workload.Workload`` on the column-combined array."""
+    if any(s.groups > 1 for s in workload.layers):  # one group at a time: sim/workload.py
+        from .workload import simulate_per_group
+
+        return simulate_per_group(simulate_network, workload, cfg, table, progress,
+                                  packings=packings)
     notes, extra = [], {}
     if packings is None:
         packings, notes, extra = network_packings(workload, cfg)

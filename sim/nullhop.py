@@ -454,6 +454,10 @@ def simulate_layer(spec: ConvLayer, cfg: NullHopConfig, datas, table=None,
 def simulate_network(workload, cfg: NullHopConfig, table=None, progress=None) -> NetworkReport:
     """Every layer of a ``sim.workload.Workload``; real activations for the digits net,
     the seeded activation model otherwise."""
+    if any(s.groups > 1 for s in workload.layers):  # one group at a time: sim/workload.py
+        from .workload import simulate_per_group
+
+        return simulate_per_group(simulate_network, workload, cfg, table, progress)
     reports = []
     for i, spec in enumerate(workload.layers):
         datas = [workload.layer_data(i, b) for b in range(workload.batch)]

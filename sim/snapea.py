@@ -670,6 +670,11 @@ def simulate_network(workload, cfg: SnaPEAConfig, table=None, progress=None,
     layer is evaluated (exact) unless ``sample_limit`` opts in to the sampled estimate."""
     from zeroskip.models.snapea import snapea_network_forward
 
+    if any(s.groups > 1 for s in workload.layers):  # one group at a time: sim/workload.py
+        from .workload import simulate_per_group
+
+        return simulate_per_group(simulate_network, workload, cfg, table, progress, mode=mode,
+                                  params=params, systolic=systolic, sample_limit=sample_limit)
     if mode not in ("exact", "predictive", "dense"):
         raise ValueError(f"mode must be exact, predictive or dense, not {mode!r}")
     if mode == "predictive" and params is None:

@@ -331,6 +331,10 @@ def batch_note(reports, batch: int) -> list[str]:
 
 def simulate_network(workload, cfg: SystolicConfig, table=None, progress=None) -> NetworkReport:
     """Every layer of a ``sim.workload.Workload`` on the dense array."""
+    if any(s.groups > 1 for s in workload.layers):  # one group at a time: sim/workload.py
+        from .workload import simulate_per_group
+
+        return simulate_per_group(simulate_network, workload, cfg, table, progress)
     reports = []
     for spec in workload.layers:
         reports.append(simulate_layer(spec, cfg, table, workload.batch))

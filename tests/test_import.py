@@ -16,6 +16,7 @@ from zeroskip.cli import main
 from zeroskip.hw.config import FixedPointConfig
 from zeroskip.models import importer, topology, workloads, zoo
 from zeroskip.models.reference import layer_forward
+from zeroskip.sim.workload import group_outputs, split_groups
 
 INPUT = (3, 8, 8)
 CALIB_IMAGES = 16
@@ -218,10 +219,10 @@ def test_layer_shapes_and_macs_match_the_torch_model(files, name, fmt):
         assert (spec.in_ch, spec.out_ch, spec.k, spec.stride) == \
             (w["in_ch"], w["out_ch"], w["k"], w["stride"]), spec.name
         assert (spec.out_h, spec.out_w) == (w["out_h"], w["out_w"]), spec.name
-        # a grouped conv runs dense, block-diagonal: groups x its real MACs
-        assert spec.macs == w["macs"] * w["groups"], spec.name
+        # a grouped conv keeps its groups: its MACs are the real ones
+        assert (spec.groups, spec.macs) == (w["groups"], w["macs"]), spec.name
         assert spec.kind == w["kind"], spec.name
-    assert sum(s.macs for s in wl.layers) == sum(w["macs"] * w["groups"] for w in want)
+    assert sum(s.macs for s in wl.layers) == sum(w["macs"] for w in want)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -253,7 +254,8 @@ def test_every_block_outputs_equal_the_integer_reference(files, name):
             assert data.x.min() >= 0  # the blocks see unsigned activations only
             for block in registry.names("simulator"):
                 mod = registry.get_block(block, "simulator").part("simulator")
-                got = mod.layer_outputs(data, spec, fxp)
+                # a grouped conv: the block's outputs of each group, as it runs them
+                got = group_outputs(mod.layer_outputs, data, spec, fxp)
                 np.testing.assert_array_equal(got, ref, err_msg=f"{block} {spec.name}")
 
 
@@ -279,8 +281,7 @@ def test_notes_say_what_ran_where(files):
     assert "signed inputs" in text and "project" not in where["host"]
     hooks = independent_layers(depthwise(), files["x"])
     real = sum(w["macs"] for w in hooks if w["groups"] > 1)
-    dense = sum(w["macs"] * w["groups"] for w in hooks if w["groups"] > 1)
-    assert f"dense MAC count, {dense:,}," in text and f"real MACs: {real:,}" in text
+    assert "runs each group as a conv of its own" in text and f"{real:,} MACs, the real" in text
     wl = _load(files, "pooling", "onnx")
     host = " ".join(wl.graph.where()["host"])
     assert "max-pool" in host and "average pool" in host and "concat" in host
@@ -296,6 +297,43 @@ def test_every_block_simulates_an_imported_model(files):
     for rep in reports.values():
         assert [l.name for l in rep.layers] == [s.name for s in wl.layers]
         assert rep.accuracy is None  # no digits test set behind an imported model
+
+
+def test_every_block_runs_a_grouped_conv_one_group_at_a_time(files):
+    """The depthwise model on every block: a grouped conv's row is the sum of its groups' rows,
+    each group a conv of its own (what the split workload gives the block), and the report
+    says so."""
+    from zeroskip.sim import compare
+
+    wl = _load(files, "depthwise", "onnx", images=1)
+    split, spans = split_groups(wl)
+    grouped = [i for i, s in enumerate(wl.layers) if s.groups > 1]
+    assert [wl.layers[i].name for i in grouped] == ["dw", "grouped"]
+    assert [len(spans[i]) for i in grouped] == [16, 2]
+    assert split.layers[spans[grouped[0]][3]] == workloads.ConvLayer(
+        "dw.group3", 1, 1, 8, 8, k=3, pad=1, relu=True)
+    configs = compare.equal_configs()
+    reports = compare.run_blocks(wl, configs=configs)
+    for block, rep in reports.items():
+        assert [l.name for l in rep.layers] == [s.name for s in wl.layers], block
+        mod = registry.get_block(block, "simulator").part("simulator")
+        # the same blocks on the split workload itself: one row per group
+        alone = mod.simulate_network(split, configs[block]).layers
+        for i, spec in enumerate(wl.layers):
+            rows = [alone[j] for j in spans[i]]
+            row = rep.layers[i]
+            assert row.cycles == sum(r.cycles for r in rows), (block, spec.name)
+            assert row.macs_dense == spec.macs * wl.batch, (block, spec.name)
+            assert row.macs_performed == sum(r.macs_performed for r in rows)
+            assert row.energy_pj == pytest.approx(sum(r.energy_pj for r in rows))
+            if spec.groups > 1:
+                assert row.extra["conv_groups"] == spec.groups
+        assert any("one group at a time" in n and "dw (16 x 1 -> 1 channels)" in n
+                   for n in rep.notes), block
+        assert not any(n.startswith("dw.group") for n in rep.notes), block
+    # no block gets more from a depthwise group than its 9 taps into one output channel
+    sys_dw = reports["systolic"].layers[grouped[0]]
+    assert sys_dw.utilization < 0.1
 
 
 def test_sim_cli_on_module_function_and_weights(files, tmp_path, capsys):
@@ -480,6 +518,20 @@ def _geometry(l):
             l.pool, l.out_h, l.out_w, l.gemm, l.macs)
 
 
+def test_mobilenet_v2_keeps_its_depthwise_convs():
+    """``--model mobilenet_v2``: every conv and the classifier, in call order, with the shapes,
+    groups and MACs a forward-hook count of the torch model gives (300,774,272 MACs: the
+    17 depthwise convs as the groups they are, not as dense convs)."""
+    got = importer.layer_shapes(importer.load_model("mobilenet_v2").graph)
+    want = independent_layers(zoo.build("mobilenet_v2"), torch.zeros(1, *zoo.INPUT_SIZE))
+    assert [(l.in_ch, l.out_ch, l.k, l.stride, l.groups, l.out_h, l.macs) for l in got] == \
+        [(w["in_ch"], w["out_ch"], w["k"], w["stride"], w["groups"], w["out_h"], w["macs"])
+         for w in want]
+    assert sum(l.groups > 1 for l in got) == 17 and all(
+        l.groups == l.in_ch == l.out_ch for l in got if l.groups > 1)
+    assert sum(l.macs for l in got) == 300_774_272
+
+
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
 def test_zoo_shapes_equal_the_hand_written_lists(name):
     """The named architectures import to exactly the hand-written shape lists of
@@ -525,6 +577,17 @@ def test_verify_one_layer_of_an_imported_model(files, capsys, block):
                  "--calib", str(files["calib"]), "--layer", "conv2"]) == 0
     out = capsys.readouterr().out
     assert "conv2: 512 outputs bit-exact" in out and "= simulator prediction" in out
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("block", registry.names("verifier"))
+def test_verify_one_group_of_a_depthwise_conv(files, capsys, block):
+    """A depthwise conv's group on each block's RTL: the block runs it as a conv of its own
+    (1 input channel, 1 output channel, 3x3), bit-exact and cycle-exact."""
+    assert main(["verify", block, "--model", str(files["models"]["depthwise"]["onnx"]),
+                 "--calib", str(files["calib"]), "--layer", "dw.group5"]) == 0
+    out = capsys.readouterr().out
+    assert "dw.group5: 64 outputs bit-exact" in out and "= simulator prediction" in out
 
 
 class SoftmaxEnd(nn.Module):

@@ -112,3 +112,46 @@ def test_synthesis_cache_key_follows_only_the_blocks_own_sources():
     assert {"systolic.py", "axi.py", "config.py"} <= names
     assert not names & {"nullhop.py", "snapea.py", "combined.py"}
     assert "systolic.py" in {p.name for p in fpga.rtl_sources("combined")}  # it builds on it
+
+
+def test_run_writes_verilog_from_the_cache_and_generates_it_on_request(tmp_path, monkeypatch):
+    """``zeroskip run``'s Verilog: none generated without ``--verilog`` (the report says so and
+    an earlier run's file is removed); with it, generated once into the cache (keyed by the
+    config and the RTL sources), then copied from the cache, the same bytes as ``gen``."""
+    import json
+
+    from zeroskip.cli import main
+    from zeroskip.commands import fpga
+    from zeroskip.hw.config import SYSTOLIC_PRESETS
+    from zeroskip.hw.gen import generate
+
+    monkeypatch.setattr(fpga, "verilog_cache_dir", lambda: tmp_path / "cache")
+    cfg = SYSTOLIC_PRESETS["default"].with_mac_units(4)
+    out = tmp_path / "v"
+    assert fpga.cached_verilog(cfg, out) == (None, False)
+    assert not out.exists()
+    path, hit = fpga.cached_verilog(cfg, out, generate_missing=True)
+    assert (path, hit) == (out / "zeroskip_systolic.v", False)
+    fresh = generate(cfg, tmp_path / "gen")
+    assert path.read_text() == fresh.read_text()
+    path.unlink()
+    assert fpga.cached_verilog(cfg, out) == (path, True) and path.read_text() == fresh.read_text()
+    other = SYSTOLIC_PRESETS["default"].with_mac_units(16)
+    assert fpga.verilog_key(other) != fpga.verilog_key(cfg)
+    assert fpga.cached_verilog(other, tmp_path / "o") == (None, False)
+
+    d = tmp_path / "run"
+    (d / "verilog").mkdir(parents=True)
+    (d / "verilog" / "zeroskip_systolic.v").write_text("// an earlier run's\n")
+    argv = ["run", "--network", "digits", "--macs", "4", "-o", str(d)]
+    assert main(argv) == 0
+    report = json.loads((d / "report.json").read_text())
+    assert report["verilog"]["systolic"] == {"file": str(d / "verilog" / "zeroskip_systolic.v"),
+                                             "from_cache": True}
+    assert report["verilog"]["nullhop"] is None
+    assert (d / "verilog" / "zeroskip_systolic.v").read_text() == fresh.read_text()
+    monkeypatch.setattr(fpga, "verilog_cache_dir", lambda: tmp_path / "empty")
+    assert main(argv) == 0
+    report = json.loads((d / "report.json").read_text())
+    assert set(report["verilog"].values()) == {None}
+    assert not (d / "verilog" / "zeroskip_systolic.v").exists()

@@ -377,7 +377,6 @@ def print_layer_comparison(reports: dict, title: str) -> None:
 
 def cmd_run(args) -> None:
     """The main job: every block on the network, one comparison, report files, Verilog."""
-    from zeroskip.hw.gen import generate
     from zeroskip.sim import compare
     from zeroskip.sim.energy import load_table
 
@@ -428,20 +427,33 @@ def cmd_run(args) -> None:
     # and report.json, written last, says the run completed
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").unlink(missing_ok=True)
-    with_rtl = registry.names("rtl")
+    # the Verilog of the configs compared, from the Verilog cache (keyed by config, RTL
+    # sources and Amaranth); --verilog generates what is not cached yet (minutes per block)
+    verilog = {}
     with _progress() as prog:
-        task = prog.add_task("generating Verilog", total=len(with_rtl))
-        for block in with_rtl:
-            prog.update(task, description=f"generating Verilog: {block}")
-            generate(configs.get(block, registry.get_block(block).default), out / "verilog")
-            prog.update(task, advance=1)
+        task = prog.add_task("Verilog: reading the cache", total=None)
+        for block in registry.names("rtl"):
+            if args.verilog:
+                prog.update(task, description=f"Verilog: {block} (minutes when not cached)")
+            path, hit = fpga.cached_verilog(configs.get(block, registry.get_block(block).default),
+                                            out / "verilog", args.verilog)
+            if path is None:  # an earlier run's file must not pass for this run's
+                for suffix in (".v", ".json"):
+                    (out / "verilog" / f"zeroskip_{block}{suffix}").unlink(missing_ok=True)
+            verilog[block] = None if path is None else {"file": str(path), "from_cache": hit}
+    report["verilog"] = verilog
     compare.write_csv(reports, out / "report.csv")
     pngs = compare.plot(reports, out, wl.name, area=area, images=wl.batch)
     report["complete"] = True
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False))
+    written = [b for b, v in verilog.items() if v]
     print(f"wrote {out / 'report.json'}, {out / 'report.csv'}, "
-          f"{', '.join(p.name for p in pngs)} and {out / 'verilog'}/ "
-          f"({', '.join(with_rtl)})")
+          f"{', '.join(p.name for p in pngs)}"
+          + (f" and {out / 'verilog'}/ ({', '.join(written)})" if written else ""))
+    missing = [b for b, v in verilog.items() if not v]
+    if missing:
+        print(f"note: Verilog not generated yet: {', '.join(missing)}; 'zeroskip run "
+              "--verilog' generates it (minutes each) and keeps it")
 
 
 def _mac_units_arg(value: str) -> int | None:
@@ -515,8 +527,17 @@ def _verify_model(args, cfg, check) -> None:
     names = [l.name for l in wl.layers]
     chosen = args.layer or names
     for n in chosen:
-        if n not in names:
+        if n not in names and n.rpartition(".group")[0] not in names:
             raise CliError(f"unknown layer {n!r}; {wl.name} has: {', '.join(names)}")
+    if wl.grouped:  # the RTL runs a grouped conv one group at a time, as the simulators do
+        from zeroskip.sim.workload import split_groups
+
+        groups = {s.name: [s.group_layer(g).name for g in range(s.groups)] for s in wl.layers}
+        wl = split_groups(wl)[0]
+        chosen = [g for n in chosen for g in groups.get(n, [n])]
+        if not set(chosen) <= {s.name for s in wl.layers}:
+            raise CliError(f"unknown group in {', '.join(args.layer)}; a grouped conv's "
+                           "groups are NAME.group0, NAME.group1, ...")
     if args.block == "combined" and cfg.alpha != 1:
         # the block's verifier packs the digits net's jointly optimised layers; an imported
         # model's are its own weights, pruned and packed as the simulator does
@@ -632,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cache for the area view (minutes each)")
     r.add_argument("--preset", action="append", metavar="BLOCK=NAME",
                    help="start BLOCK from preset NAME (repeatable; default: 'default')")
+    r.add_argument("--verilog", action="store_true",
+                   help="generate the Verilog of the blocks not in the Verilog cache (minutes "
+                        "each; without it, only cached Verilog is written)")
     r.set_defaults(func=cmd_run)
 
     def verify_options(v):

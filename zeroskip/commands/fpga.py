@@ -254,6 +254,48 @@ def store_synth(result: dict, cfg, target: str, **flow) -> Path:
     return path
 
 
+def verilog_key(cfg) -> str:
+    """What a block's generated Verilog depends on: its config, the RTL sources it is built
+    from (``rtl_source_hash``) and the Amaranth that converts it, hashed."""
+    import amaranth
+
+    from zeroskip.hw.config import config_to_json
+
+    settings = {"block": cfg.block, "config": json.loads(config_to_json(cfg)),
+                "rtl": rtl_source_hash(cfg), "amaranth": amaranth.__version__}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def verilog_cache_dir() -> Path:
+    from zeroskip import cache_dir
+
+    return cache_dir() / "verilog"
+
+
+def cached_verilog(cfg, out_dir, generate_missing: bool = False) -> tuple[Path | None, bool]:
+    """Copy ``cfg``'s Verilog and config JSON (``hw.gen.generate``'s ``zeroskip_<block>.v`` /
+    ``.json``) into ``out_dir`` from the Verilog cache (``$ZEROSKIP_CACHE/verilog/<key>/``,
+    ``verilog_key``), generating it into the cache first when it is not there and
+    ``generate_missing``. Returns (the Verilog's path in ``out_dir``, or None when it was
+    neither cached nor generated; whether it came from the cache)."""
+    from zeroskip import replacing
+    from zeroskip.hw.gen import generate
+
+    name = f"zeroskip_{cfg.block}"
+    cached = verilog_cache_dir() / verilog_key(cfg)
+    hit = (cached / f"{name}.v").is_file() and (cached / f"{name}.json").is_file()
+    if not hit:
+        if not generate_missing:
+            return None, False
+        generate(cfg, cached, name)  # the JSON is written last: a whole entry or none
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix in (".v", ".json"):
+        with replacing(out / f"{name}{suffix}") as tmp:
+            shutil.copyfile(cached / f"{name}{suffix}", tmp)
+    return out / f"{name}.v", hit
+
+
 def synth(cfg, target: str, device: str | None = None, freq: float = 100.0, seed: int = 1,
           pnr: bool = True, bare: bool = False, max_bytes: int | None = None,
           work_dir=None, package: str | None = None) -> dict:
