@@ -557,9 +557,12 @@ class NullHopConfig(BlockConfig):
       - IDLE, 1 cycle: the command is accepted; PRIME, ``prime_cycles`` (3): the pass's
         constants and the first input row's kernel rows are worked out;
       - LOAD, one cycle per weight beat (skipped when ``load`` is 0);
-      - input phase: FETCH takes one word per cycle. Each SM word is followed by ``decode_cycles``
-        (3) DECODE cycles that work out, for each of its S positions, the box of kernel offsets
-        ``ky_first..ky_last`` x ``kx_first..kx_last`` (on the stride grid) that take a value there
+      - input phase: FETCH takes one word per cycle (a value word of ``values_per_word``
+        V > 1 values is held, ``act_in.ready`` low, until its last value is used: each value
+        is "taken" in the cycles below as if it had its own word). Each SM word is followed
+        by ``decode_cycles`` (3) DECODE cycles that work out, for each of its S positions,
+        the box of kernel offsets ``ky_first..ky_last`` x ``kx_first..kx_last`` (on the
+        stride grid) that take a value there
         to an output of the pass and the box's first partial-sum and kernel addresses (the kernel
         rows of an input row are worked out in the background while the previous row streams). MAC
         walks a value's box, one offset per cycle, all ``lanes`` output channels in parallel, and
@@ -578,17 +581,17 @@ class NullHopConfig(BlockConfig):
         (empty slots hold 0) with their own kernel rows (M kernel-memory read ports) and add
         the M products into the one partial sum per output channel;
       - output phase (if ``emit``), after ``drain_cycles`` (3) DRAIN cycles: the output is
-        sent as chunks (S
-        positions of a row, or the row's end). A walker reads (and clears) the partial sums
-        of one chunk's pixels, one read per cycle (4 per pixel with pooling); they pass the
-        requantiser and the max-pool into the fill buffer, complete ``fill_latency`` (12)
+        sent as chunks (S positions of a row, or the row's end), values packed V to a
+        word. A walker reads (and clears) the partial sums of one chunk's pixels, one read
+        per cycle (4 per pixel with pooling); they pass the requantiser and the max-pool
+        into the fill buffer, complete ``fill_latency`` (12)
         cycles after the walker started plus one cycle per read (``part_fill`` (2) cycles
         for the further chunks of a pixel wider than S, which need no read:
         ``NullHopConfig.chunk_fills``). The send buffer offers the
-        chunk's SM word, then its non-zero values, one word per cycle. The fill buffer moves
-        to the send buffer in the cycle the send buffer's last word leaves (or when it is
-        empty) and the walker starts the next chunk in the cycle after, so chunk j leaves
-        ``max(1 + nnz(j - 1), fill(j))`` cycles after chunk j - 1
+        chunk's SM word, then its ``vw = ceil(nnz / V)`` value words, one word per cycle. The
+        fill buffer moves to the send buffer in the cycle the send buffer's last word leaves
+        (or when it is empty) and the walker starts the next chunk in the cycle after, so
+        chunk j leaves ``max(1 + vw(j - 1), fill(j))`` cycles after chunk j - 1
         (``output_cycles``). The pass ends with its final output word; the next command is
         accepted in the following cycle (passes never overlap).
     A non-emitting pass ends after its end-of-input cycle and keeps its partial sums, so the
@@ -624,8 +627,13 @@ class NullHopConfig(BlockConfig):
     # --- derived widths -------------------------------------------------------------------
     @property
     def word_bits(self) -> int:
-        """Data width of a stream word: an SM word or one (zero-extended) value."""
+        """Data width of a stream word: an SM word or ``values_per_word`` packed values."""
         return max(self.sm_bits, self.fxp.act_bits)
+
+    @property
+    def values_per_word(self) -> int:
+        """Values in one value word (``sim.sparse_format.values_per_word``)."""
+        return self.word_bits // self.fxp.act_bits
 
     @property
     def dim_bits(self) -> int:
@@ -769,16 +777,17 @@ class NullHopConfig(BlockConfig):
                         np.asarray(pixels) * (4 if pool else 1) + self.fill_latency)
 
     @staticmethod
-    def output_cycles(nnz, fills) -> int:
+    def output_cycles(vwords, fills) -> int:
         """The output phase of a pass (first walker cycle to the final output word,
-        inclusive) from its chunks in order: ``nnz[j]`` non-zero values, ``fills[j]`` fill
-        time (``chunk_fills``). Chunk j leaves ``max(1 + nnz[j-1], fills[j])`` cycles after
-        chunk j - 1; the first leaves ``fills[0]`` cycles after the walker starts, and the
-        last needs ``1 + nnz`` cycles for its SM word and values."""
+        inclusive) from its chunks in order: ``vwords[j]`` value words (``ceil(nnz /
+        values_per_word)``), ``fills[j]`` fill time (``chunk_fills``). Chunk j leaves
+        ``max(1 + vwords[j-1], fills[j])`` cycles after chunk j - 1; the first leaves
+        ``fills[0]`` cycles after the walker starts, and the last needs ``1 + vwords`` cycles
+        for its SM word and value words."""
         import numpy as np
 
-        nnz, fills = np.asarray(nnz), np.asarray(fills)
-        return int(fills[0] + np.maximum(1 + nnz[:-1], fills[1:]).sum() + nnz[-1] + 1)
+        vw, fills = np.asarray(vwords), np.asarray(fills)
+        return int(fills[0] + np.maximum(1 + vw[:-1], fills[1:]).sum() + vw[-1] + 1)
 
     def pass_cycles(self, *, weight_beats, load, mac_cycles, sm_words, dead_values,
                     last_no_mac, emit, output=0, collected=0):

@@ -11,12 +11,13 @@ one slice of the band.
 ``NullHopBlock`` is made of ``PassControl`` (the pass FSM and the kernel load),
 ``PassGeometry`` (the per-pass constants), ``SparsityMapDecoder`` (SM words, the kernel boxes
 of their positions, the value take), ``MacPipeline`` (the box walk and the partial-sum
-read-modify-write), ``OutputStage`` (requantisation, max-pool, re-encoding) and the two
-memories. Every path between registers is short enough for 100 MHz on an ECP5
-(``docs/fpga.md``): the decoder works out a chunk's kernel offsets in the three cycles after
-its SM word, the MAC loop walks its addresses by increments, the partial-sum update is a
-read-modify-write pipeline with forwarding, and the output stage streams read-outs through the
-pipelined requantiser into a double-buffered encoder.
+read-modify-write), ``OutputStage`` (requantisation, max-pool, re-encoding, values packed
+``values_per_word`` to a word) and the two memories. Every path between registers is short
+enough for 100 MHz on an ECP5 (``docs/fpga.md``): the decoder works out a chunk's kernel
+offsets in the three cycles after its SM word, the MAC loop walks its addresses by
+increments, the partial-sum update is a read-modify-write pipeline with forwarding, and the
+output stage streams read-outs through the pipelined requantiser into a double-buffered
+encoder.
 """
 
 from __future__ import annotations
@@ -94,12 +95,13 @@ def pass_geometry_layout(cfg: NullHopConfig) -> data.StructLayout:
 
 
 def value_box_layout(cfg: NullHopConfig) -> data.StructLayout:
-    """The decoder's current value as the MAC loop starts it: its kernel box (kernel offsets
-    ``ky_first..ky_last`` x ``kx_first..kx_last``, each one wide or not), the box's first
-    partial-sum address and kernel offset, the value's kernel channel offset, and whether the
-    box is non-empty."""
+    """The decoder's current value as the MAC loop starts it: its ``act_bits`` (its slot of
+    the value word), its kernel box (kernel offsets ``ky_first..ky_last`` x
+    ``kx_first..kx_last``, each one wide or not), the box's first partial-sum address and
+    kernel offset, the value's kernel channel offset, and whether the box is non-empty."""
     kob = cfg.kernel_offset_bits
     return data.StructLayout({
+        "act": cfg.fxp.act_bits,
         "ky_first": kob, "ky_last": kob, "one_y": 1,
         "kx_first": kob, "kx_last": kob, "one_x": 1,
         "op_first": cfg.psum_step_bits, "k_first": cfg.kernel_addr_bits,
@@ -111,9 +113,10 @@ def value_box_layout(cfg: NullHopConfig) -> data.StructLayout:
 DECODER_CONTROL = wiring.Signature({
     "start": Out(1),  # the command is accepted: the input counters restart
     "take_sm": Out(1),  # act_in's word is an SM word, taken this cycle
-    "take_value": Out(1),  # act_in's word is the current value, taken this cycle
+    "take_value": Out(1),  # the current value (a slot of act_in's word) is taken this cycle
     "decode_en": Out(3),  # DECODE cycle 1, 2, 3 (one-hot)
     "expect_sm": In(1),  # the next word is an SM word (the current one has no values left)
+    "word_done": In(1),  # taking the current word's SM bits or value uses it up (ready)
     "more": In(1),  # the next non-zero joins the current value's group (M > 1)
     "reaches": In(1),  # the current value's box is non-empty
     "end": In(1),  # the pass's input is over
@@ -259,9 +262,12 @@ class SparsityMapDecoder(wiring.Component):
     boxes of the chunk's S positions: the clipped range ends, the first and last offset on
     the stride grid, then the box itself with its first partial-sum and kernel addresses.
     ``value`` is then the lowest remaining non-zero's box (an AND-OR over the positions),
-    combinational; ``take_value`` moves on to the next non-zero. The kernel rows of an input
-    row are worked out in four stages in the background, from the position of the next SM
-    word.
+    combinational, with its ``act_bits`` from slot ``vslot`` of the value word (values are
+    packed ``values_per_word`` to a word); ``take_value`` moves on to the next non-zero and
+    the next slot. ``word_done`` says the word is used up by this take (an SM word, a value
+    word's last slot or the chunk's last value): only then is ``act_in`` ready. The kernel
+    rows of an input row are worked out in four stages in the background, from the position
+    of the next SM word.
     """
 
     def __init__(self, cfg: NullHopConfig):
@@ -439,10 +445,30 @@ class SparsityMapDecoder(wiring.Component):
         with m.If(ctl.take_value):
             m.d.sync += [mask.eq(mask_next), idx.eq(idx_next), low.eq(low_next)]
 
+        # the current value's slot of its value word: the word is used up (act_in.ready) by
+        # its last slot or the chunk's last value
+        A, V = cfg.fxp.act_bits, cfg.values_per_word
+        act = Signal(A, name="in_act")
+        word_done = Signal()
+        if V > 1:
+            vslot = Signal(range(V), name="in_vslot")
+            with m.If(ctl.take_sm):
+                m.d.sync += vslot.eq(0)
+            with m.If(ctl.take_value):
+                m.d.sync += vslot.eq(Mux(vslot == V - 1, 0, vslot + 1))
+            with m.Switch(vslot):
+                for j in range(V):
+                    with m.Case(j):
+                        m.d.comb += act.eq(word[j * A:(j + 1) * A])
+            m.d.comb += word_done.eq((mask == 0) | (vslot == V - 1) | (mask_next == 0))
+        else:
+            m.d.comb += [act.eq(word[:A]), word_done.eq(1)]
+
         m.d.comb += [ctl.expect_sm.eq(mask == 0), ctl.more.eq(more), ctl.reaches.eq(reaches),
-                     ctl.end.eq(end)]
+                     ctl.end.eq(end), ctl.word_done.eq(word_done)]
         v = self.value
-        m.d.comb += [v.ky_first.eq(chunk_row["ky_f"]), v.ky_last.eq(chunk_row["ky_l"]),
+        m.d.comb += [v.act.eq(act),
+                     v.ky_first.eq(chunk_row["ky_f"]), v.ky_last.eq(chunk_row["ky_l"]),
                      v.one_y.eq(chunk_row["one"]),
                      v.kx_first.eq(sel["kx_f"]), v.kx_last.eq(sel["kx_l"]),
                      v.one_x.eq(sel["one"]), v.op_first.eq(sel["op_first"]),
@@ -453,8 +479,8 @@ class SparsityMapDecoder(wiring.Component):
 class MacPipeline(wiring.Component):
     """The MAC loop and the partial-sum read-modify-write.
 
-    Ports: ``cmd``, ``geometry`` in: the pass; ``word`` in: ``act_in``'s data (a value);
-    ``value`` in: the decoder's current value (``value_box_layout``); ``control``
+    Ports: ``cmd``, ``geometry`` in: the pass; ``value`` in: the decoder's current value
+    (``value_box_layout``: its bits and box); ``control``
     (``MAC_CONTROL``): ``group_start``/``group_join``/``issue`` in, ``last``/``reach``/
     ``group_last`` out; ``kernel_reads`` (M kernel-memory read ports): the kernel rows of the
     group's values; ``psum_banks``/``psum_bank`` in: ``PartialSumMemory``'s read data;
@@ -479,7 +505,6 @@ class MacPipeline(wiring.Component):
         super().__init__({
             "cmd": In(lay.command),
             "geometry": In(pass_geometry_layout(cfg)),
-            "word": In(cfg.word_bits),
             "value": In(value_box_layout(cfg)),
             "control": In(MAC_CONTROL),
             "kernel_reads": In(kread).array(cfg.macs_per_channel),
@@ -527,9 +552,8 @@ class MacPipeline(wiring.Component):
                              k_off.eq(k_off + k.stride)]
 
         # a value word starts a group (its box loads) or joins it (COLLECT)
-        word = self.word
         with m.If(ctl.group_start):
-            m.d.sync += [vals[0].eq(word[:fxp.act_bits]), *(v.eq(0) for v in vals[1:]),
+            m.d.sync += [vals[0].eq(value.act), *(v.eq(0) for v in vals[1:]),
                          chans[0].eq(value.chan), gcount.eq(1), reach.eq(value.reaches),
                          ky.eq(value.ky_first), ky_last.eq(value.ky_last),
                          kx.eq(value.kx_first), kx_first.eq(value.kx_first),
@@ -541,7 +565,7 @@ class MacPipeline(wiring.Component):
             m.d.sync += gcount.eq(gcount + 1)
             for j in range(1, M):
                 with m.If(gcount == j):
-                    m.d.sync += [vals[j].eq(word[:fxp.act_bits]), chans[j].eq(value.chan)]
+                    m.d.sync += [vals[j].eq(value.act), chans[j].eq(value.chan)]
         m.d.comb += [ctl.last.eq(mac_last), ctl.reach.eq(reach),
                      ctl.group_last.eq(gcount == M - 1), self.psum_raddr.eq(op_addr)]
 
@@ -626,7 +650,9 @@ class OutputStage(wiring.Component):
     cycles after the chunk's last read). While ``active``, the fill buffer moves to the send
     buffer when the send buffer's last word leaves (or it is empty) and the walker starts the
     next chunk a cycle after; the send buffer offers the chunk's SM word, then its non-zero
-    values in position order. ``pass_done``: the final word leaves.
+    values in position order, ``values_per_word`` V to a word (slot j the j-th lowest
+    remaining position; a count of the values left says which word is the chunk's last).
+    ``pass_done``: the final word leaves.
     """
 
     def __init__(self, cfg: NullHopConfig):
@@ -777,18 +803,34 @@ class OutputStage(wiring.Component):
                                                     [pix[p * S + n] for n in range(S)])
                 m.d.sync += [b_full.eq(1), b_first.eq(0), b_final.eq(meta_final)]
 
-        # the send buffer (A): SM word, then the non-zero values in position order
+        # the send buffer (A): SM word, then the non-zero values in position order, V to a
+        # value word (slot j: the j-th lowest remaining position)
+        A, V = fxp.act_bits, cfg.values_per_word
         a_vals = Signal(data.ArrayLayout(act_shape(fxp), S))
         a_mask, a_rem = Signal(S, name="send_mask"), Signal(S, name="send_rem")
         a_low = Signal(S, name="send_low")  # the next value's position, one-hot
-        a_one, a_first, a_final = (Signal(name=f"send_{n}") for n in ("one", "first", "final"))
-        a_sm, a_val = Signal(), Signal()  # offering the SM word / a value
+        a_first, a_final = Signal(name="send_first"), Signal(name="send_final")
+        a_sm, a_val = Signal(), Signal()  # offering the SM word / a value word
         nz = Signal(S)
         m.d.comb += nz.eq(b_nz)
         nz_low = Signal(S)
         m.d.comb += nz_low.eq(_lowest_onehot(nz))
+        lows = [a_low]  # the positions of this value word's slots, one-hot each
+        rest = a_rem & ~a_low
+        for j in range(1, V):
+            low_j = Signal(S, name=f"send_low_{j}")
+            m.d.comb += low_j.eq(_lowest_onehot(rest))
+            lows.append(low_j)
+            rest = rest & ~low_j
         rem_next, rem_low = Signal(S), Signal(S)
-        m.d.comb += [rem_next.eq(a_rem & ~a_low), rem_low.eq(_lowest_onehot(rem_next))]
+        m.d.comb += [rem_next.eq(rest), rem_low.eq(_lowest_onehot(rem_next))]
+        a_one = Signal(name="send_one")  # the value word is the chunk's last
+        if V > 1:  # values left from this word on, counted down
+            a_left = Signal(range(S + 1), name="send_left")
+            m.d.comb += a_one.eq(a_left <= V)
+        else:
+            a_one_r = Signal(name="send_one_r")
+            m.d.comb += a_one.eq(a_one_r)
         out = self.act_out
         take = Signal()
         m.d.comb += take.eq(out.valid & out.ready)
@@ -802,19 +844,27 @@ class OutputStage(wiring.Component):
             m.d.comb += [out.payload.data.eq(a_mask), out.payload.first.eq(a_first),
                          out.payload.last.eq(a_final & (a_mask == 0))]
         with m.Else():
-            m.d.comb += [out.payload.data.eq(_onehot_select(a_low, [a_vals[i] for i in range(S)])),
+            m.d.comb += [out.payload.data.eq(Cat(*(
+                             _onehot_select(lw, [a_vals[i] for i in range(S)]).as_unsigned()[:A]
+                             for lw in lows))),
                          out.payload.last.eq(a_final & a_one)]
         with m.If(take & a_sm & (a_mask != 0)):
             m.d.sync += [a_sm.eq(0), a_val.eq(1)]
         with m.If(take & a_val):
-            m.d.sync += [a_rem.eq(rem_next), a_low.eq(rem_low),
-                         a_one.eq((rem_next & ~rem_low) == 0)]
+            m.d.sync += [a_rem.eq(rem_next), a_low.eq(rem_low)]
+            if V > 1:
+                m.d.sync += a_left.eq(a_left - V)
+            else:
+                m.d.sync += a_one_r.eq((rem_next & ~rem_low) == 0)
         with m.If(a_done):
             m.d.sync += [a_sm.eq(0), a_val.eq(0)]
         with m.If(swap):
             m.d.sync += [a_vals.eq(b_vals), a_mask.eq(nz), a_rem.eq(nz), a_low.eq(nz_low),
-                         a_one.eq((nz & ~nz_low) == 0), a_first.eq(b_first), a_final.eq(b_final),
-                         a_sm.eq(1), a_val.eq(0)]
+                         a_first.eq(b_first), a_final.eq(b_final), a_sm.eq(1), a_val.eq(0)]
+            if V > 1:
+                m.d.sync += a_left.eq(tree_sum([nz[i] for i in range(S)]))
+            else:
+                m.d.sync += a_one_r.eq((nz & ~nz_low) == 0)
         m.d.comb += ctl.pass_done.eq(a_done & a_final)
         m.d.sync += go.eq(swap & ~b_final)
         with m.If(ctl.reset):  # entering the output phase: the first chunk starts
@@ -836,12 +886,15 @@ class PassControl(wiring.Component):
     ``output`` (``OUTPUT_CONTROL``): the strobes to the units and their state.
 
     Cycle behaviour: the states and their lengths are ``NullHopConfig``'s cycle schedule.
-    IDLE accepts a command (``decoder.start``); PRIME waits ``prime_cycles``; LOAD writes one
-    weight beat per cycle to entry ``wcount``; FETCH takes a word (an SM word goes on to
-    DECODE's ``decode_cycles`` cycles, a value starts a group: COLLECT while the next
-    non-zero joins it, then MAC if its box is non-empty) or sees the end of the input; MAC
-    issues one box offset per cycle and its last cycle already takes the next word; DRAIN
-    waits ``drain_cycles`` for the last update, then OUT until the final output word.
+    FETCH, COLLECT and MAC's last cycle *use* ``act_in``'s word when it is valid, and accept
+    it (``ready``) only when the decoder's ``word_done`` says the use takes its last value
+    (a value word of V values is used V times, then accepted). IDLE accepts a command
+    (``decoder.start``); PRIME waits ``prime_cycles``; LOAD writes one weight beat per cycle
+    to entry ``wcount``; FETCH takes a word (an SM word goes on to DECODE's
+    ``decode_cycles`` cycles, a value starts a group: COLLECT while the next non-zero joins
+    it, then MAC if its box is non-empty) or sees the end of the input; MAC issues one box
+    offset per cycle and its last cycle already takes the next word; DRAIN waits
+    ``drain_cycles`` for the last update, then OUT until the final output word.
     """
 
     def __init__(self, cfg: NullHopConfig):
@@ -869,8 +922,11 @@ class PassControl(wiring.Component):
         kwr = self.kernel_write
         cmd = Signal(nullhop_layouts(cfg).command, name="cmd")
         m.d.comb += self.command.eq(cmd)
-        take = Signal()
-        m.d.comb += take.eq(self.act_in.valid & self.act_in.ready)
+        # want: the state uses act_in's word this cycle if it is valid (use); a value word of
+        # several values is only accepted (ready) with its last one
+        want, use = Signal(), Signal()
+        m.d.comb += [use.eq(self.act_in.valid & want),
+                     self.act_in.ready.eq(want & dec.word_done)]
         kdb = cfg.kernel_addr_bits
 
         # kernel load: one beat per cycle, entry (c * k + ky) * k + kx
@@ -920,14 +976,14 @@ class PassControl(wiring.Component):
                         with m.If(wc == k.slices_cp - 1):
                             m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += self.act_in.ready.eq(~dec.end)
+                m.d.comb += want.eq(~dec.end)
                 with m.If(dec.end):
                     m.d.sync += prime.eq(0)
                     with m.If(cmd.emit):
                         m.next = "DRAIN"
                     with m.Else():
                         m.next = "IDLE"
-                with m.Elif(take):
+                with m.Elif(use):
                     take_word()
             with m.State("DECODE"):
                 m.d.sync += dcnt.eq(dcnt + 1)
@@ -936,16 +992,16 @@ class PassControl(wiring.Component):
                     m.d.sync += dcnt.eq(0)
                     m.next = "FETCH"
             with m.State("MAC"):
-                m.d.comb += [mac.issue.eq(1), self.act_in.ready.eq(mac.last & ~dec.end)]
+                m.d.comb += [mac.issue.eq(1), want.eq(mac.last & ~dec.end)]
                 with m.If(mac.last):
-                    with m.If(take):
+                    with m.If(use):
                         take_word()
                     with m.Else():
                         m.next = "FETCH"
             if M > 1:
                 with m.State("COLLECT"):
-                    m.d.comb += self.act_in.ready.eq(1)
-                    with m.If(take):
+                    m.d.comb += want.eq(1)
+                    with m.If(use):
                         m.d.comb += [dec.take_value.eq(1), mac.group_join.eq(1)]
                         with m.If(~dec.more | mac.group_last):
                             with m.If(mac.reach):
@@ -974,7 +1030,8 @@ class NullHopBlock(wiring.Component):
                        entry of input channel c, kernel row ky, column kx at position
                        ``(c * k + ky) * k + kx`` (c counted over the pass's padded slices).
       ``act_in``  in:  the pass's input: its slices, each ``in_h`` rows of SM + NZVL words
-                       (``sim.sparse_format``; the flags are not checked, the block counts).
+                       (``sim.sparse_format``, values packed ``values_per_word`` to a word;
+                       the flags are not checked, the block counts).
       ``act_out`` out: if ``emit``: the pass's output as one slice of ``lanes`` channels and
                        ``out_h/2^pool`` rows, with ``first`` on each row's first SM word and
                        ``last`` on the pass's final word.
@@ -1031,8 +1088,7 @@ class NullHopBlock(wiring.Component):
         m.d.comb += [*(unit.cmd.eq(control.command) for unit in (geometry, decoder, mac, output)),
                      *(unit.geometry.eq(geometry.geometry)
                        for unit in (control, decoder, mac, output)),
-                     decoder.word.eq(self.act_in.payload.data),
-                     mac.word.eq(self.act_in.payload.data), mac.value.eq(decoder.value),
+                     decoder.word.eq(self.act_in.payload.data), mac.value.eq(decoder.value),
                      *(unit.psum_banks.eq(psum.banks) for unit in (mac, output)),
                      *(unit.psum_bank.eq(psum.bank) for unit in (mac, output))]
         # the partial-sum ports: the walker reads in the output phase, the MAC loop otherwise;

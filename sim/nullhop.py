@@ -30,7 +30,7 @@ from zeroskip.models.workloads import ConvLayer
 
 from .energy import price
 from .report import LayerReport, NetworkReport
-from .sparse_format import Stream, encode, next_pow2, slice_rows
+from .sparse_format import Stream, encode, next_pow2, slice_rows, values_per_word
 from .streams import Pattern, Source, handshake_patterns
 
 
@@ -242,11 +242,15 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     n_pos = rows.shape[2]
     r_words = ceil_div(n_pos, S)
     last_nz = nzr[:, :, (r_words - 1) * S:].any(axis=2)  # last chunk of a row non-empty
+    vpw = values_per_word(S, cfg.fxp.act_bits)
+    row_vwords = _value_words(nzr, S, vpw)  # [slices, H]
+    vcum = np.concatenate([np.zeros((plan.slices, 1), np.int64), np.cumsum(row_vwords, 1)], 1)
     cum = np.concatenate([np.zeros((plan.slices, 1), np.int64), np.cumsum(row_nnz, 1)], 1)
     pools = spec.pool
     wo = spec.out_w // pools
     y_rows = slice_rows(y, L)  # [groups, Ho, Wo*L]
     out_row_nnz = (y_rows != 0).sum(axis=2)
+    out_row_vwords = _value_words(y_rows != 0, S, vpw)
     out_chunks_row = ceil_div(L * wo, S)
 
     g = np.array([p.group for p in passes])
@@ -267,6 +271,7 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     u_s0, u_ns = s0[first], ns[first]
     per_slice = cum[:, u_iy0 + u_in_h] - cum[:, u_iy0]  # [slices, distinct passes]
     nnz = _tile_sum(per_slice, u_s0, u_ns)[inv]
+    value_words = _tile_sum(vcum[:, u_iy0 + u_in_h] - vcum[:, u_iy0], u_s0, u_ns)[inv]
     gcum = np.concatenate([np.zeros((plan.slices, 1), np.int64),
                            np.cumsum(nzr.reshape(plan.slices, spec.in_h, -1, min(cp, S))
                                      .sum(axis=3).__add__(cfg.macs_per_channel - 1)
@@ -312,6 +317,9 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     ocum = np.concatenate([np.zeros((plan.groups, 1), np.int64), np.cumsum(out_row_nnz, 1)], 1)
     r0, r1 = oy0 // pools, (oy0 + out_h) // pools
     out_nnz = (ocum[g, r1] - ocum[g, r0]) * emit
+    ovcum = np.concatenate([np.zeros((plan.groups, 1), np.int64),
+                            np.cumsum(out_row_vwords, 1)], 1)
+    out_vwords = (ovcum[g, r1] - ovcum[g, r0]) * emit
     out_pix = (r1 - r0) * wo * emit
     out_chunks = (r1 - r0) * out_chunks_row * emit
     output = _output_phases(y_rows, g, r0, r1, emit, spec, cfg)
@@ -327,11 +335,22 @@ def count_layer(x: np.ndarray, y: np.ndarray, spec: ConvLayer, cfg: NullHopConfi
     return LayerCount(
         cycles=int(cycles.sum()), passes=len(passes), mac_cycles=int(mac_cycles.sum()),
         valid_ops=valid_one * plan.groups, useful_macs=valid_one * spec.out_ch,
-        in_words=int((sm_words + nnz).sum()),
-        in_words_once=plan.slices * spec.in_h * r_words + int(np.count_nonzero(x)),
-        out_words=int((out_chunks + out_nnz).sum()),
+        in_words=int((sm_words + value_words).sum()),
+        in_words_once=plan.slices * spec.in_h * r_words + int(row_vwords.sum()),
+        out_words=int((out_chunks + out_vwords).sum()),
         weight_beats=int(wbeats.sum()), out_pixels=int(out_pix.sum()),
         in_nnz=int(np.count_nonzero(x)), out_nnz=int(np.count_nonzero(y)))
+
+
+def _value_words(nz_rows: np.ndarray, S: int, vpw: int) -> np.ndarray:
+    """Value words of every row of ``nz_rows`` ([..., positions], non-zero flags): per chunk of
+    ``S`` positions, ceil(nnz / ``vpw``)."""
+    n = nz_rows.shape[-1]
+    r = ceil_div(n, S)
+    padded = np.zeros(nz_rows.shape[:-1] + (r * S,), bool)
+    padded[..., :n] = nz_rows
+    per_chunk = padded.reshape(nz_rows.shape[:-1] + (r, S)).sum(axis=-1)
+    return ((per_chunk + vpw - 1) // vpw).sum(axis=-1)
 
 
 def _output_phases(y_rows: np.ndarray, g, r0, r1, emit, spec: ConvLayer,
@@ -346,6 +365,8 @@ def _output_phases(y_rows: np.ndarray, g, r0, r1, emit, spec: ConvLayer,
     padded = np.zeros((groups, ho, per_row * S), bool)
     padded[..., :n_pos] = y_rows != 0
     nnz = padded.reshape(groups, ho, per_row, S).sum(axis=3)  # [groups, Ho, chunks]
+    vpw = values_per_word(S, cfg.fxp.act_bits)
+    nnz = (nnz + vpw - 1) // vpw  # value words of each chunk
     if parts == 1:
         slots = S // L
         pixels = np.minimum(slots, wo - np.arange(per_row) * slots)
@@ -512,6 +533,7 @@ class _Registers:
     ky_last: int = 0
     kx_last: int = 0
     gcount: int = 0  # values in the group
+    vslot: int = 0  # the current value's slot in its value word (``values_per_word``)
     reach: bool = False  # the group's box is not empty
 
     def copy(self) -> _Registers:
@@ -537,7 +559,8 @@ class _Transfers:
 
     cmd: bool
     weights: bool
-    act_in: bool
+    act_in: bool  # act_in's word is used this cycle (an SM word or the current value)
+    act_in_taken: bool  # ... and accepted: an SM word, or its value word's last value
     act_out: bool
     out_word: tuple[int, int, int] | None  # the word the send buffer offers, if any
 
@@ -568,6 +591,7 @@ class StepModel:
 
     def __init__(self, cfg: NullHopConfig):
         self.cfg = cfg
+        self._vpw = values_per_word(cfg.sm_bits, cfg.fxp.act_bits)
         self._states = {"IDLE": self._idle, "PRIME": self._prime, "LOAD": self._load,
                         "FETCH": self._fetch, "DECODE": self._decode, "COLLECT": self._collect,
                         "MAC": self._mac, "DRAIN": self._drain, "OUT": self._out}
@@ -601,7 +625,8 @@ class StepModel:
             self._states[r.state](s, r, n, io)
             # a source moves on to its next beat after the cycle that took one (the state
             # has read the payload)
-            for name, fired in (("cmd", io.cmd), ("weights", io.weights), ("act_in", io.act_in)):
+            for name, fired in (("cmd", io.cmd), ("weights", io.weights),
+                                ("act_in", io.act_in_taken)):
                 if fired:
                     trace[name].append(s.t)
                     s.src[name].advance()
@@ -622,8 +647,12 @@ class StepModel:
         cmd_valid, w_valid, in_valid = (src["cmd"].valid(t), src["weights"].valid(t),
                                         src["act_in"].valid(t))
         out_word = self._offer(s.out_stage) if st == "OUT" else None
+        # a value word is held (valid, not ready) until its last value is used
+        m = r.mask
+        word_done = m == 0 or r.vslot == self._vpw - 1 or m & (m - 1) == 0
+        used = in_ready and in_valid
         return _Transfers(st == "IDLE" and cmd_valid, st == "LOAD" and w_valid,
-                          in_ready and in_valid, out_word is not None and s.out_ready(t),
+                          used, used and word_done, out_word is not None and s.out_ready(t),
                           out_word)
 
     # --- the FSM's states: each works out the next registers ``n`` from ``r`` --------------
@@ -674,7 +703,8 @@ class StepModel:
         if io.act_in:
             ch, _, more = self._decode_value(s, r)
             g = r.gcount
-            value = int(s.src["act_in"].payload()["data"]) & self.cfg.fxp.act_max
+            value = self._slot_value(r, int(s.src["act_in"].payload()["data"]))
+            n.vslot = (r.vslot + 1) % self._vpw
             n.mask = r.mask & (r.mask - 1)
             n.gcount = g + 1
             n.vals = r.vals[:g] + (value,) + r.vals[g + 1:]
@@ -740,12 +770,14 @@ class StepModel:
                     n.nxt_iy = r.nxt_iy + 1
             else:
                 n.nxt_w = r.nxt_w + 1
+            n.vslot = 0
             return "DECODE"
         ch, p, more = self._decode_value(s, r)
         x = p >> c["slice_log2"]
         n.mask = r.mask & (r.mask - 1)
         n.x, n.iy = x, r.cur_iy
-        n.vals = (word & self.cfg.fxp.act_max,) + (0,) * (M - 1)
+        n.vals = (self._slot_value(r, word),) + (0,) * (M - 1)
+        n.vslot = (r.vslot + 1) % self._vpw
         n.wbases = (ch * s.kk,) + (0,) * (M - 1)
         n.gcount = 1
         stride = 1 << c["stride_log2"]
@@ -754,6 +786,11 @@ class StepModel:
         reach = fy <= ly and fx <= lx  # a group that reaches no output takes no MAC
         n.ky, n.kx, n.kx_first, n.ky_last, n.kx_last, n.reach = fy, fx, fx, ly, lx, reach
         return "COLLECT" if more else ("MAC" if reach else "FETCH")
+
+    def _slot_value(self, r: _Registers, word: int) -> int:
+        """The current value: slot ``vslot`` of the value word."""
+        a = self.cfg.fxp.act_bits
+        return word >> (r.vslot * a) & self.cfg.fxp.act_max
 
     def _decode_value(self, s: _Run, r: _Registers) -> tuple[int, int, bool]:
         """The current SM word's lowest non-zero left: (input channel, position in the row,
@@ -810,9 +847,9 @@ class StepModel:
             return None
         if a["sm"]:
             return (a["mask"], int(a["first"]), int(a["final"] and a["mask"] == 0))
-        rem = a["rem"]
-        idx = (rem & -rem).bit_length() - 1
-        return (int(a["vals"][idx]), 0, int(a["final"] and rem & (rem - 1) == 0))
+        idxs, rest = _lowest_bits(a["rem"], a["vpw"])
+        word = sum(int(a["vals"][i]) << (j * a["act_bits"]) for j, i in enumerate(idxs))
+        return (word, 0, int(a["final"] and rest == 0))
 
     def _out_edge(self, o, t, taken) -> bool:
         """One clock edge of the output stage; True once the pass's last word has left."""
@@ -823,8 +860,8 @@ class StepModel:
                 a["sm"] = False
                 done = a["mask"] == 0
             else:
-                done = a["rem"] & (a["rem"] - 1) == 0
-                a["rem"] &= a["rem"] - 1
+                a["rem"] = _lowest_bits(a["rem"], a["vpw"])[1]
+                done = a["rem"] == 0
         if done:
             o["a"] = None
         if o["go"] == t:  # the walker starts the next chunk: complete after its fill time
@@ -836,11 +873,21 @@ class StepModel:
             b = o["b"]
             mask = sum(1 << i for i in range(len(b["vals"])) if b["vals"][i] != 0)
             o["a"] = {"vals": b["vals"], "mask": mask, "rem": mask, "first": b["first"],
+                      "vpw": self._vpw, "act_bits": self.cfg.fxp.act_bits,
                       "final": b["final"], "sm": True}
             o["b"] = None
             if not b["final"]:
                 o["go"] = t + 1
         return finished
+
+
+def _lowest_bits(mask: int, n: int) -> tuple[list[int], int]:
+    """The indices of the ``n`` lowest set bits of ``mask`` and the mask without them."""
+    idxs = []
+    while mask and len(idxs) < n:
+        idxs.append((mask & -mask).bit_length() - 1)
+        mask &= mask - 1
+    return idxs, mask
 
 
 def layer_beats(data, spec: ConvLayer, cfg: NullHopConfig):

@@ -182,3 +182,42 @@ def test_nullhop_cli_gen_and_sim(tmp_path):
     assert main(["sim", "nullhop", "--network", "alexnet", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["block"] == "nullhop" and len(d["layers"]) == 8
+
+
+def _bytes_bound_holds(report, cfg, layers):
+    """Every layer's compressed input is at most ``(1/min(S, A) + density) x dense x 1.05 +
+    64 x slices x H`` bytes. An SM word of ``max(S, A)`` bits covers S positions, so the map
+    costs ``1/min(S, A)`` of the dense bytes (the ``1/sm_bits`` of a format whose words are
+    as wide as its values) plus the values at their own width, plus per chunk at most one
+    part-filled value word (the 5 %) and the zero bits that pad a row's last chunk."""
+    S, A = cfg.sm_bits, cfg.fxp.act_bits
+    for rep, spec in zip(report.layers, layers):
+        e = rep.extra
+        cp = min(nh.next_pow2(spec.in_ch), cfg.lanes)
+        slices = -(-spec.in_ch // cp)
+        bound = ((1 / min(S, A) + e["input_density"]) * e["bytes_in_dense"] * 1.05
+                 + 64 * slices * spec.in_h)
+        assert e["bytes_in_compressed"] <= bound, (spec.name, e["bytes_in_compressed"], bound)
+
+
+def test_nullhop_compressed_input_bytes_bound_on_digits(digits):
+    from zeroskip.sim.workload import Workload
+
+    wl = Workload("digits", [l.spec for l in digits.layers], "digits", quant=digits.layers,
+                  real_inputs=digits.inputs)
+    for cfg in (CONFIGS["default"], NullHopConfig(sm_bits=8)):
+        _bytes_bound_holds(nh.simulate_network(wl, cfg), cfg, wl.layers)
+
+
+def test_nullhop_compressed_input_bytes_bound_on_vgg16():
+    """The paper preset on VGG-16 with the seeded activation model: 8-bit values packed two
+    to a 16-bit word, so the compressed input is below the dense map from conv1_2 on."""
+    from zeroskip.hw.config import NULLHOP_PRESETS
+    from zeroskip.sim import workload
+
+    wl = workload.load("vgg16")
+    cfg = NULLHOP_PRESETS["paper"]
+    rep = nh.simulate_network(wl, cfg)
+    _bytes_bound_holds(rep, cfg, wl.layers)
+    assert all(r.extra["bytes_in_compressed"] < r.extra["bytes_in_dense"]
+               for r in rep.layers[1:])
