@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from zeroskip.hw.config import FixedPointConfig, NullHopConfig
+from zeroskip.hw.config import NULLHOP_PRESETS, FixedPointConfig, NullHopConfig
 from zeroskip.models.workloads import ConvLayer, fc
 from tb.cases import random_layer
 from tb.nullhop_cases import nullhop_case
@@ -140,4 +140,15 @@ def test_nullhop_rtl_other_widths_over_the_whole_output_range(fxp, tmp_path):
     cfg = dataclasses.replace(CONFIGS["4mac-sm8"], fxp=fxp)
     spec = ConvLayer("c", 3, 5, 6, 6, k=3, pad=1, pool=2)
     layer, x = random_layer(spec, seed=fxp.act_bits, fxp=fxp, density=0.6, full_range=True)
+    run_case(cfg, layer, x, tmp_path)
+
+
+@pytest.mark.rtl
+def test_nullhop_rtl_default_preset_on_a_small_layer(tmp_path):
+    """The ``default`` preset as ``zeroskip gen nullhop`` builds it (8 MACs, 16-bit SM words,
+    ``max_dim`` 256 counters) on a map wider than any other case's (40 pixels, three SM words
+    a row), more output channels than MACs and pooling, outputs over the whole range."""
+    cfg = NULLHOP_PRESETS["default"]
+    spec = ConvLayer("c", 3, 10, 6, 40, k=3, pad=1, pool=2)
+    layer, x = random_layer(spec, seed=40, fxp=cfg.fxp, density=0.5, full_range=True)
     run_case(cfg, layer, x, tmp_path)
