@@ -272,12 +272,13 @@ def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, orde
     block-sum matmuls and a short gather (``_termination_blocked``); ``"walk"`` walks the
     tail per kernel (``_termination_walk``, a second implementation kept as a cross-check).
     With at most ``few_windows`` windows (FC layers, single images) every partial sum of
-    every kernel is computed at once instead (``_termination_by_cumsum``), in kernel chunks.
+    every kernel is computed at once instead (``_termination_few_windows``), in kernel chunks;
+    ``_termination_by_cumsum`` is the same without the shortcut, a reference for the tests.
     """
     a = np.asarray(a, np.int64)
     m, k = a.shape
     if m <= few_windows:
-        return _termination_by_cumsum(a, bias, order, check_every, terminate)
+        return _termination_few_windows(a, bias, order, check_every, terminate)
     if method == "blocked":
         return _termination_blocked(a, weight_matrix, bias, order, check_every, terminate)
     if method != "walk":
@@ -412,9 +413,7 @@ def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every
         idx_flat = np.pad(np.maximum(order.index, 0), ((0, 0), (0, lmax))).ravel()
         w_flat = np.pad(order.weight.astype(np.int64), ((0, 0), (0, lmax))).ravel()
         # partial sums fit int32 when |bias| + max(a) * sum|w| does (halves the traffic)
-        bound = int(np.abs(bias).max(initial=0)) + int(a.max(initial=0)) * int(
-            np.abs(order.weight).astype(np.int64).sum(1).max(initial=0))
-        dt = np.int32 if bound < (1 << 31) - 1 else np.int64
+        dt = _psum_dtype(a, bias, order)
         idx_flat = idx_flat.astype(dt if m * k < 1 << 31 else np.int64)
         w_flat = w_flat.astype(dt)
     else:
@@ -470,6 +469,73 @@ def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every
     exact &= ~pred
     exact &= macs < taps[None]
     return Termination(macs, exact, pred, full)
+
+
+def _psum_dtype(a, bias, order: KernelOrder):
+    """int32 when every partial sum of every kernel fits it (|bias| + max|a| * sum|w|), else
+    int64; the crude bound (the longest kernel at the largest |w|) first, as it is cheap."""
+    w = order.weight
+    top = max(int(w.max(initial=0)), -int(w.min(initial=0)))
+    head = int(np.abs(np.asarray(bias)).max(initial=0))
+    amax = int(np.abs(np.asarray(a)).max(initial=0))
+    if head + amax * top * w.shape[1] < (1 << 31) - 1:
+        return np.int32
+    bound = head + amax * int(np.abs(w).sum(1, dtype=np.int64).max(initial=0))
+    return np.int32 if bound < (1 << 31) - 1 else np.int64
+
+
+def _termination_few_windows(a, bias, order: KernelOrder, check_every: int,
+                             terminate: bool, chunk_terms: int = 1 << 24) -> Termination:
+    """Every partial sum ``bias + cumsum(a[:, index] * weight)`` [M, kernels, taps] at once
+    (int32 when every partial sum fits), in chunks of kernels. From tap ``exact_from - 1`` on
+    the partial sum can only fall (the inputs are unsigned, the remaining weights <= 0), so
+    its negative taps there are a suffix: the first one is found by counting the others, and
+    the stop is the first check position at or after it; the prediction is the one partial
+    sum at tap ``spec_n - 1``."""
+    m = a.shape[0]
+    n_k, width = order.index.shape
+    bias = np.asarray(bias, np.int64)
+    dt = _psum_dtype(a, bias, order)
+    a_t = np.asarray(a).astype(dt)
+    macs = np.empty((m, n_k), np.int64)
+    exact = np.zeros((m, n_k), bool)
+    pred = np.zeros((m, n_k), bool)
+    acc = np.empty((m, n_k), np.int64)
+    ce = int(check_every)
+    j = np.arange(width)
+    step = max(1, chunk_terms // max(1, m * width))
+    for k0 in range(0, n_k, step):
+        sl = slice(k0, min(n_k, k0 + step))
+        kn = np.arange(sl.stop - k0)
+        idx = np.maximum(order.index[sl], 0)
+        psum = a_t[:, idx]
+        psum *= order.weight[sl].astype(dt)[None]
+        np.cumsum(psum, axis=2, dtype=dt, out=psum)
+        psum += bias[sl].astype(dt)[None, :, None]
+        taps, e = order.taps[sl], order.exact_from[sl]
+        acc[:, sl] = psum[:, kn, taps - 1]
+        if not terminate:
+            macs[:, sl] = taps[None]
+            continue
+        lo = np.maximum(e - 1, 0)
+        tail = (j[None] >= lo[:, None]) & (j[None] < taps[:, None])  # [kernels, taps]
+        neg = psum < 0
+        neg &= tail[None]
+        first = neg.argmax(2)  # the first negative tap (0-based) of the suffix, if any
+        t_neg = np.where(neg[:, kn, first] if m == 1 else np.take_along_axis(
+            neg, first[..., None], axis=2)[..., 0], first, taps[None])
+        stop = -(-(t_neg + 1) // ce) * ce  # MACs at the first check at or after it
+        hit_e = stop <= taps[None]
+        spec = order.spec_n[sl]
+        hit_p = (spec > 0)[None] & (psum[:, kn, np.maximum(spec - 1, 0)]
+                                    < order.threshold[sl][None])
+        # at the same tap the stop counts as predicted
+        p_wins = hit_p & (~hit_e | (spec[None] <= stop))
+        pred[:, sl] = p_wins
+        exact[:, sl] = hit_e & ~p_wins
+        macs[:, sl] = np.where(p_wins, spec[None], np.where(hit_e, stop, taps[None]))
+    exact &= macs < order.taps[None]
+    return Termination(macs, exact, pred, acc)
 
 
 def _termination_by_cumsum(a, bias, order: KernelOrder, check_every: int,
