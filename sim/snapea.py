@@ -775,8 +775,9 @@ def dispatch_study(workload, cfg: SnaPEAConfig) -> dict:
     The fixed cycles of every command (input and weight beats, launch, ``compute_tail``,
     read-out) are the block's in all of them. Kernels of one segment only (every layer of
     the digits net). Returns per scheme ``cycles``, ``cycles_dense``, ``cycles_saved``
-    (1 - cycles / cycles_dense), ``macs_saved`` (1 - MACs issued / MACs with termination off; squashed taps count as
-    issued where they are paid) and ``ratio`` = cycles_saved / macs_saved, and
+    (1 - cycles / cycles_dense), ``macs_saved`` (1 - MACs issued / MACs with termination
+    off; squashed taps count as issued where they are paid) and ``ratio`` = cycles_saved /
+    macs_saved, and
     ``fixed_share``: the fixed cycles' share of the dense cycles (``input_beats_of_fixed``:
     the input beats' share of them)."""
     import heapq
