@@ -90,29 +90,34 @@ def reorder(weight: np.ndarray, params: LayerParams | None = None,
         return _reorder(w, params)
     if params is not None and len(params.spec_n) != n_k:
         raise ValueError(f"{len(params.spec_n)} prediction parameters for {n_k} kernels")
+    # every chunk writes its rows of the padded result in place (no concatenation copy)
+    width = int(np.maximum((w != 0).sum(1), 1).max())
+    index = np.empty((n_k, width), np.int32)
+    weight_o = np.empty((n_k, width), _narrow_dtype(w))
     parts = [_reorder(w[i:i + step], None if params is None else LayerParams(
-        params.spec_n[i:i + step], params.threshold[i:i + step])) for i in range(0, n_k, step)]
-    width = max(p.index.shape[1] for p in parts)
-
-    def cat(name, fill):
-        dtype = np.result_type(*(getattr(p, name).dtype for p in parts))
-        out = np.full((n_k, width), fill, dtype)
-        for i, p in zip(range(0, n_k, step), parts):
-            v = getattr(p, name)
-            out[i:i + len(v), :v.shape[1]] = v
-        return out
-
-    exact_from = np.concatenate([p.exact_from for p in parts])
+        params.spec_n[i:i + step], params.threshold[i:i + step]),
+        out=(index[i:i + step], weight_o[i:i + step])) for i in range(0, n_k, step)]
     # exact_from counts from the start; the padding after the last tap changes nothing
-    return KernelOrder(cat("index", -1), cat("weight", 0),
-                       np.concatenate([p.taps for p in parts]), exact_from,
+    return KernelOrder(index, weight_o, np.concatenate([p.taps for p in parts]),
+                       np.concatenate([p.exact_from for p in parts]),
                        np.concatenate([p.spec_n for p in parts]),
                        np.concatenate([p.threshold for p in parts]))
 
 
-def _reorder(w: np.ndarray, params: LayerParams | None) -> KernelOrder:
-    # narrow integers: the big FC layers' reordering is memory-bound
-    w = w.astype(np.int16 if np.abs(w).max(initial=0) < 1 << 13 else np.int64)
+def _narrow_dtype(w: np.ndarray):
+    big = max(int(w.max(initial=0)), -int(w.min(initial=0)))
+    return np.int16 if big < 1 << 13 else np.int64
+
+
+def _narrow(w: np.ndarray) -> np.ndarray:
+    """``w`` as int16 when its values allow (the big FC layers' reordering is memory-bound)."""
+    return w.astype(_narrow_dtype(w), copy=False)
+
+
+def _reorder(w: np.ndarray, params: LayerParams | None, out=None) -> KernelOrder:
+    """``reorder`` of one chunk of kernels; ``out``: (index, weight) arrays of the chunk's
+    rows, as wide as the longest kernel of the layer, to write the result into."""
+    w = _narrow(w)
     n_k, k = w.shape
     spec_n = np.zeros(n_k, np.int64) if params is None else params.spec_n.copy()
     thr = np.zeros(n_k, np.int64) if params is None else params.threshold.copy()
@@ -125,10 +130,10 @@ def _reorder(w: np.ndarray, params: LayerParams | None) -> KernelOrder:
     half = 1 << int(np.abs(w).max(initial=1)).bit_length()  # > every |w|
     key_t = np.int16 if 8 * half < 1 << 15 else np.int64
     wk = w.astype(key_t)
-    pos, neg = (w > 0).view(np.int8).astype(key_t), (w < 0).view(np.int8).astype(key_t)
-    # group * 2*half + (secondary + half): positives descending (3h - w), negatives most
-    # negative first (5h + w), zeros last (7h); speculation taps by |w| descending (h - |w|)
-    key = 7 * half - pos * (4 * half + wk) - neg * (2 * half - wk)
+    # positives descending (3h - w, in 2h..3h), then negatives most negative first and the
+    # zeros last (5h + w: negatives in 4h..5h, zeros at 5h); speculation taps by |w|
+    # descending (h - |w|, below h)
+    key = np.where(wk > 0, key_t(3 * half) - wk, key_t(5 * half) + wk)
     if (spec_n > 0).any():
         # rank of every weight by |w| (largest first, ties by position), zeros last
         mag_key = np.where(w == 0, key_t(2 * half), key_t(half) - np.abs(wk))
@@ -139,12 +144,16 @@ def _reorder(w: np.ndarray, params: LayerParams | None) -> KernelOrder:
         key = np.where(spec, key_t(half) - np.abs(wk), key)
     order = np.argsort(key, axis=-1, kind="stable")
     taps = np.maximum(nnz, 1)
-    width = int(taps.max())
-    index = order[:, :width].astype(np.int32)
+    width = int(taps.max()) if out is None else out[0].shape[1]
+    index = np.empty((n_k, width), np.int32) if out is None else out[0]
+    index[:] = order[:, :width]
     weight_o = np.take_along_axis(w, index, axis=1)
     valid = np.arange(width)[None] < taps[:, None]
     index[~valid] = -1
     weight_o[~valid] = 0
+    if out is not None:
+        out[1][:] = weight_o
+        weight_o = out[1]
     # taps after the last positive one: from there on the partial sum can only fall
     positive = weight_o > 0
     exact_from = np.where(positive.any(1), width - positive[:, ::-1].argmax(1), 0)
@@ -165,10 +174,72 @@ def kernel_masks(order: KernelOrder, k: int, taps_of=None) -> np.ndarray:
 
 
 def _gemm(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Exact integer [M, K] @ [K, N] through float64 BLAS (every value is < 2**53)."""
-    r = torch.from_numpy(np.ascontiguousarray(a, np.float64)) @ torch.from_numpy(
-        np.ascontiguousarray(w, np.float64))
-    return r.round().long().numpy()
+    """Exact integer [M, K] @ [K, N] (``exact_matmul``)."""
+    return exact_matmul(a, np.asarray(w))
+
+
+F32_EXACT = 1 << 24  # every integer of magnitude <= 2**24 is a float32
+
+
+class ExactWeights:
+    """The right-hand side of ``exact_matmul``, converted once: the integer matrix [K, N],
+    its float32 copy and each row's largest magnitude."""
+
+    def __init__(self, w, wmax=None):
+        self.w = np.asarray(w)  # integers, or float32 holding integers below 2**24
+        self.wmax = (np.asarray(wmax, np.int64) if wmax is not None
+                     else np.abs(self.w).max(1).astype(np.int64) if self.w.size
+                     else np.zeros(len(self.w), np.int64))
+        self.w32 = torch.from_numpy(np.ascontiguousarray(self.w, np.float32))
+        self._w64 = None
+
+    @property
+    def w64(self) -> torch.Tensor:
+        if self._w64 is None:
+            self._w64 = self.w32.double()
+        return self._w64
+
+
+def exact_matmul(a: np.ndarray, w, dtype=np.int64) -> np.ndarray:
+    """Exact integer ``a`` [M, K] @ ``w`` [K, N] (an array or ``ExactWeights``) ->
+    ``dtype`` (int32 only when the caller knows that every sum of a subset of the terms
+    fits), in float32 BLAS where that is provably exact, else float64 (exact below 2**53,
+    as every value here is).
+
+    float32 is exact when every partial sum BLAS may form, in any order, is an integer of
+    magnitude <= 2**24: each is a sum of a subset of the terms ``a[r, k] * w[k, n]``, so it
+    suffices that ``sum_k |a[r, k]| * max_n |w[k, n]| <= 2**24`` for every row of a run of
+    K (then every product is below 2**24 too). K is cut into the fewest consecutive runs
+    that meet that bound (one for most layers: post-ReLU inputs are sparse and small) and
+    the runs' results are summed as int64; float64 when that takes more than 8 runs
+    (16-bit data)."""
+    a = np.asarray(a)
+    ew = w if isinstance(w, ExactWeights) else ExactWeights(w)
+    m, k = a.shape
+    cuts = None
+    mag = a if a.min(initial=0) >= 0 else np.abs(a.astype(np.int64))
+    top = int(ew.wmax.max(initial=0))
+    if int(mag.sum(1, dtype=np.int64).max(initial=0)) * top <= F32_EXACT:
+        cuts = [0, k]  # the whole of K in one run (a cruder bound, checked first)
+    elif int(mag.max(initial=0)) * top <= F32_EXACT:
+        reach = np.cumsum(mag * ew.wmax[None], axis=1)  # [M, K]
+        cuts, start = [0], 0
+        while start < k and len(cuts) <= 9:
+            base = reach[:, start - 1:start] if start else 0
+            over = (reach[:, start:] - base).max(0) > F32_EXACT
+            start += int(over.argmax()) if over.any() else k - start
+            cuts.append(start)
+    tdt = torch.int32 if np.dtype(dtype) == np.int32 else torch.int64
+    if cuts is None or len(cuts) > 9:
+        r = torch.from_numpy(np.ascontiguousarray(a, np.float64)) @ ew.w64
+        return r.round_().to(tdt).numpy()
+    a32 = torch.from_numpy(np.ascontiguousarray(a, np.float32))
+    if len(cuts) == 2:
+        return (a32 @ ew.w32).to(tdt).numpy()
+    out = torch.zeros((m, ew.w.shape[1]), dtype=tdt)
+    for k0, k1 in zip(cuts, cuts[1:]):
+        out += (a32[:, k0:k1] @ ew.w32[k0:k1]).to(tdt)
+    return out.numpy()
 
 
 @dataclass
@@ -201,12 +272,13 @@ def termination(a: np.ndarray, weight_matrix: np.ndarray, bias: np.ndarray, orde
     block-sum matmuls and a short gather (``_termination_blocked``); ``"walk"`` walks the
     tail per kernel (``_termination_walk``, a second implementation kept as a cross-check).
     With at most ``few_windows`` windows (FC layers, single images) every partial sum of
-    every kernel is computed at once instead (``_termination_by_cumsum``), in kernel chunks.
+    every kernel is computed at once instead (``_termination_few_windows``), in kernel chunks;
+    ``_termination_by_cumsum`` is the same without the shortcut, a reference for the tests.
     """
     a = np.asarray(a, np.int64)
     m, k = a.shape
     if m <= few_windows:
-        return _termination_by_cumsum(a, bias, order, check_every, terminate)
+        return _termination_few_windows(a, bias, order, check_every, terminate)
     if method == "blocked":
         return _termination_blocked(a, weight_matrix, bias, order, check_every, terminate)
     if method != "walk":
@@ -277,29 +349,36 @@ def _termination_walk(a, weight_matrix, bias, order: KernelOrder, check_every: i
     return Termination(macs, exact, pred, full)
 
 
-def _tail_blocks(order: KernelOrder, k: int, blocks: int):
-    """Split every kernel's non-positive tail (taps ``exact_from .. taps``) into ``blocks``
-    runs of ``length[n]`` consecutive taps. Returns ``(block [K, N], length [N])``: the run of
-    every weight (-1 outside the tail)."""
+def _run_columns(order: KernelOrder, k: int, spec_on: bool, blocks: int):
+    """The right-hand side of ``_termination_blocked``'s matmul, float32 [K, groups * N]:
+    per kernel its taps before ``exact_from`` (group 0), its speculation taps (group 1,
+    with ``spec_on``), then its non-positive tail (taps ``exact_from .. taps``) cut into
+    ``blocks`` runs of ``length[n]`` consecutive taps; each column holds the kernel's weights
+    at those taps.
+    Returns (the matrix, the runs' ``length`` [N])."""
     n_k, width = order.index.shape
     e, taps = order.exact_from, order.taps
+    first = 2 if spec_on else 1
     length = np.maximum(1, -(-(taps - e) // blocks))
+    out = np.zeros((k, first + blocks, n_k), np.float32)
     j = np.arange(width)[None]
-    b = (j - e[:, None]) // length[:, None]
-    b = np.where((j >= e[:, None]) & (j < taps[:, None]) & (order.index >= 0), b, -1)
-    block = np.full((k, n_k), -1, np.int64)
-    kk, jj = np.nonzero(b >= 0)
-    block[order.index[kk, jj], kk] = b[kk, jj]
-    return block, length
+    inside = (j < taps[:, None]) & (order.index >= 0)
+    group = np.where(j < e[:, None], 0, first + (j - e[:, None]) // length[:, None])
+    kk, jj = np.nonzero(inside)
+    out[order.index[kk, jj], group[kk, jj], kk] = order.weight[kk, jj]
+    if spec_on:
+        kk, jj = np.nonzero(inside & (j < order.spec_n[:, None]))
+        out[order.index[kk, jj], 1, kk] = order.weight[kk, jj]
+    return out.reshape(k, -1), length
 
 
 def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every: int,
-                         terminate: bool, blocks: int = 8, chunk_bytes: int = 1 << 24,
+                         terminate: bool, blocks: int = 8, chunk_bytes: int = 1 << 26,
                          gather_terms: int = 1 << 21) -> Termination:
     """Exact termination points of every (window, kernel) pair with BLAS matmuls and a short
     gather, no loop over windows, kernels or MACs.
 
-    One float64 matmul (exact: every partial sum is < 2**53) gives, per pair, the partial
+    One exact integer matmul (``exact_matmul``) gives, per pair, the partial
     sum ``p_e`` after the ``exact_from`` taps (the last positive one), the speculation prefix
     sum, and the sums of ``blocks`` runs of consecutive taps of the non-positive tail (the
     full sum is ``p_e`` plus the runs). After ``exact_from`` the partial sum can only fall, so the first
@@ -316,14 +395,11 @@ def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every
     wm = np.asarray(weight_matrix, np.int64)
     spec_on = terminate and bool((order.spec_n > 0).any())
     # terminating: the full sum is p_e plus the runs' sums, no column of its own
-    cols = [] if terminate else [wm]
     if terminate:
-        cols.append(wm * kernel_masks(order, k, e))
-        if spec_on:
-            cols.append(wm * kernel_masks(order, k, order.spec_n))
-        block, length = _tail_blocks(order, k, blocks)
-        cols += [np.where(block == b, wm, 0) for b in range(blocks)]
-    wcat = torch.from_numpy(np.concatenate(cols, 1).astype(np.float64))
+        wcat, length = _run_columns(order, k, spec_on, blocks)
+        wcat = ExactWeights(wcat, np.abs(wm).max(1, initial=0))
+    else:
+        wcat = ExactWeights(wm)
     macs = np.broadcast_to(taps, (m, n_k)).copy()
     exact = np.zeros((m, n_k), bool)
     pred = np.zeros((m, n_k), bool)
@@ -337,28 +413,29 @@ def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every
         idx_flat = np.pad(np.maximum(order.index, 0), ((0, 0), (0, lmax))).ravel()
         w_flat = np.pad(order.weight.astype(np.int64), ((0, 0), (0, lmax))).ravel()
         # partial sums fit int32 when |bias| + max(a) * sum|w| does (halves the traffic)
-        bound = int(np.abs(bias).max(initial=0)) + int(a.max(initial=0)) * int(
-            np.abs(order.weight).astype(np.int64).sum(1).max(initial=0))
-        dt = np.int32 if bound < (1 << 31) - 1 else np.int64
+        dt = _psum_dtype(a, bias, order)
         idx_flat = idx_flat.astype(dt if m * k < 1 << 31 else np.int64)
         w_flat = w_flat.astype(dt)
-    rows = max(1, chunk_bytes // (8 * wcat.shape[1] + 8 * k))
+    else:
+        dt = np.int64
+    bias_dt = bias.astype(dt)
+    rows = max(1, chunk_bytes // (8 * wcat.w.shape[1] + 8 * k))
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
         xa = a[r0:r1]
-        s = (torch.from_numpy(np.ascontiguousarray(xa, np.float64)) @ wcat).round_().long()
-        s = s.numpy().reshape(r1 - r0, -1, n_k)
+        # every sum the matmul forms is a partial sum minus the bias: within ``bound``
+        s = exact_matmul(xa, wcat, dt).reshape(r1 - r0, -1, n_k)
         if not terminate:
             full[r0:r1] = s[:, 0] + bias
             continue
-        p_e = s[:, 0] + bias
+        p_e = s[:, 0] + bias_dt
         if spec_on:
-            p_n = s[:, 1] + bias
+            p_n = s[:, 1] + bias_dt
             pred[r0:r1] = (order.spec_n > 0)[None] & (p_n < order.threshold[None])
         run_sums = s[:, 2 if spec_on else 1:]  # [rows, blocks, N]
         # MACs when the partial sum first turns negative (exact_from if it already is)
         t_neg = np.where(p_e < 0, e[None], taps[None])
-        cum = p_e[:, None] + np.cumsum(run_sums, axis=1)  # after each run
+        cum = p_e[:, None] + np.cumsum(run_sums, axis=1, dtype=dt)  # after each run
         full[r0:r1] = cum[:, -1]
         live = (full[r0:r1] < 0) & (p_e >= 0)
         first_run = (cum < 0).argmax(1)  # [rows, N]; valid where live
@@ -381,7 +458,7 @@ def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every
                 psum = np.cumsum(xv, axis=1, dtype=dt)
                 psum += before[sl].astype(dt)[:, None]
                 t_neg[r, n] = start + (psum < 0).argmax(1) + 1
-        stop = np.maximum(-(-t_neg // ce) * ce, first_check[None])
+        stop = np.maximum(t_neg if ce == 1 else -(-t_neg // ce) * ce, first_check[None])
         hit = (live | (p_e < 0)) & (stop <= taps[None])
         macs[r0:r1] = np.where(hit, stop, taps[None])
         exact[r0:r1] = hit
@@ -392,6 +469,73 @@ def _termination_blocked(a, weight_matrix, bias, order: KernelOrder, check_every
     exact &= ~pred
     exact &= macs < taps[None]
     return Termination(macs, exact, pred, full)
+
+
+def _psum_dtype(a, bias, order: KernelOrder):
+    """int32 when every partial sum of every kernel fits it (|bias| + max|a| * sum|w|), else
+    int64; the crude bound (the longest kernel at the largest |w|) first, as it is cheap."""
+    w = order.weight
+    top = max(int(w.max(initial=0)), -int(w.min(initial=0)))
+    head = int(np.abs(np.asarray(bias)).max(initial=0))
+    amax = int(np.abs(np.asarray(a)).max(initial=0))
+    if head + amax * top * w.shape[1] < (1 << 31) - 1:
+        return np.int32
+    bound = head + amax * int(np.abs(w).sum(1, dtype=np.int64).max(initial=0))
+    return np.int32 if bound < (1 << 31) - 1 else np.int64
+
+
+def _termination_few_windows(a, bias, order: KernelOrder, check_every: int,
+                             terminate: bool, chunk_terms: int = 1 << 24) -> Termination:
+    """Every partial sum ``bias + cumsum(a[:, index] * weight)`` [M, kernels, taps] at once
+    (int32 when every partial sum fits), in chunks of kernels. From tap ``exact_from - 1`` on
+    the partial sum can only fall (the inputs are unsigned, the remaining weights <= 0), so
+    its negative taps there are a suffix: the first one is found by counting the others, and
+    the stop is the first check position at or after it; the prediction is the one partial
+    sum at tap ``spec_n - 1``."""
+    m = a.shape[0]
+    n_k, width = order.index.shape
+    bias = np.asarray(bias, np.int64)
+    dt = _psum_dtype(a, bias, order)
+    a_t = np.asarray(a).astype(dt)
+    macs = np.empty((m, n_k), np.int64)
+    exact = np.zeros((m, n_k), bool)
+    pred = np.zeros((m, n_k), bool)
+    acc = np.empty((m, n_k), np.int64)
+    ce = int(check_every)
+    j = np.arange(width)
+    step = max(1, chunk_terms // max(1, m * width))
+    for k0 in range(0, n_k, step):
+        sl = slice(k0, min(n_k, k0 + step))
+        kn = np.arange(sl.stop - k0)
+        idx = np.maximum(order.index[sl], 0)
+        psum = a_t[:, idx]
+        psum *= order.weight[sl].astype(dt)[None]
+        np.cumsum(psum, axis=2, dtype=dt, out=psum)
+        psum += bias[sl].astype(dt)[None, :, None]
+        taps, e = order.taps[sl], order.exact_from[sl]
+        acc[:, sl] = psum[:, kn, taps - 1]
+        if not terminate:
+            macs[:, sl] = taps[None]
+            continue
+        lo = np.maximum(e - 1, 0)
+        tail = (j[None] >= lo[:, None]) & (j[None] < taps[:, None])  # [kernels, taps]
+        neg = psum < 0
+        neg &= tail[None]
+        first = neg.argmax(2)  # the first negative tap (0-based) of the suffix, if any
+        t_neg = np.where(neg[:, kn, first] if m == 1 else np.take_along_axis(
+            neg, first[..., None], axis=2)[..., 0], first, taps[None])
+        stop = -(-(t_neg + 1) // ce) * ce  # MACs at the first check at or after it
+        hit_e = stop <= taps[None]
+        spec = order.spec_n[sl]
+        hit_p = (spec > 0)[None] & (psum[:, kn, np.maximum(spec - 1, 0)]
+                                    < order.threshold[sl][None])
+        # at the same tap the stop counts as predicted
+        p_wins = hit_p & (~hit_e | (spec[None] <= stop))
+        pred[:, sl] = p_wins
+        exact[:, sl] = hit_e & ~p_wins
+        macs[:, sl] = np.where(p_wins, spec[None], np.where(hit_e, stop, taps[None]))
+    exact &= macs < order.taps[None]
+    return Termination(macs, exact, pred, acc)
 
 
 def _termination_by_cumsum(a, bias, order: KernelOrder, check_every: int,

@@ -23,6 +23,7 @@ tap per cycle. A window that stops early costs
 up to ``lane_squash`` more cycles: the taps the lane issued before the decision reached its
 issue stage (discarded) and the cycle that moves it to the next window. The group waits for its slowest
 lane (the balance cost, reported as ``lane_balance``: mean lane busy time / slowest lane).
+``dispatch_study`` measures what a queue of (window, kernel) pairs would change.
 """
 
 from __future__ import annotations
@@ -765,3 +766,66 @@ def lane_outputs(data, spec: ConvLayer, fxp, cfg: SnaPEAConfig | None = None,
     t = termination(a, wm, data.bias, order, cfg.check_every, spec.relu)
     y = block_outputs(t, data.mult, data.shift, fxp, spec.relu)
     return y.T.reshape(spec.out_ch, spec.out_h, spec.out_w)
+
+
+# --- what other dispatch would give (a study; the block dispatches statically) -------------
+
+def dispatch_study(workload, cfg: SnaPEAConfig) -> dict:
+    """Exact mode against termination off (``--mode dense``) on every image of a workload,
+    the cycles of the block's static dispatch beside what the same per-(window, kernel)
+    costs would take with a queue: every command's (window, kernel) pairs (window-major,
+    the bands' copies of a kernel counted as kernels of their own) to the first free lane,
+    and perfect balance (the group's issue cycles / lanes, rounded up); each with the
+    block's ``lane_squash`` per early stop (``_squash``) and with none (``_no_squash``).
+    The fixed cycles of every command (input and weight beats, launch, ``compute_tail``,
+    read-out) are the block's in all of them. Kernels of one segment only (every layer of
+    the digits net). Returns per scheme ``cycles``, ``cycles_dense``, ``cycles_saved``
+    (1 - cycles / cycles_dense), ``macs_saved`` (1 - MACs issued / MACs with termination
+    off; squashed taps count as issued where they are paid) and ``ratio`` = cycles_saved /
+    macs_saved, and
+    ``fixed_share``: the fixed cycles' share of the dense cycles (``input_beats_of_fixed``:
+    the input beats' share of them)."""
+    import heapq
+
+    ok = eligible(workload.layers)
+    tot = {"static": [0, 0], **{f"{s}_{q}": [0, 0] for s in ("queue", "balanced")
+                                  for q in ("squash", "no_squash")}}
+    fixed = dense_macs = issued = useful = input_beats = 0
+    for i, spec in enumerate(workload.layers):
+        for img in range(workload.batch):
+            d = workload.layer_data(i, img)
+            args = (d.x, spec, d.w, d.bias, d.mult, d.shift, cfg)
+            runs = [run_layer(*args, None, False), run_layer(*args, None, bool(ok[i]))]
+            if runs[0].cyc["segments"] != runs[0].cyc["groups"]:
+                raise ValueError(f"layer {spec.name!r}: kernels in segments are not studied")
+            fixed += runs[0].cyc["cycles"] - runs[0].cyc["compute_cycles"]
+            input_beats += runs[0].cyc["act_beats"]
+            dense_macs += int(runs[0].t.macs.sum())
+            issued += int(runs[1].t.macs.sum()) + runs[1].cyc["squashed"]
+            useful += int(runs[1].t.macs.sum())
+            for col, r in enumerate(runs):
+                taps = r.order.taps[None]
+                early = r.t.zeroed & (r.t.macs < taps)
+                tot["static"][col] += r.cyc["compute_cycles"]
+                for q, squash in (("squash", cfg.lane_squash), ("no_squash", 0)):
+                    cost = np.where(early, np.minimum(taps, r.t.macs + squash), taps)
+                    for tile in plan_layer(spec, cfg):
+                        rows = cost[tile.pixels(spec.out_w)]
+                        for g0 in range(0, spec.out_ch, cfg.lanes):
+                            pairs = rows[:, g0:g0 + cfg.lanes]
+                            nb = bands_of(tile, pairs.shape[1], cfg)
+                            # window-major: a band's window with every kernel on every band
+                            pairs = pairs.reshape(nb, -1, pairs.shape[1]).transpose(1, 0, 2)
+                            free = [0] * cfg.lanes
+                            for c in pairs.ravel().tolist():
+                                heapq.heappush(free, heapq.heappop(free) + c)
+                            tot[f"queue_{q}"][col] += max(free)
+                            tot[f"balanced_{q}"][col] += -(-int(pairs.sum()) // cfg.lanes)
+    out = {"fixed_share": fixed / (fixed + tot["static"][0]),
+           "input_beats_of_fixed": input_beats / fixed}
+    for k, (dense, term) in tot.items():
+        macs = useful if k.endswith("no_squash") else issued
+        saved_c, saved_m = 1 - (fixed + term) / (fixed + dense), 1 - macs / dense_macs
+        out[k] = {"cycles": fixed + term, "cycles_dense": fixed + dense,
+                  "cycles_saved": saved_c, "macs_saved": saved_m, "ratio": saved_c / saved_m}
+    return out

@@ -19,8 +19,9 @@ def snapea_case(cfg, layer, x, params=None, terminate=True, valid_p=1.0, ready_p
     under the same handshake patterns (input gaps with ``valid_p`` < 1, output backpressure
     with ``ready_p`` < 1): the total and the cycle of every output beat. Without stalls the
     step model and the vectorised count must agree first. ``extra`` counts the segments,
-    column tiles and windows that stopped before their kernel's last segment (their flags
-    kept in the bank)."""
+    column tiles, windows that stopped before their kernel's last segment (their flags
+    kept in the bank) and the (window, kernel) pairs stopped by the exact check and by the
+    prediction."""
     spec = replace(layer.spec, pool=1)
     layer = replace(layer, spec=spec)
     ref = snapea_layer_forward(x, layer, params)
@@ -46,7 +47,9 @@ def snapea_case(cfg, layer, x, params=None, terminate=True, valid_p=1.0, ready_p
                 out_cycles={"out": stats["out_cycles"]}, valid_p=valid_p, ready_p=ready_p,
                 seed=seed, extra={"segments": run.cyc["segments"], "tiles": run.cyc["tiles"],
                                   "carried_stops": int((run.t.zeroed
-                                                        & (run.t.macs <= last_segment)).sum())})
+                                                        & (run.t.macs <= last_segment)).sum()),
+                                  "exact_stops": int(run.t.exact.sum()),
+                                  "predicted_stops": int(run.t.predicted.sum())})
 
 
 def out_beats(layout, ref, cmds, act_bits) -> tuple[list[int], list[int]]:

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from zeroskip.hw.config import SnaPEAConfig
-from zeroskip.models.snapea import LayerParams
+from zeroskip.hw.config import SNAPEA_PRESETS, FixedPointConfig, SnaPEAConfig
+from zeroskip.models.snapea import LayerParams, snapea_layer_forward
 from zeroskip.models.workloads import ConvLayer, fc
 from tb.cases import random_layer
 from tb.runner import run_rtl
@@ -128,4 +128,60 @@ def test_snapea_rtl_cycles_under_input_gaps_and_backpressure(name, valid_p, read
     layer, x = random_layer(spec, seed=5, fxp=cfg.fxp, density=0.5)
     case = snapea_case(cfg, layer, x, some_params(layer, seed), valid_p=valid_p,
                        ready_p=ready_p, seed=seed)
+    run_rtl(cfg, "tb.snapea_tb", case, tmp_path)
+
+
+WIDTHS = {
+    "4bit-acc24": FixedPointConfig(act_bits=4, weight_bits=4, acc_bits=24),
+    "16bit-acc48": FixedPointConfig(act_bits=16, weight_bits=16, acc_bits=48),
+}
+WIDTH_SHAPES = {
+    # ReLU, terminating (exact, then predictive), rows in two bands on four lanes
+    "conv-relu": ConvLayer("c", 3, 2, 6, 5, k=3, pad=1),
+    # no ReLU: dense, clipped at both signed ends
+    "fc-norelu": fc("f", 24, 12, relu=False),
+}
+
+
+def reaches_both_ends(expected, fxp, relu: bool) -> bool:
+    lo, hi = (0, fxp.act_max) if relu else (-(fxp.act_max + 1) // 2, fxp.act_max // 2)
+    return bool((expected == lo).any() and (expected == hi).any())
+
+
+# a layer without ReLU runs dense (no prediction to make), so it runs once
+WIDTH_RUNS = [("conv-relu", "exact"), ("conv-relu", "predictive"), ("fc-norelu", "exact")]
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("shape,mode", WIDTH_RUNS, ids=[f"{a}-{b}" for a, b in WIDTH_RUNS])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_snapea_rtl_other_widths_over_the_whole_output_range(width, shape, mode, tmp_path):
+    """Activations and weights of 4 and 16 bits, 24- and 48-bit accumulators, outputs that
+    span the whole range and saturate at both clip ends (the ReLU layer's low end is also
+    where early termination forces its outputs), in exact and predictive mode, with input
+    gaps and output backpressure."""
+    spec = WIDTH_SHAPES[shape]
+    cfg = replace(CONFIGS["4lanes"], fxp=WIDTHS[width])
+    layer, x = random_layer(spec, seed=sum(map(ord, width + shape)), fxp=cfg.fxp,
+                            density=0.7, full_range=True)
+    params = some_params(layer, 7) if mode == "predictive" else None
+    case = snapea_case(cfg, layer, x, params, terminate=spec.relu, valid_p=0.8, ready_p=0.7,
+                       seed=3)
+    assert reaches_both_ends(snapea_layer_forward(x, layer, params).numpy(), cfg.fxp,
+                             spec.relu)
+    if spec.relu:
+        assert case.extra["exact_stops" if params is None else "predicted_stops"] > 0
+    run_rtl(cfg, "tb.snapea_tb", case, tmp_path)
+
+
+@pytest.mark.rtl
+def test_snapea_rtl_default_preset_on_a_small_layer(tmp_path):
+    """The default preset (8 lanes, 512-tap weight buffers, the 32768-activation input buffer
+    in two banks, 1024-window banks) as generated for the FPGA, on a small layer: four
+    kernels on eight lanes (two bands), exact mode, input gaps and output backpressure."""
+    cfg = SNAPEA_PRESETS["default"]
+    layer, x = random_layer(ConvLayer("c", 3, 4, 6, 6, k=3, pad=1), seed=21, fxp=cfg.fxp,
+                            density=0.6, full_range=True)
+    case = snapea_case(cfg, layer, x, valid_p=0.8, ready_p=0.7, seed=9)
+    assert case.extra["exact_stops"] > 0
     run_rtl(cfg, "tb.snapea_tb", case, tmp_path)

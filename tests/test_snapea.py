@@ -107,6 +107,34 @@ def test_snapea_termination_point_matches_slow_oracle(mode, check_every, path):
             assert t.predicted[i, n] == (how == "predicted"), (n, i)
 
 
+@pytest.mark.parametrize("amax,wmax,k,runs", [
+    (255, 127, 300, 1),  # one float32 product
+    (255, 128, 3000, 6),  # K cut into runs that each keep every partial sum below 2**24
+    (65535, 32767, 40, None),  # 16-bit data: float64
+])
+def test_exact_matmul_is_exact_in_float32_where_provable(amax, wmax, k, runs, monkeypatch):
+    """``exact_matmul`` against int64 arithmetic, with the inputs at their extremes (all
+    products of one sign, so a float32 partial sum past 2**24 would be rounded), and the
+    number of float32 runs it uses (None: the float64 fallback)."""
+    from zeroskip.models import snapea
+
+    rng = np.random.default_rng(k)
+    a = np.full((50, k), amax, np.int64)
+    a[rng.random(a.shape) < 0.1] = int(amax * 0.9)
+    w = rng.choice([-wmax, wmax, 1], (k, 9))
+    w[:, 0] = wmax
+    used = []
+    real = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__",
+                        lambda x, y: used.append(x.dtype) or real(x, y))
+    got = snapea.exact_matmul(a, w)
+    assert got.dtype == np.int64 and (got == a @ w).all()
+    if runs is None:
+        assert used == [torch.float64]
+    else:
+        assert used == [torch.float32] * runs
+
+
 @pytest.mark.parametrize("check_every", [1, 2, 5])
 @pytest.mark.parametrize("mode", ["exact", "predictive"])
 def test_snapea_blocked_termination_equals_full_partial_sums(mode, check_every):
@@ -114,7 +142,7 @@ def test_snapea_blocked_termination_equals_full_partial_sums(mode, check_every):
     once (``_termination_by_cumsum``) on random layers with negative biases, zero weights,
     all-positive/all-negative/all-zero kernels, and run counts below and above the tail
     length; the tail walk as a third implementation."""
-    from zeroskip.models.snapea import _termination_blocked
+    from zeroskip.models.snapea import _termination_blocked, _termination_by_cumsum
 
     for seed in range(3):
         rng = np.random.default_rng(100 + seed)
@@ -130,6 +158,10 @@ def test_snapea_blocked_termination_equals_full_partial_sums(mode, check_every):
         o = reorder(w, params)
         ref = termination(a, w.T, bias, o, check_every, few_windows=10**6)
         walk = termination(a, w.T, bias, o, check_every, few_windows=0, method="walk")
+        # the few-window path's suffix shortcut against every partial sum checked
+        every = _termination_by_cumsum(a, bias, o, check_every, True)
+        for name in ("macs", "exact", "predicted", "acc"):
+            assert (getattr(every, name) == getattr(ref, name)).all(), name
         for blocks in (1, 3, 8, 64):
             got = _termination_blocked(a, w.T, bias, o, check_every, True, blocks=blocks,
                                        chunk_bytes=1 << 14, gather_terms=64)
@@ -388,3 +420,29 @@ def test_snapea_tuning_uses_training_images_only():
     stats = {"accuracy": 0.995, "accuracy_exact": 1.0, "agreement": 0.995, "images": 400}
     assert holds(stats, 3.0) and not holds(stats, 0.5)
     assert not holds({**stats, "accuracy": 1.0, "agreement": 1.0}, 0.0)
+
+
+def test_snapea_dispatch_study_orders_the_schemes():
+    """``dispatch_study``: its static figure is the block's cycle count, a queue of
+    (window, kernel) pairs is never slower than static dispatch nor faster than perfect
+    balance, dropping the squash never costs cycles, and the fixed cycles bound the saving."""
+    from zeroskip.sim import workload
+    from zeroskip.sim.snapea import dispatch_study, simulate_network
+
+    layers = [ConvLayer("a", 3, 6, 8, 8, pad=1), ConvLayer("b", 6, 12, 8, 8, pad=1),
+              ConvLayer("c", 12, 5, 8, 8, pad=1)]
+    wl = workload.shape_only("small", layers)
+    cfg = SnaPEAConfig(lanes=8, act_depth=2048, max_windows=64)
+    got = dispatch_study(wl, cfg)
+    sims = [simulate_network(wl, cfg, mode=m, systolic=False) for m in ("dense", "exact")]
+    assert got["static"]["cycles_dense"] == sims[0].totals()["cycles"]
+    assert got["static"]["cycles"] == sims[1].totals()["cycles"]
+    for q in ("squash", "no_squash"):
+        queue, balanced = got[f"queue_{q}"], got[f"balanced_{q}"]
+        assert balanced["cycles"] <= queue["cycles"] <= got["static"]["cycles"]
+        assert balanced["cycles_dense"] <= queue["cycles_dense"]
+        # at best every saved MAC is a saved cycle of a lane, the fixed cycles unchanged
+        bound = balanced["macs_saved"] * (1 - got["fixed_share"])
+        assert balanced["cycles_saved"] <= bound + 1e-3
+    assert got["queue_no_squash"]["cycles"] <= got["queue_squash"]["cycles"]
+    assert got["queue_squash"]["macs_saved"] > 0 and 0 < got["fixed_share"] < 1
