@@ -105,8 +105,10 @@ def sim_files(out: Path) -> list[Path]:
 def test_grid_on_a_local_cluster_equals_zeroskip_sim(cluster, digits_sim, tmp_path, capsys):
     c, _ = cluster
     out = tmp_path / "sweep"
+    t0 = time.perf_counter()
     assert main(["sweep", "systolic", "--network", "digits", *GRID, "--scheduler",
                  c.scheduler_address, "-o", str(out)]) == 0
+    first = time.perf_counter() - t0
     rows = read_rows(out)
     assert [(int(r["rows"]), int(r["cols"])) for r in rows] == [
         (r, k) for r in (4, 8, 16) for k in (4, 8, 16)]
@@ -133,7 +135,8 @@ def test_grid_on_a_local_cluster_equals_zeroskip_sim(cluster, digits_sim, tmp_pa
     t0 = time.perf_counter()
     assert main(["sweep", "systolic", "--network", "digits", *GRID, "--scheduler",
                  "tcp://127.0.0.1:9", "-o", str(out)]) == 0
-    assert time.perf_counter() - t0 < 5
+    rerun = time.perf_counter() - t0
+    assert rerun < 0.1 * first, (rerun, first)
     assert "9 from the cache, 0 task(s) run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in sim_files(out)} == before
     assert read_rows(out) == rows

@@ -573,7 +573,7 @@ class Cluster:
                 self.cluster = LocalCluster(
                     n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
                     processes=True, resources={"synth": 1, "rtl": 1},
-                    dashboard_address=":0", silence_logs=logging.ERROR)
+                    dashboard_address=":0", silence_logs=logging.CRITICAL)
                 self.client = Client(self.cluster)
         return self.client
 
@@ -708,7 +708,7 @@ def run_trials(sweep: Sweep, axes: list[Axis], n_trials: int, sampler: str, seed
         if p.done:
             for trial in waiting.pop(p.key):
                 tell(trial, p)
-            progress(p)
+                progress(p)
     return order
 
 
