@@ -64,17 +64,18 @@ def cluster():
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      resources={"synth": 1, "rtl": 1}, dashboard_address=None,
+                      resources={"synth": 1, "rtl": 1}, dashboard_address=":0",
                       silence_logs=logging.ERROR) as c, Client(c) as client:
         yield c, client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def digits_sim():
     """``zeroskip sim`` itself (cmd_sim, its options and its JSON) on the digits workload, loaded
     once through the loader it uses (in the background, while the sweep runs)."""
     loaded = {}
-    loader = threading.Thread(target=lambda: loaded.update(wl=cli.load_workload("digits")))
+    loader = threading.Thread(target=lambda: loaded.update(wl=cli.load_workload("digits")),
+                              daemon=True)
     loader.start()
 
     def run(tmp_path, *options) -> dict:
@@ -152,43 +153,6 @@ def test_grid_on_a_local_cluster_equals_zeroskip_sim(cluster, digits_sim, tmp_pa
         assert p == lost or p.stat().st_mtime_ns == t
 
 
-def test_a_killed_worker_loses_no_finished_point(cluster, tmp_path):
-    """A worker is killed (SIGKILL) as soon as the other one has finished a point: the sweep
-    still completes every point, on the worker left, and the finished one is not redone."""
-    c, client = cluster
-    pids = client.run(os.getpid)
-    out = tmp_path / "sweep"
-    seen = {}
-
-    def kill_when_a_point_is_done():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            files = sim_files(out)
-            if files:
-                first = json.loads(files[0].read_text())
-                seen.update(file=files[0], mtime=files[0].stat().st_mtime_ns,
-                            done_at_kill=len(files), writer=first["worker"])
-                pid = next(p for p in pids.values() if not first["worker"].endswith(f":{p}"))
-                os.kill(pid, signal.SIGKILL)
-                seen["killed"] = pid
-                return
-            time.sleep(0.02)
-    watcher = threading.Thread(target=kill_when_a_point_is_done)
-    watcher.start()
-    try:
-        # NullHop's simulator takes a while per point (it walks the sparse data)
-        assert main(["sweep", "nullhop", "--network", "digits", "--grid",
-                     "macs=4..32", "-o", str(out), "--scheduler", c.scheduler_address]) == 0
-    finally:
-        watcher.join()
-    assert "killed" in seen and seen["done_at_kill"] < 4, seen
-    rows = read_rows(out)
-    assert [int(r["macs"]) for r in rows] == [4, 8, 16, 32]
-    assert all(r["status"] == "ok" for r in rows), rows
-    assert seen["file"].stat().st_mtime_ns == seen["mtime"]
-    assert len(sim_files(out)) == 4
-
-
 def write_topology(tmp_path) -> Path:
     path = tmp_path / "two.csv"
     path.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, "
@@ -231,6 +195,43 @@ def test_synthesis_figures_and_the_throughput_frontier(cluster, tmp_path, monkey
     for stem in ("pareto_cycles_energy", "pareto_throughput_luts"):
         for ext in ("png", "svg"):
             assert (out / f"{stem}.{ext}").exists()
+
+
+def test_a_killed_worker_loses_no_finished_point(cluster, tmp_path):
+    """A worker is killed (SIGKILL) as soon as the other one has finished a point: the sweep
+    still completes every point, on the worker left, and the finished one is not redone."""
+    c, client = cluster
+    pids = client.run(os.getpid)
+    out = tmp_path / "sweep"
+    seen = {}
+
+    def kill_when_a_point_is_done():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            files = sim_files(out)
+            if files:
+                first = json.loads(files[0].read_text())
+                seen.update(file=files[0], mtime=files[0].stat().st_mtime_ns,
+                            done_at_kill=len(files), writer=first["worker"])
+                pid = next(p for p in pids.values() if not first["worker"].endswith(f":{p}"))
+                os.kill(pid, signal.SIGKILL)
+                seen["killed"] = pid
+                return
+            time.sleep(0.02)
+    watcher = threading.Thread(target=kill_when_a_point_is_done)
+    watcher.start()
+    try:
+        # NullHop's simulator takes a while per point (it walks the sparse data)
+        assert main(["sweep", "nullhop", "--network", "digits", "--grid",
+                     "macs=4..32", "-o", str(out), "--scheduler", c.scheduler_address]) == 0
+    finally:
+        watcher.join()
+    assert "killed" in seen and seen["done_at_kill"] < 4, seen
+    rows = read_rows(out)
+    assert [int(r["macs"]) for r in rows] == [4, 8, 16, 32]
+    assert all(r["status"] == "ok" for r in rows), rows
+    assert seen["file"].stat().st_mtime_ns == seen["mtime"]
+    assert len(sim_files(out)) == 4
 
 
 def test_default_is_a_local_cluster_of_one_process_per_core(tmp_path, monkeypatch, capsys):
@@ -281,6 +282,23 @@ def test_sweep_and_trials_on_a_scheduler_in_another_process(external, tmp_path, 
     assert 1 <= len(rows) <= 5 and all(r["status"] == "ok" for r in rows)
     assert all(2 <= int(r["rows"]) <= 8 and r["cols"] in ("2", "4") for r in rows)
     assert json.loads((trials / "sweep.json").read_text())["trials"] == 5
+
+
+@pytest.mark.rtl
+def test_verify_runs_each_points_rtl(cluster, tmp_path, capsys):
+    """--verify: the point's RTL on the digits net's fc2, checked by zeroskip verify's verifier
+    (bit-exact outputs, the simulator's cycle count), as a task asking for the rtl resource."""
+    out = tmp_path / "sweep"
+    argv = ["sweep", "systolic", "--network", "digits", "--preset", "tiny", "--grid", "cols=3",
+            "--verify", "--scheduler", cluster[0].scheduler_address, "-o", str(out)]
+    assert main(argv) == 0
+    (row,) = read_rows(out)
+    assert row["status"] == "ok" and row["verified"] == "pass" and row["verify_layer"] == "fc2"
+    assert int(row["verify_cycles"]) > 0
+    assert len(list(out.glob("points/*/verify-*.json"))) == 1
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "1 from the cache, 0 task(s) run" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,needle", [
