@@ -273,15 +273,21 @@ def test_sweep_and_trials_on_a_scheduler_in_another_process(external, tmp_path, 
                  "--verify", "--scheduler", address, "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "offers the resource 'rtl'" in err[0]
-    # an Optuna search on the same scheduler: 5 trials of a 14-point space
+    # an Optuna (TPE) search on the same scheduler: 6 trials of a 14-point space, 3 at a time;
+    # the same command again picks the same points, all from the cache (no scheduler needed)
     trials = tmp_path / "trials"
-    assert main(["sweep", "systolic", "--topology", str(topo), "--grid", "rows=2..8",
-                 "cols=2,4", "--trials", "5", "--sampler", "random", "--seed", "3",
-                 "--scheduler", address, "-o", str(trials)]) == 0
+    argv = ["sweep", "systolic", "--topology", str(topo), "--grid", "rows=2..8", "cols=2,4",
+            "--trials", "6", "--batch", "3", "--seed", "3", "-o", str(trials)]
+    assert main([*argv, "--scheduler", address]) == 0
     rows = read_rows(trials)
-    assert 1 <= len(rows) <= 5 and all(r["status"] == "ok" for r in rows)
+    assert 1 <= len(rows) <= 6 and all(r["status"] == "ok" for r in rows)
     assert all(2 <= int(r["rows"]) <= 8 and r["cols"] in ("2", "4") for r in rows)
-    assert json.loads((trials / "sweep.json").read_text())["trials"] == 5
+    assert json.loads((trials / "sweep.json").read_text())["trials"] == 6
+    capsys.readouterr()
+    assert main([*argv, "--scheduler", "tcp://127.0.0.1:9"]) == 0
+    assert f"{len(rows)} points, {len(rows)} from the cache, 0 task(s)" in \
+        capsys.readouterr().out
+    assert read_rows(trials) == rows
 
 
 @pytest.mark.rtl
@@ -313,6 +319,7 @@ def test_verify_runs_each_points_rtl(cluster, tmp_path, capsys):
     ([], "give the fields to sweep: --grid FIELD=V1,V2,..."),
     (["--grid", "rows=4", "--trials", "0"], "--trials must be at least 1"),
     (["--grid", "rows=4", "--seed", "3"], "--seed applies to --trials only"),
+    (["--grid", "rows=4", "--trials", "3", "--batch", "0"], "--batch must be at least 1"),
     (["--grid", "rows=4", "--trials", "3", "--objectives", "cycles,speed"],
      "unknown objective 'speed'"),
     (["--grid", "rows=4", "--trials", "3", "--objectives", "luts"], "add --synth"),

@@ -29,7 +29,6 @@ import csv
 import dataclasses
 import functools
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -644,71 +643,44 @@ def run_grid(sweep: Sweep, points: list[Point], cluster: Cluster, progress) -> N
 
 
 def run_trials(sweep: Sweep, axes: list[Axis], n_trials: int, sampler: str, seed: int,
-               objectives: list[str], cluster: Cluster, progress) -> list[Point]:
-    """``n_trials`` configurations picked by an Optuna sampler over ``axes``, told each
-    point's objectives as it completes; as many in flight as the cluster has workers."""
+               objectives: list[str], batch: int, cluster: Cluster, progress) -> list[Point]:
+    """``n_trials`` configurations picked by an Optuna sampler over ``axes``, ``batch`` at a
+    time: a batch runs in parallel and its points' objectives are told in the order they were
+    asked once the whole batch is done, so the same seed and batch size pick the same points
+    again (and a rerun finds them all in the cache)."""
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-                "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
-                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
+    with warnings.catch_warnings():  # constant_liar: spread a batch's points apart
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        chosen = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+                  "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+                  "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[sampler]()
     study = optuna.create_study(directions=[OBJECTIVES[o][1] for o in objectives],
-                                sampler=samplers[sampler]())
+                                sampler=chosen)
     order: list[Point] = []
-    waiting: dict[str, list] = {}  # point key -> the trials waiting for it
-    futures: dict = {}
-    ac = None
-
-    def ask():
-        trial = study.ask()
-        over = {a.name: _suggest(trial, a) for a in axes}
-        p = sweep.point(over)
-        if p not in order:
-            order.append(p)
-        return trial, p
-
-    def tell(trial, p):
-        row = point_row(sweep, p)
-        values = [row.get(OBJECTIVES[o][0]) for o in objectives]
-        if row["status"] != "ok" or any(v is None for v in values):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            study.tell(trial, values)
-
     asked = 0
-    parallel = None
-    while asked < n_trials or futures:
-        while asked < n_trials and (parallel is None or len(waiting) < parallel):
-            trial, p = ask()
+    while asked < n_trials:
+        trials = []
+        for _ in range(min(batch, n_trials - asked)):
+            trial = study.ask()
+            p = sweep.point({a.name: _suggest(trial, a) for a in axes})
+            trials.append((trial, p))
+            if p not in order:
+                order.append(p)
             asked += 1
-            if p.done:
-                tell(trial, p)
-                progress(p)
-                continue
-            if p.key in waiting:  # the same configuration already in flight
-                waiting[p.key].append(trial)
-                continue
-            waiting[p.key] = [trial]
-            new = list(submit(cluster, sweep, p, futures))
-            if ac is None:
-                from distributed import as_completed
-
-                cluster.check_resources({r for part in p.parts
-                                         for r in (RESOURCES[part] or {})})
-                ac = as_completed(new)
-                parallel = max(1, len(cluster.get().scheduler_info(n_workers=-1)["workers"]))
+        run_grid(sweep, list({id(p): p for _, p in trials}.values()), cluster,
+                 lambda p: None)
+        for trial, p in trials:
+            row = point_row(sweep, p)
+            values = [row.get(OBJECTIVES[o][0]) for o in objectives]
+            if row["status"] != "ok" or any(v is None for v in values):
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
-                ac.update(new)
-        if not futures:
-            break
-        fut = next(ac)
-        p, part = futures.pop(fut)
-        sweep.record(p, part, _result(fut, part))
-        if p.done:
-            for trial in waiting.pop(p.key):
-                tell(trial, p)
-                progress(p)
+                study.tell(trial, values)
+            progress(p)
     return order
 
 
@@ -831,11 +803,11 @@ def plot(rows: list[dict], axes: list[str], out: Path, title: str) -> list[Path]
         ax.scatter(xs_, ys_, s=18, color="#999999", label="design point", zorder=2)
         if front:
             fx, fy = zip(*front)
-            ax.plot(fx, fy, color=PALETTE[5], lw=1.2, drawstyle="steps-post" if
-                    yk == "energy_pj" else "steps-pre", zorder=1)
+            # the edge of what the frontier's points dominate, in both views
+            ax.plot(fx, fy, color=PALETTE[5], lw=1.2, drawstyle="steps-post", zorder=1)
             ax.scatter(fx, fy, s=42, color=PALETTE[5], label=f"Pareto frontier ({len(front)})",
                        zorder=3)
-        label_all = len(pts) <= 40
+        label_all = len(pts) <= 12  # beyond that the labels hide each other: the frontier's
         for r, x, y in zip(pts, xs_, ys_):
             if label_all or r[fk]:
                 ax.annotate(point_label(r, axes), (x, y), xytext=(3, 3),
@@ -875,12 +847,15 @@ def add_parser(sub) -> None:
                        help="N configurations picked by an Optuna sampler from the --grid "
                             "space instead of every combination")
         s.add_argument("--sampler", choices=SAMPLERS, default="tpe",
-                       help="--trials: Optuna's sampler (default tpe; random is "
-                            "reproducible whatever order the points finish in)")
+                       help="--trials: Optuna's sampler (default tpe)")
         s.add_argument("--objectives", default="cycles,energy", metavar="A,B",
                        help=f"--trials: what the sampler optimises, of "
                             f"{', '.join(OBJECTIVES)} (default cycles,energy)")
         s.add_argument("--seed", type=int, default=0, help="--trials: sampler seed (default 0)")
+        s.add_argument("--batch", type=int, default=8, metavar="N",
+                       help="--trials: points run in parallel before the sampler is told "
+                            "their figures (default 8); the same seed and batch pick the same "
+                            "points")
         add_network_options(s)
         add_energy_option(s)
         s.add_argument("--verify", action="store_true",
@@ -925,8 +900,11 @@ def check_args(args):
     if args.trials is not None:
         if args.trials < 1:
             raise SweepError(f"--trials must be at least 1, not {args.trials}")
+        if args.batch < 1:
+            raise SweepError(f"--batch must be at least 1, not {args.batch}")
     else:
-        for o, default in (("sampler", "tpe"), ("seed", 0), ("objectives", "cycles,energy")):
+        for o, default in (("sampler", "tpe"), ("seed", 0), ("objectives", "cycles,energy"),
+                           ("batch", 8)):
             if getattr(args, o) != default:
                 raise SweepError(f"--{o} applies to --trials only; add --trials N or leave "
                                  "it out")
@@ -1007,7 +985,7 @@ def cmd_sweep(args) -> None:
         try:
             if points is None:
                 points = run_trials(sweep, axes, args.trials, args.sampler, args.seed,
-                                    objectives, cluster, progress)
+                                    objectives, args.batch, cluster, progress)
             else:
                 run_grid(sweep, points, cluster, progress)
         except KeyboardInterrupt:
@@ -1033,6 +1011,8 @@ def cmd_sweep(args) -> None:
               "grid": {a.name: list(a.grid_values()) if a.values or a.kind != "float"
                        else [a.lo, a.hi] for a in axes},
               "trials": args.trials, "sampler": args.sampler if args.trials else None,
+              "seed": args.seed if args.trials else None,
+              "batch": args.batch if args.trials else None,
               "objectives": objectives if args.trials else None,
               "points": len(rows), "from_cache": cached, "tasks_run": sweep.computed,
               "seconds": round(dt, 3), "ran_on": cluster.where() if sweep.computed else None,
