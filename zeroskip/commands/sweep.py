@@ -189,7 +189,7 @@ def config_with(base, overrides: dict):
                                                   if k not in fxp_names})
 
 
-def grid_points(base, axes: list[Axis]) -> list[dict]:
+def grid_points(axes: list[Axis]) -> list[dict]:
     """Every combination of the axes' values, in order (the last axis fastest)."""
     values = [a.grid_values() for a in axes]
     n = 1
@@ -310,12 +310,15 @@ def _workload(spec_json: str):
                                   images=spec["images"])
 
 
-def _store(path: str, result: dict) -> None:
-    """Keep a part's result in its point's folder (written whole). A worker whose file system
-    does not have the folder leaves it to the process that started the sweep."""
+def _store(path: str, result: dict, config: dict) -> None:
+    """Keep a part's result in its point's folder (written whole), with the point's
+    configuration beside it. A worker whose file system does not have the folder leaves it to
+    the process that started the sweep."""
     try:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
+        if not (p.parent / "config.json").exists():
+            write_atomic(p.parent / "config.json", json.dumps(config, sort_keys=True))
         write_atomic(p, json.dumps(result, indent=1, allow_nan=False))
     except OSError:
         pass
@@ -362,7 +365,7 @@ def sim_task(task: dict) -> dict:
                              for l in report.layers], "cacheable": True}
     result.update(seconds=round(time.perf_counter() - t0, 3), worker=_worker_name())
     if result["cacheable"]:
-        _store(task["path"], result)
+        _store(task["path"], result, task["config"])
     return result
 
 
@@ -403,7 +406,7 @@ def verify_task(task: dict) -> dict:
     result.update(layer=task["layer"], seconds=round(time.perf_counter() - t0, 3),
                   worker=_worker_name())
     if result["cacheable"]:
-        _store(task["path"], result)
+        _store(task["path"], result, task["config"])
     return result
 
 
@@ -427,7 +430,7 @@ def synth_task(task: dict) -> dict:
                   **{k: res.get(k) for k in ("luts", "ffs", "dsps", "brams", "fmax_mhz")}}
     result.update(seconds=round(time.perf_counter() - t0, 3), worker=_worker_name())
     if result["cacheable"]:
-        _store(task["path"], result)
+        _store(task["path"], result, task["config"])
     return result
 
 
@@ -505,9 +508,6 @@ class Sweep:
             if res is not None:
                 p.results[part] = res
                 p.cached.add(part)
-        if not (folder / "config.json").exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(folder / "config.json", cfg.to_json())
         self.points[key] = p
         return p
 
@@ -517,8 +517,10 @@ class Sweep:
     def record(self, p: Point, part: str, result: dict) -> None:
         """A part finished: keep its file (if the worker's folder is elsewhere) and result."""
         path = Path(p.parts[part]["path"])
+        if self.computed == 0:  # the sweep's summary, if any, is out of date from here
+            (self.out / "sweep.json").unlink(missing_ok=True)
         if result.get("cacheable") and not path.exists():
-            _store(str(path), result)
+            _store(str(path), result, p.parts[part]["config"])
         p.results[part] = result
         self.computed += 1
 
@@ -954,7 +956,7 @@ def cmd_sweep(args) -> None:
         sweep = Sweep(args.block, base, out, source, table, table_digest, verify, args.synth)
         points = None
         if args.trials is None:
-            overrides = grid_points(base, axes)
+            overrides = grid_points(axes)
             points = [sweep.point(o) for o in overrides]
             if all(p.invalid for p in points):
                 raise SweepError(f"no point of the grid is a valid {args.block} "
@@ -978,10 +980,8 @@ def cmd_sweep(args) -> None:
             for p in points:
                 if p.done:
                     progress(p)
-        todo = points is None or any(not p.done for p in points)
-        if todo:
+        if points is None or any(not p.done for p in points):
             prog.update(task, description=f"sweep {what}: starting {cluster.where()}")
-            (out / "sweep.json").unlink(missing_ok=True)  # an interrupted sweep has none
         try:
             if points is None:
                 points = run_trials(sweep, axes, args.trials, args.sampler, args.seed,
@@ -1001,6 +1001,7 @@ def cmd_sweep(args) -> None:
     rows = [point_row(sweep, p) for p in points]
     mark_pareto(rows)
     names = [a.name for a in axes]
+    out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "sweep.csv")
     rows_digest = _digest([what, rows])
     pngs = [out / f for f in earlier.get("plots", [])]
@@ -1008,8 +1009,7 @@ def cmd_sweep(args) -> None:
         pngs = plot(rows, names, out, what)  # else the plots of these very rows are there
     cached = sum(1 for p in points if p.cfg and not set(p.parts) - p.cached)
     report = {"block": args.block, "source": source, "base": base.to_dict(),
-              "grid": {a.name: list(a.grid_values()) if a.values or a.kind != "float"
-                       else [a.lo, a.hi] for a in axes},
+              "grid": args.grid,
               "trials": args.trials, "sampler": args.sampler if args.trials else None,
               "seed": args.seed if args.trials else None,
               "batch": args.batch if args.trials else None,
