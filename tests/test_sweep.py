@@ -22,7 +22,7 @@ GRID = ["--grid", "rows=4,8,16", "cols=4,8,16"]
 
 class External:
     """``dask scheduler`` and one ``dask worker`` (resource synth only), each its own process,
-    started as the module starts so that they boot while the first tests run."""
+    started by the first test so that they boot while the first tests run."""
 
     def __init__(self, tmp: Path):
         env = dict(os.environ)
@@ -49,7 +49,7 @@ class External:
             p.wait()
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def external(tmp_path_factory):
     ext = External(tmp_path_factory.mktemp("scheduler"))
     yield ext
@@ -69,7 +69,7 @@ def cluster():
         yield c, client
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def digits_sim():
     """``zeroskip sim`` itself (cmd_sim, its options and its JSON) on the digits workload, loaded
     once through the loader it uses (in the background, while the sweep runs)."""
@@ -103,7 +103,9 @@ def sim_files(out: Path) -> list[Path]:
     return sorted(out.glob("points/*/sim-*.json"))
 
 
-def test_grid_on_a_local_cluster_equals_zeroskip_sim(cluster, digits_sim, tmp_path, capsys):
+def test_grid_on_a_local_cluster_equals_zeroskip_sim(external, digits_sim, cluster, tmp_path,
+                                                      capsys):
+    # ``external`` is not used here: its processes boot meanwhile, for the test that is
     c, _ = cluster
     out = tmp_path / "sweep"
     t0 = time.perf_counter()
