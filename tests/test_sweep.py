@@ -329,6 +329,9 @@ def test_verify_runs_each_points_rtl(cluster, tmp_path, capsys):
     (["--grid", "rows=4", "--workers", "0"], "--workers must be at least 1"),
     (["--grid", "rows=4", "--network", "lenet"], "unknown network 'lenet'"),
     (["--grid", "rows=4", "--verify-layer", "conv1"], "--verify-layer applies to --verify"),
+    (["--grid", "rows=4", "--model", "/nonexistent.onnx"], "is not a file, a module:function"),
+    (["--grid", "rows=4", "--topology", "/nonexistent.csv"], "does not exist"),
+    (["--grid", "rows=4", "--energy-table", "/nonexistent.json"], "does not exist"),
     (["--grid", "rows=2..256", "cols=2..256"], "the grid has 65,025 points"),
 ])
 def test_bad_input_gives_one_line_error_and_writes_nothing(argv, needle, tmp_path, capsys):

@@ -267,6 +267,15 @@ def source_spec(args) -> dict:
             raise SweepError(f"--topology {args.topology!r} does not exist; give a SCALE-Sim "
                              "topology .csv file")
         return {"kind": kind, "topology": str(path.resolve())}
+    from zeroskip.models.workloads import ZOO_MODELS
+
+    if not (Path(args.model).exists() or ":" in args.model or args.model in ZOO_MODELS):
+        raise SweepError(f"--model {args.model!r} is not a file, a module:function or one of "
+                         f"{', '.join(ZOO_MODELS)}")
+    for o in ("weights", "calib"):
+        v = getattr(args, o, None)
+        if v and not Path(v).exists():
+            raise SweepError(f"--{o} {v!r} does not exist")
     spec = {"kind": kind, "images": args.images or 1}
     for o in ("model", "weights", "calib"):
         v = getattr(args, o, None)
