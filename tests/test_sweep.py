@@ -236,6 +236,89 @@ def test_a_killed_worker_loses_no_finished_point(cluster, tmp_path):
     assert len(sim_files(out)) == 4
 
 
+def test_a_result_lost_with_its_worker_is_read_from_its_file_or_run_again(tmp_path, monkeypatch):
+    """When a worker dies between finishing a part and handing its result over, fetching the
+    result fails: the sweep takes the file the worker wrote, else submits the part again (and
+    reports the part as lost after ``ATTEMPTS`` tries)."""
+    import distributed
+
+    from zeroskip.hw.config import SystolicConfig
+    from zeroskip.sim.energy import load_table
+
+    class Lost(Exception):
+        pass
+
+    class Future:
+        def __init__(self, fn, task, fail):
+            self.fn, self.task, self.fail = fn, task, fail
+
+        def result(self):
+            if self.fail:
+                raise Lost("the worker holding it died")
+            return self.fn(self.task)
+
+    class Client:
+        def __init__(self, fail):
+            self.fail, self.keys = fail, []
+
+        def submit(self, fn, task, key, resources, pure):
+            self.keys.append(key)
+            return Future(fn, task, self.fail(key, task))
+
+    class AsCompleted:
+        def __init__(self, futures):
+            self.queue = list(futures)
+
+        def __iter__(self):
+            while self.queue:
+                yield self.queue.pop(0)
+
+        def add(self, fut):
+            self.queue.append(fut)
+    monkeypatch.setattr(distributed, "as_completed", AsCompleted)
+
+    class Cluster(sweep.Cluster):
+        def __init__(self, client):
+            super().__init__(None, None)
+            self.client = client
+
+    topo = write_topology(tmp_path)
+    source = {"kind": "topology", "topology": str(topo)}
+
+    def run(fail):
+        s = sweep.Sweep("systolic", SystolicConfig(), tmp_path / "out", source, load_table(),
+                        "default")
+        points = [s.point({"rows": r}) for r in (2, 4)]
+        client = Client(fail)
+        sweep.run_grid(s, points, Cluster(client), lambda p: None)
+        return points, client.keys
+
+    # the first attempt of rows=2 "finished" (its file is written) but its result is lost
+    def finished_then_lost(key, task):
+        if task["config"]["rows"] == 2 and "retry" not in key:
+            sweep.sim_task(task)
+            return True
+        return False
+    points, keys = run(finished_then_lost)
+    assert len(keys) == 2 and all(p.results["sim"]["status"] == "ok" for p in points)
+
+    # lost before its file was written: submitted again, and the second attempt delivers
+    for f in (tmp_path / "out").glob("points/*/sim-*.json"):
+        f.unlink()
+    points, keys = run(lambda key, task: task["config"]["rows"] == 4 and "retry" not in key)
+    assert len(keys) == 3 and keys[-1].endswith("-retry1")
+    assert all(p.results["sim"]["status"] == "ok" for p in points)
+
+    # lost every time: reported, not kept
+    for f in (tmp_path / "out").glob("points/*/sim-*.json"):
+        f.unlink()
+    points, keys = run(lambda key, task: task["config"]["rows"] == 4)
+    assert len(keys) == 1 + sweep.ATTEMPTS
+    lost = points[1].results["sim"]
+    assert lost["status"] == "error" and lost["error"].startswith("task lost: Lost: ")
+    assert not list((tmp_path / "out").glob(f"points/{points[1].key}/sim-*.json"))
+
+
 def test_default_is_a_local_cluster_of_one_process_per_core(tmp_path, monkeypatch, capsys):
     """Without --scheduler the sweep starts a LocalCluster: one single-threaded worker process
     per core, each offering the synth and rtl resources (run here with its workers as threads
@@ -287,8 +370,7 @@ def test_sweep_and_trials_on_a_scheduler_in_another_process(external, tmp_path, 
     assert json.loads((trials / "sweep.json").read_text())["trials"] == 6
     capsys.readouterr()
     assert main([*argv, "--scheduler", "tcp://127.0.0.1:9"]) == 0
-    assert f"{len(rows)} points, {len(rows)} from the cache, 0 task(s)" in \
-        capsys.readouterr().out
+    assert f"{len(rows)} from the cache, 0 task(s)" in capsys.readouterr().out
     assert read_rows(trials) == rows
 
 

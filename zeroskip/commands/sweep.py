@@ -615,26 +615,19 @@ class Cluster:
             self.cluster.close()
 
 
-def submit(cluster: Cluster, sweep: Sweep, p: Point, futures: dict):
-    client = cluster.get()
-    for part in sweep.missing(p):
-        task = p.parts[part]
-        fut = client.submit(TASKS[part], task, key=f"{part}-{p.key}-{Path(task['path']).stem}",
-                            resources=RESOURCES[part], pure=False)
-        futures[fut] = (p, part)
-        yield fut
+ATTEMPTS = 3  # submissions of a part whose result was lost with its worker
 
 
-def _result(fut, part: str) -> dict:
-    try:
-        return fut.result()
-    except Exception as e:  # noqa: BLE001 - e.g. KilledWorker: the point is not finished
-        return {"part": part, "status": "error", "error": f"task lost: {_error(e)}",
-                "cacheable": False}
+def _submit(client, p: Point, part: str, attempt: int = 0):
+    task = p.parts[part]
+    key = f"{part}-{p.key}-{Path(task['path']).stem}" + (f"-retry{attempt}" if attempt else "")
+    return client.submit(TASKS[part], task, key=key, resources=RESOURCES[part], pure=False)
 
 
 def run_grid(sweep: Sweep, points: list[Point], cluster: Cluster, progress) -> None:
-    """Run every missing part of ``points``, recording each as it completes."""
+    """Run every missing part of ``points``, recording each as it completes. A part whose
+    result cannot be fetched (its worker died after finishing it, before handing it over) is
+    read from the file the worker wrote, else submitted again, up to ``ATTEMPTS`` times."""
     todo = [p for p in points if not p.done]
     if not todo:
         return
@@ -643,12 +636,23 @@ def run_grid(sweep: Sweep, points: list[Point], cluster: Cluster, progress) -> N
     client = cluster.get()
     cluster.check_resources({r for p in todo for part in sweep.missing(p)
                              for r in (RESOURCES[part] or {})})
-    futures: dict = {}
-    submitted = [f for p in todo for f in submit(cluster, sweep, p, futures)]
-    del client
-    for fut in as_completed(submitted):
-        p, part = futures.pop(fut)
-        sweep.record(p, part, _result(fut, part))
+    futures = {_submit(client, p, part): (p, part, 0) for p in todo for part in sweep.missing(p)}
+    pending = as_completed(list(futures))
+    for fut in pending:
+        p, part, attempt = futures.pop(fut)
+        try:
+            result = fut.result()
+        except Exception as e:  # noqa: BLE001 - e.g. KilledWorker, or a result lost with it
+            result = _read(p.parts[part]["path"])
+            if result is None and attempt + 1 < ATTEMPTS:
+                again = _submit(client, p, part, attempt + 1)
+                futures[again] = (p, part, attempt + 1)
+                pending.add(again)
+                continue
+            if result is None:
+                result = {"part": part, "status": "error", "error": f"task lost: {_error(e)}",
+                          "cacheable": False}
+        sweep.record(p, part, result)
         if p.done:
             progress(p)
 
@@ -1028,7 +1032,8 @@ def cmd_sweep(args) -> None:
               "rows": rows, "rows_digest": rows_digest, "plots": [p.name for p in pngs],
               "complete": all(p.done for p in points)}
     write_atomic(out / "sweep.json", json.dumps(report, indent=1, allow_nan=False))
-    print_summary(rows, names, f"{what}: {len(rows)} points, {cached} from the cache, "
+    print_summary(rows, names, f"{what}: {len(rows)} point{'s' * (len(rows) != 1)}, "
+                  f"{cached} from the cache, "
                   f"{sweep.computed} task(s) run in {dt:.2f} s"
                   + (f" on {cluster.where()}" if sweep.computed else ""))
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}"
