@@ -1002,7 +1002,8 @@ def cmd_sweep(args) -> None:
             else:
                 run_grid(sweep, points, cluster, progress)
         except KeyboardInterrupt:
-            kept = sum(1 for p in sweep.points.values() if p.done and not p.invalid)
+            kept = sum(1 for p in sweep.points.values() if p.cfg is not None and  # on disk
+                       all(Path(t["path"]).exists() for t in p.parts.values()))
             print(f"zeroskip: interrupted: {kept} finished point(s) kept in {out / 'points'}; "
                   "rerun the same command to compute the rest", file=sys.stderr)
             raise
