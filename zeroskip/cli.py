@@ -680,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     from zeroskip.commands import fpga  # synth (Yosys + nextpnr) and gen-axi
 
     fpga.add_parser(sub)
+    from zeroskip.commands import sweep  # design-space sweeps as Dask tasks
+
+    sweep.add_parser(sub)
     for block in registry.names("cli"):  # each block's own subcommands and options
         registry.get_block(block).part("cli")(sub)
     return p
