@@ -126,6 +126,21 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 ENERGY_HATCH = {"compute": "", "buffers": "//", "dram": ".."}
 
 
+def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
+    """``fig`` as ``stem.png`` and ``stem.svg`` in ``out_dir``, each written whole, then
+    closed; returns the two paths."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        path = Path(out_dir) / f"{stem}.{ext}"
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=ext)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
 def plot(reports: dict[str, NetworkReport], out_dir: Path, title: str,
          area: list[dict] | None = None, images: int | None = None) -> list[Path]:
     """Per-layer (and whole-network) cycles, energy split into compute / buffers / DRAM and
@@ -158,13 +173,7 @@ def plot(reports: dict[str, NetworkReport], out_dir: Path, title: str,
         return np.array([l[key] if cat is None else l[key].get(cat, 0.0) for l in items[b]])
 
     def save(fig, stem):
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            path = out_dir / f"{stem}.{ext}"
-            with replacing(path) as tmp:
-                fig.savefig(tmp, dpi=110, format=ext)
-            paths.append(path)
-        plt.close(fig)
+        paths.extend(save_figure(fig, out_dir, stem))
 
     def axes(ylabel):
         fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4.4))

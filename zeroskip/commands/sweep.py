@@ -798,7 +798,7 @@ def plot(rows: list[dict], axes: list[str], out: Path, title: str) -> list[Path]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from zeroskip.sim.compare import PALETTE
+    from zeroskip.sim.compare import PALETTE, save_figure
 
     paths = []
     views = [("cycles", "energy_pj", "pareto_cycles_energy", "cycles (lower is better)",
@@ -837,13 +837,7 @@ def plot(rows: list[dict], axes: list[str], out: Path, title: str) -> list[Path]
                      fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            path = out / f"pareto_{stem.split('_', 1)[1]}.{ext}"
-            with replacing(path) as tmp:
-                fig.savefig(tmp, dpi=110, format=ext)
-            paths.append(path)
-        plt.close(fig)
+        paths.extend(save_figure(fig, out, f"pareto_{stem.split('_', 1)[1]}"))
     return paths
 
 
