@@ -50,16 +50,25 @@ VERILATOR_HINT = ("cocotb needs Verilator >= 5.036 and {found}: install it with 
 #: Verilator warnings are about the generated Verilog's style (widths, unused bits), not
 #: about its behaviour, which the tests check; none stops the build
 VERILATOR_FLAGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-MULTIDRIVEN",
-                   "--x-assign", "0", "--x-initial", "0"]
+                   "--x-assign", "0", "--x-initial", "0", "--public-depth", "1"]
 
 
 class SimulatorMissing(RuntimeError):
     pass
 
 
+_chosen: list = []
+
+
+def use_simulator(name: str) -> None:
+    """The simulator of every later run that does not name one (``zeroskip verify --sim``)."""
+    _chosen[:] = [simulator(name)]
+
+
 def simulator(name: str | None = None) -> str:
-    """The simulator to use: ``name``, else ``$ZEROSKIP_SIM``, else Verilator."""
-    name = name or os.environ.get(SIM_ENV) or DEFAULT_SIM
+    """The simulator to use: ``name``, else ``use_simulator``'s, else ``$ZEROSKIP_SIM``, else
+    Verilator."""
+    name = name or (_chosen[0] if _chosen else None) or os.environ.get(SIM_ENV) or DEFAULT_SIM
     if name not in SIMULATORS:
         raise SimulatorMissing(f"unknown RTL simulator {name!r} (from {SIM_ENV} or --sim): "
                                f"choose one of {', '.join(SIMULATORS)}")
@@ -246,6 +255,9 @@ def _verilator_runner(exe: str):
 
         def _build_command(self):
             verilate, make = super()._build_command()
+            # cocotb only touches the top's ports: every other signal public (cocotb's
+            # default) keeps Verilator from optimising the design
+            verilate = [a for a in verilate if a != "--public-flat-rw"]
             rt = _runtime_dir(exe)
             if not rt.is_dir():
                 return [verilate, make]
@@ -287,9 +299,14 @@ def build(cfg, sim: str | None = None, generator=None, player_sizes: dict | None
     sim = check_simulator(sim)
     gen = generator or generate
     key = {"sim": sim, "config": json.loads(config_to_json(cfg)), "rtl": rtl_source_hash(),
-           "generator": getattr(gen, "__qualname__", repr(gen)) if generator else "generate",
            "top": "player" if player_sizes else cfg.block, "player": player_sizes,
            "streams": streams}
+    if generator is not None:
+        # another top (e.g. hw.axi's, with its own parameters): keyed by its Verilog itself
+        with tempfile.TemporaryDirectory(dir=cache_root().parent
+                                         if cache_root().parent.exists() else None) as tmp:
+            key["verilog"] = hashlib.sha256(gen(cfg, Path(tmp)).read_bytes()).hexdigest()
+        key["top"] = f"{cfg.block}-own-top"
     if player_sizes:
         from tb import player
 
