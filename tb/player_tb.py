@@ -11,7 +11,6 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
 from zeroskip.hw import layouts
-from tb.nullhop_cases import describe_word
 from tb.player import read_transfers
 from tb.runner import load_cases
 from tb.scoreboard import Scoreboard
@@ -20,7 +19,9 @@ from tb.streams import RunClock, describe_lanes
 
 def describe_for(cfg):
     """The block's payload rendering for messages (its output lanes, or NullHop's words)."""
-    if cfg.block == "nullhop":
+    if cfg.block == "nullhop":  # imported here: it brings torch, seconds per simulation
+        from tb.nullhop_cases import describe_word
+
         return describe_word(cfg)
     return describe_lanes(getattr(layouts, f"{cfg.block}_layouts")(cfg).out_vector)
 

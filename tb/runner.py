@@ -224,7 +224,7 @@ RUNTIME_OBJECTS = ("verilated", "verilated_vpi", "verilated_dpi", "verilated_thr
 def _runtime_dir(exe: str) -> Path:
     import cocotb
 
-    key = json.dumps([exe, _verilator_version(exe), VERILATOR_FLAGS, cocotb.__version__])
+    key = json.dumps([exe, find_verilator()[1], VERILATOR_FLAGS, cocotb.__version__])
     return cache_root() / f"verilator-runtime-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
