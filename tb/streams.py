@@ -3,6 +3,10 @@ deterministic valid/ready patterns the step models use, so cycle counts can be c
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
@@ -92,6 +96,7 @@ async def run_stream_case(dut, case: Case, describe=None) -> dict:
     """The whole bench of a block with ``amaranth.lib.stream`` ports: reset, drive
     ``case.inputs`` and collect ``case.outputs`` with the step model's handshake patterns,
     then check with the ``Scoreboard``. Returns the transfers."""
+    clock = RunClock()
     pat = handshake_patterns(case.valid_p, case.ready_p, case.seed,
                              sources=tuple(case.inputs), sinks=tuple(case.outputs))
     await start_clock_and_reset(dut)
@@ -101,7 +106,21 @@ async def run_stream_case(dut, case: Case, describe=None) -> dict:
     tr = await bench.run(lambda tr: all(len(tr[p]) >= n for p, n in want.items()),
                          linger=LINGER_CYCLES)
     Scoreboard(case, describe).check(tr, log=dut._log)
+    clock.write()
     return tr
+
+
+class RunClock:
+    """Wall and CPU seconds of a run, from its creation to ``write`` (into ``timing.json`` in
+    the simulation's folder, for scripts/bench_rtl.py: CPU time holds on a busy machine)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def write(self, **extra) -> None:
+        Path("timing.json").write_text(json.dumps(
+            {"wall": time.perf_counter() - self.wall, "cpu": time.process_time() - self.cpu,
+             **extra}))
 
 
 def describe_lanes(layout):

@@ -30,3 +30,21 @@ def test_verify_removes_its_temporary_build_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert main(["verify", "systolic", "--rows", "4", "--cols", "3", "--layer", "fc2"]) == 0
     assert not list(tmp_path.glob("zeroskip-verify-*"))
+
+
+@pytest.mark.rtl
+def test_verify_on_verilator(tmp_path, capsys):
+    assert main(["verify", "systolic", "--rows", "4", "--cols", "3", "--acc-depth", "24",
+                 "--layer", "fc2", "--sim", "verilator", "--build", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fc2: 10 outputs bit-exact" in out and "on verilator)" in out
+
+
+def test_verify_refuses_an_empty_band_and_an_image_of_a_model_network(capsys):
+    assert main(["verify", "systolic", "--network", "vgg16", "--layer", "conv3_1",
+                 "--band", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--band must be at least 1" in err[0]
+    assert main(["verify", "systolic", "--network", "vgg16", "--image", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--image applies to --network digits" in err[0]

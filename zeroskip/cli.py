@@ -480,43 +480,96 @@ def _block_presets(values: list[str] | None) -> dict[str, str]:
     return chosen
 
 
+def _verify_simulator(args) -> None:
+    """``--sim`` (else ``$ZEROSKIP_SIM``, else Icarus) as the RTL simulator of this run,
+    after checking that it is installed."""
+    import os
+
+    from tb import runner
+
+    sim = args.sim or os.environ.get(runner.SIM_ENV) or "icarus"
+    runner.use_simulator(runner.check_simulator(sim))
+
+
+def _check_band(band: int | None) -> None:
+    if band is not None and band < 1:
+        raise CliError(f"--band must be at least 1 (input rows), not {band}")
+
+
 def cmd_verify(args) -> None:
-    """Run a block's RTL (Icarus + cocotb) on layers of the digits net (or of ``--model``)
-    with real activations."""
+    """Run a block's RTL (Icarus or Verilator + cocotb) on layers of the digits net with real
+    activations (or of ``--model``, or of a named network on the activation model)."""
     cfg = config_from_args(args.block, args)
     check = _checkout_part(args.block, "verifier")
-    from tb.runner import check_icarus
-
     from zeroskip.models.digits import CALIBRATION_IMAGES
-    from zeroskip.models.workloads import network_layers
+    from zeroskip.models.workloads import NETWORKS, network_layers
 
+    _check_band(args.band)
     if getattr(args, "model", None):
         return _verify_model(args, cfg, check)
     check_source_args(args)  # --weights & co. without --model
-    if not 0 <= args.image < CALIBRATION_IMAGES:
+    network = args.network or "digits"
+    if network not in NETWORKS:
+        raise CliError(f"unknown network {network!r}; choose one of: {', '.join(NETWORKS)}")
+    if network == "digits" and not 0 <= args.image < CALIBRATION_IMAGES:
         raise CliError(f"--image must be in 0..{CALIBRATION_IMAGES - 1} (a digits calibration "
                        f"image), not {args.image}")
-    names = [l.name for l in network_layers("digits")]
+    if network != "digits" and args.image != 0:
+        raise CliError(f"--image applies to --network digits ({network} runs one input from "
+                       f"the seeded activation model); leave it out")
+    names = [l.name for l in network_layers(network)]
     chosen = args.layer or names
     for n in chosen:
         if n not in names:
-            raise CliError(f"unknown layer {n!r}; the digits net has: {', '.join(names)}")
+            raise CliError(f"unknown layer {n!r}; {network} has: {', '.join(names)}")
     if args.build:
         # the RTL simulator runs in its own folder: a relative path would point elsewhere
         build_root = check_out_dir(args.build, "--build").resolve()
-    check_icarus()
-    wl = load_workload("digits", images=args.image + 1)
+    _verify_simulator(args)
+    if network == "digits":
+        wl = load_workload("digits", images=args.image + 1)
+    else:
+        wl = _model_layers(load_workload(network), chosen)
     _verify_layers(args, cfg, check, wl, chosen, build_root if args.build else None)
+
+
+def _model_layers(wl, chosen):
+    """A network known by its shapes: the chosen layers as quantised layers with the seeded
+    activation model's weights and input (``sim.workload``), as ``zeroskip sim`` runs them."""
+    import torch
+
+    from zeroskip.models.reference import QuantLayer
+
+    quant, inputs = [None] * len(wl.layers), [None] * len(wl.layers)
+    for i, spec in enumerate(wl.layers):
+        if spec.name in chosen:
+            d = wl.layer_data(i)
+            quant[i] = QuantLayer(spec, *(torch.from_numpy(a) for a in (d.w, d.bias, d.mult,
+                                                                        d.shift)))
+            inputs[i] = torch.from_numpy(d.x)[None]
+    return dataclasses.replace(wl, quant=quant, real_inputs=inputs)
+
+
+def _band(q, x, rows: int | None):
+    """``--band N``: the layer on the first ``N`` rows of its input (every channel), padded as
+    the layer is; the whole layer when it has at most ``N`` rows."""
+    if rows is None or rows >= q.spec.in_h:
+        return q, x
+    spec = dataclasses.replace(q.spec, in_h=rows)
+    if spec.pool > 1 and spec.out_h % spec.pool:
+        raise CliError(f"--band {rows}: layer {spec.name} pools {spec.pool}x{spec.pool}, so its "
+                       f"band needs a multiple of {spec.pool} output rows, not {spec.out_h}")
+    return dataclasses.replace(q, spec=spec), x[:, :rows]
 
 
 def _verify_model(args, cfg, check) -> None:
     """``zeroskip verify --model``: layers of an imported model on its calibration images."""
-    from tb.runner import check_icarus
-
     if args.image < 0:
         raise CliError(f"--image must be at least 0, not {args.image}")
+    if args.network:
+        raise CliError("give one of --network, --model, not both")
     build_root = check_out_dir(args.build, "--build").resolve() if args.build else None
-    check_icarus()
+    _verify_simulator(args)
     from zeroskip.models.importer import ImagesOutOfRange
 
     try:
@@ -554,9 +607,14 @@ def _verify_model(args, cfg, check) -> None:
 def _verify_layers(args, cfg, check, wl, chosen, build_root) -> None:
     import tempfile
 
+    from tb.runner import simulator as sim_name
+
     names = [l.name for l in wl.layers]
+    band = getattr(args, "band", None)
+    cut = {n: _band(wl.quant[names.index(n)], wl.real_inputs[names.index(n)][args.image], band)
+           for n in chosen}
     for n in chosen:  # what the simulator refuses, the RTL is not run on
-        q = wl.quant[names.index(n)]
+        q = cut[n][0]
         cfg.fxp.check_reduction(n, q.spec.gemm[1], int(q.bias.abs().max()))
     if not args.build:
         build_root = Path(tempfile.mkdtemp(prefix="zeroskip-verify-"))
@@ -564,14 +622,18 @@ def _verify_layers(args, cfg, check, wl, chosen, build_root) -> None:
     for n in chosen:
         i = names.index(n)
         t0 = time.perf_counter()
+        q, x = cut[n]
+        what = n if q.spec.in_h == wl.layers[i].in_h else (
+            f"{n} (input rows 0..{q.spec.in_h - 1} of {wl.layers[i].in_h}, every channel)")
         try:
-            res = check(cfg, wl.quant[i], wl.real_inputs[i][args.image], build_root / n)
+            res = check(cfg, q, x, build_root / n)
         except AssertionError as e:
             failed += 1
-            print(f"{n}: FAILED: {str(e).splitlines()[0]}")
+            print(f"{what}: FAILED: {str(e).splitlines()[0]}")
             continue
-        print(f"{n}: {res['outputs']} outputs bit-exact vs the integer reference; RTL took "
-              f"{res['cycles']:,} cycles = simulator prediction ({time.perf_counter() - t0:.1f} s)")
+        print(f"{what}: {res['outputs']} outputs bit-exact vs the integer reference; RTL took "
+              f"{res['cycles']:,} cycles = simulator prediction ({time.perf_counter() - t0:.1f} s "
+              f"on {sim_name()})")
     if failed:
         raise CliError(f"{failed} of {len(chosen)} layers failed RTL verification (build and "
                        f"logs in {build_root})")
@@ -660,14 +722,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     def verify_options(v):
         v.add_argument("--layer", action="append", metavar="NAME",
-                       help="digits layer to verify (repeatable; default: every layer)")
+                       help="layer to verify (repeatable; default: every layer)")
         v.add_argument("--image", type=int, default=0, metavar="I",
                        help="which calibration image, 0..255 (default 0)")
+        v.add_argument("--network", metavar="NAME", help="digits (default: the trained net, "
+                       "real activations) or vgg16, resnet18, alexnet (the seeded activation "
+                       "model's weights and input, as zeroskip sim runs them)")
+        v.add_argument("--band", type=int, metavar="N", help="verify each layer on the "
+                       "first N rows of its input (every channel; padded as the layer is) "
+                       "instead of the whole input")
+        v.add_argument("--sim", choices=("icarus", "verilator"), help="RTL simulator "
+                       "(default: $ZEROSKIP_SIM, else icarus); verilator, much faster on large "
+                       "layers (scripts/bench_rtl.py), needs 'bash scripts/setup.sh --rtl'")
         add_source_options(v, topology=False)
         v.add_argument("--build", metavar="DIR", help="keep the build and logs in this folder "
                        "(default: a temporary folder, removed after a pass)")
-    add_block_subcommand(sub, "verify", "run a block's RTL (Icarus + cocotb) on digits layers "
-                         "and check it bit- and cycle-exactly", "verifier", verify_options,
+    add_block_subcommand(sub, "verify", "run a block's RTL (cocotb on Icarus or Verilator) on "
+                         "network layers and check it bit- and cycle-exactly", "verifier",
+                         verify_options,
                          cmd_verify)
 
     d = sub.add_parser("digits", help="train/load the digits CNN, report its accuracy")
