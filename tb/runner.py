@@ -22,6 +22,7 @@ that fails or is interrupted is never reused.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -60,13 +61,21 @@ class SimulatorMissing(RuntimeError):
 _chosen: list = []
 
 
-def use_simulator(name: str) -> None:
-    """The simulator of every later run that does not name one (``zeroskip verify --sim``)."""
+@contextlib.contextmanager
+def using_simulator(name: str):
+    """Within the block, the simulator of every run that does not name one (``zeroskip verify
+    --sim``); the choice before it is back afterwards, so an in-process ``verify`` does not
+    change the simulator of later runs."""
+    before = list(_chosen)
     _chosen[:] = [simulator(name)]
+    try:
+        yield _chosen[0]
+    finally:
+        _chosen[:] = before
 
 
 def simulator(name: str | None = None) -> str:
-    """The simulator to use: ``name``, else ``use_simulator``'s, else ``$ZEROSKIP_SIM``, else
+    """The simulator to use: ``name``, else ``using_simulator``'s, else ``$ZEROSKIP_SIM``, else
     Verilator."""
     name = name or (_chosen[0] if _chosen else None) or os.environ.get(SIM_ENV) or DEFAULT_SIM
     if name not in SIMULATORS:

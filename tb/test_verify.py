@@ -33,6 +33,17 @@ def test_verify_removes_its_temporary_build_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.rtl
+def test_verify_chooses_the_simulator_of_its_own_run_only(tmp_path, monkeypatch):
+    """An in-process ``verify`` (Icarus by default) leaves later runs on their own default."""
+    from tb import runner
+
+    monkeypatch.delenv(runner.SIM_ENV, raising=False)
+    assert main(["verify", "systolic", "--rows", "4", "--cols", "3", "--layer", "fc2",
+                 "--build", str(tmp_path)]) == 0
+    assert runner.simulator() == runner.DEFAULT_SIM == "verilator"
+
+
+@pytest.mark.rtl
 def test_verify_on_verilator(tmp_path, capsys):
     assert main(["verify", "systolic", "--rows", "4", "--cols", "3", "--acc-depth", "24",
                  "--layer", "fc2", "--sim", "verilator", "--build", str(tmp_path)]) == 0

@@ -480,15 +480,15 @@ def _block_presets(values: list[str] | None) -> dict[str, str]:
     return chosen
 
 
-def _verify_simulator(args) -> None:
+def _verify_simulator(args):
     """``--sim`` (else ``$ZEROSKIP_SIM``, else Icarus) as the RTL simulator of this run,
-    after checking that it is installed."""
+    after checking that it is installed: a context manager, the choice ends with the run."""
     import os
 
     from tb import runner
 
     sim = args.sim or os.environ.get(runner.SIM_ENV) or "icarus"
-    runner.use_simulator(runner.check_simulator(sim))
+    return runner.using_simulator(runner.check_simulator(sim))
 
 
 def _check_band(band: int | None) -> None:
@@ -525,12 +525,12 @@ def cmd_verify(args) -> None:
     if args.build:
         # the RTL simulator runs in its own folder: a relative path would point elsewhere
         build_root = check_out_dir(args.build, "--build").resolve()
-    _verify_simulator(args)
-    if network == "digits":
-        wl = load_workload("digits", images=args.image + 1)
-    else:
-        wl = _model_layers(load_workload(network), chosen)
-    _verify_layers(args, cfg, check, wl, chosen, build_root if args.build else None)
+    with _verify_simulator(args):
+        if network == "digits":
+            wl = load_workload("digits", images=args.image + 1)
+        else:
+            wl = _model_layers(load_workload(network), chosen)
+        _verify_layers(args, cfg, check, wl, chosen, build_root if args.build else None)
 
 
 def _model_layers(wl, chosen):
@@ -569,7 +569,7 @@ def _verify_model(args, cfg, check) -> None:
     if args.network:
         raise CliError("give one of --network, --model, not both")
     build_root = check_out_dir(args.build, "--build").resolve() if args.build else None
-    _verify_simulator(args)
+    sim_choice = _verify_simulator(args)  # checked now, before the model is loaded
     from zeroskip.models.importer import ImagesOutOfRange
 
     try:
@@ -601,7 +601,8 @@ def _verify_model(args, cfg, check) -> None:
         def check(cfg, q, x, build_dir):
             return verify_packed(cfg, q, x, imported_packing(q.weight_matrix.numpy(), cfg),
                                  build_dir)
-    _verify_layers(args, cfg, check, wl, chosen, build_root)
+    with sim_choice:
+        _verify_layers(args, cfg, check, wl, chosen, build_root)
 
 
 def _verify_layers(args, cfg, check, wl, chosen, build_root) -> None:
@@ -743,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
                          cmd_verify)
 
     d = sub.add_parser("digits", help="train/load the digits CNN, report its accuracy")
-    d.add_argument("--retrain", action="store_true", help="ignore the cache")
+    d.add_argument("--retrain", action="store_true",
+                   help="train on this machine instead of loading the shipped weights")
     d.set_defaults(func=cmd_digits)
 
     pr = sub.add_parser("presets", help="list every block's named configurations")
