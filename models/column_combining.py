@@ -489,9 +489,13 @@ def joint_optimize(alpha: int = 8, gamma: float = 0.5, block: int = 0, progress=
     key = hashlib.sha1(json.dumps([digits.RECIPE, RECIPE, alpha, float(gamma), block])
                        .encode()).hexdigest()[:12]
     path = digits.cache_dir() / f"{key}-combined.pt"
-    if use_cache and path.exists():
+    # the result shipped with the package, else the cache (digits.bundled: the same on every
+    # machine, where retraining is not bit-identical across CPUs)
+    for source in ([digits.bundled(path.name), path] if use_cache else []):
+        if source is None or not source.exists():
+            continue
         try:
-            d = torch.load(path, weights_only=False)
+            d = torch.load(source, weights_only=False)
             return JointResult(**d)
         except Exception:  # stale or truncated: recompute over it
             pass

@@ -1,15 +1,22 @@
 """The bundled workload: a small CNN trained on scikit-learn's handwritten digits (8x8, 1797
 images, shipped inside the wheel: no download).
 
-Training is deterministic (fixed seeds, one thread) and takes a few seconds on a CPU; the
-float weights are cached under ``$ZEROSKIP_CACHE`` (default ``~/.cache/zeroskip``) keyed by
-a hash of the training recipe, so a changed recipe retrains.
+Training is deterministic on one machine (fixed seeds, one thread) and takes a few seconds on
+a CPU; the float weights are cached under ``$ZEROSKIP_CACHE`` (default ``~/.cache/zeroskip``)
+keyed by a hash of the training recipe, so a changed recipe retrains.
+
+Float training is not bit-identical across CPUs (torch's kernels follow the instruction set:
+AVX-512, AVX2 and the generic build give three different sets of weights here), so the
+weights of the current recipes are also shipped in ``models/trained/`` (``bundled``): every
+machine then quantises and simulates the same network and prints the same figures. A run
+with ``retrain`` (``zeroskip digits --retrain``) trains on this machine instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -115,14 +122,28 @@ def train(model: DigitsNet, data: DigitsData, epochs: int = EPOCHS, masks: dict 
     return model
 
 
+#: trained weights shipped with the package, by the same file names as the cache's
+BUNDLED = Path(__file__).resolve().parent / "trained"
+
+
+def bundled(name: str) -> Path | None:
+    """The shipped copy of the cache file ``name``, if the package has one."""
+    path = BUNDLED / name
+    return path if path.is_file() else None
+
+
 def trained_model(progress=None, retrain: bool = False) -> DigitsNet:
-    """The trained float net, from the cache or trained now (a few seconds)."""
-    path = cache_dir() / f"{hashlib.sha1(RECIPE.encode()).hexdigest()[:12]}-digits.pt"
+    """The trained float net: the bundled weights, else the cache, else trained now (a
+    few seconds); ``retrain`` trains now whatever is cached or bundled."""
+    name = f"{hashlib.sha1(RECIPE.encode()).hexdigest()[:12]}-digits.pt"
+    path = cache_dir() / name
     torch.manual_seed(SEED)
     model = DigitsNet()
-    if path.exists() and not retrain:
+    for source in ([bundled(name), path] if not retrain else []):
+        if source is None or not source.exists():
+            continue
         try:
-            model.load_state_dict(torch.load(path, weights_only=True))
+            model.load_state_dict(torch.load(source, weights_only=True))
             return model.eval()
         except Exception:  # a truncated or stale cache file: retrain over it
             pass
