@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --rtl
+# the suite's cases are small: Verilator builds at -O0 (faster to build, as fast to run)
+export ZEROSKIP_VERILATOR_OPT="${ZEROSKIP_VERILATOR_OPT:--O0}"
 exec .venv/bin/python -m pytest -n 2 -q "$@"

