@@ -242,10 +242,10 @@ def cached_build(key: dict, make) -> Path:
     return final
 
 
-#: Verilator's runtime library, the same for every design: compiled once (about half of a
-#: fresh build's time) and copied into each new build before its make (the ones a build
-#: makes: Verilator 5.052 has no DPI object for these designs)
-RUNTIME_OBJECTS = ("verilated", "verilated_vpi", "verilated_threads")
+#: Verilator's runtime library, the same for every design (``verilated*.o`` and their ``.d``:
+#: whichever a build makes, 3 with Verilator 5.052): compiled once (about half of a fresh
+#: build's time) and copied into each new build before its make
+RUNTIME_GLOB = "verilated*.o"
 
 
 def _runtime_dir(exe: str) -> Path:
@@ -258,8 +258,9 @@ def _runtime_dir(exe: str) -> Path:
 def _keep_runtime(exe: str, mdir: Path) -> None:
     """After a build: its runtime objects as the shared copy, if there is none yet."""
     rt = _runtime_dir(exe)
-    files = [mdir / f"{n}{ext}" for n in RUNTIME_OBJECTS for ext in (".o", ".d")]
-    if rt.exists() or not all(f.exists() for f in files):
+    objects = sorted(mdir.glob(RUNTIME_GLOB))
+    files = objects + [o.with_suffix(".d") for o in objects]
+    if rt.exists() or not objects or not all(f.exists() for f in files):
         return
     tmp = Path(tempfile.mkdtemp(prefix=f"{rt.name}.", dir=rt.parent))
     for f in files:
@@ -289,8 +290,7 @@ def _verilator_runner(exe: str):
             if not rt.is_dir():
                 return [verilate, make]
             # copied after verilating: newer than its makefiles, which make checks them against
-            return [verilate, ["cp", *[str(rt / f"{n}{ext}") for n in RUNTIME_OBJECTS
-                                             for ext in (".o", ".d")], str(self.build_dir)],
+            return [verilate, ["cp", *sorted(str(f) for f in rt.iterdir()), str(self.build_dir)],
                     make]
 
         def _set_env_build(self) -> None:

@@ -14,6 +14,7 @@ from tb import test_nullhop, test_snapea
 from tb.cases import gemm_case, random_layer
 from tb.combined_cases import packed_case
 from tb.nullhop_cases import nullhop_case
+from tb import runner
 from tb.runner import run_rtl
 from tb.snapea_cases import snapea_case
 from tb.systolic_cases import systolic_case
@@ -65,3 +66,7 @@ def test_icarus_with_the_python_driven_bench(block, tmp_path):
 def test_verilator_player_on_the_same_cases(block, tmp_path):
     cfg, bench, case = CASES[block]()
     run_rtl(cfg, bench, case, tmp_path, sim="verilator")
+    # after any Verilator build the runtime library is kept for the next builds to copy
+    rt = runner._runtime_dir(runner.find_verilator()[0])
+    objects = sorted(f.name for f in rt.glob(runner.RUNTIME_GLOB))
+    assert "verilated.o" in objects and all((rt / o).with_suffix(".d").exists() for o in objects)
